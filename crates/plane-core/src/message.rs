@@ -1,0 +1,263 @@
+//! Bodies and headers: the data every plane moves.
+//!
+//! Payloads are [`Bytes`] end to end. A [`Body`] of one part (the common case)
+//! holds it inline so the hot path allocates nothing beyond what the transport
+//! forces; multipart bodies mirror ZeroMQ's native frames.
+
+use bytes::{Bytes, BytesMut};
+
+/// Well-known header names. Names are lower-case ASCII.
+pub mod names {
+    /// W3C trace context `traceparent`.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace context `tracestate`.
+    pub const TRACESTATE: &str = "tracestate";
+    /// Remaining time budget of a request in milliseconds, measured when it was
+    /// sent. Relative rather than absolute so peers need no synchronised clocks.
+    pub const TIMEOUT_MS: &str = "plane-timeout-ms";
+    /// Idempotency key: servers answer a repeated key with the original answer.
+    pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+    /// Media type of the body.
+    pub const CONTENT_TYPE: &str = "content-type";
+}
+
+/// An ordered, small header map with case-sensitive lower-case names.
+///
+/// A `Vec` of pairs rather than a hash map: plane headers are few, lookups are
+/// linear scans over a handful of entries, and order is preserved on the wire.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Headers {
+    entries: Vec<(String, String)>,
+}
+
+impl Headers {
+    /// An empty map; does not allocate.
+    pub const fn new() -> Self {
+        Headers {
+            entries: Vec::new(),
+        }
+    }
+
+    /// Set `name` to `value`, replacing any previous value.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        let value = value.into();
+        match self.entries.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.entries.push((name, value)),
+        }
+    }
+
+    /// Builder form of [`insert`](Headers::insert).
+    pub fn with(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.insert(name, value);
+        self
+    }
+
+    /// The value of `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Remove `name`, returning its value.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        let idx = self.entries.iter().position(|(n, _)| n == name)?;
+        Some(self.entries.remove(idx).1)
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Iterate in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// Bytes the names and values occupy, for payload accounting.
+    pub fn encoded_len(&self) -> usize {
+        self.entries.iter().map(|(n, v)| n.len() + v.len()).sum()
+    }
+}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        let mut h = Headers::new();
+        for (n, v) in iter {
+            h.insert(n, v);
+        }
+        h
+    }
+}
+
+/// A message body of one or more parts.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Body {
+    repr: Repr,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Repr {
+    One(Bytes),
+    Many(Vec<Bytes>),
+}
+
+impl Body {
+    /// An empty single-part body.
+    pub const fn empty() -> Self {
+        Body {
+            repr: Repr::One(Bytes::new()),
+        }
+    }
+
+    /// A body from several parts, kept separate on transports that frame them.
+    pub fn from_parts(parts: Vec<Bytes>) -> Self {
+        if parts.len() == 1 {
+            let mut parts = parts;
+            return Body {
+                repr: Repr::One(parts.pop().unwrap_or_default()),
+            };
+        }
+        Body {
+            repr: Repr::Many(parts),
+        }
+    }
+
+    /// The parts, in order.
+    pub fn parts(&self) -> &[Bytes] {
+        match &self.repr {
+            Repr::One(b) => std::slice::from_ref(b),
+            Repr::Many(v) => v,
+        }
+    }
+
+    /// Consume into parts.
+    pub fn into_parts(self) -> Vec<Bytes> {
+        match self.repr {
+            Repr::One(b) => vec![b],
+            Repr::Many(v) => v,
+        }
+    }
+
+    /// Total payload size in bytes over all parts.
+    pub fn len(&self) -> usize {
+        self.parts().iter().map(Bytes::len).sum()
+    }
+
+    /// Whether the body carries no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The payload as one contiguous buffer. Free for single-part bodies;
+    /// multipart bodies are concatenated (one copy).
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.repr {
+            Repr::One(b) => b.clone(),
+            Repr::Many(v) => {
+                let mut out = BytesMut::with_capacity(self.len());
+                for p in v {
+                    out.extend_from_slice(p);
+                }
+                out.freeze()
+            }
+        }
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Body::empty()
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body")
+            .field("parts", &self.parts().len())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Self {
+        Body { repr: Repr::One(b) }
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(v: Vec<u8>) -> Self {
+        Body::from(Bytes::from(v))
+    }
+}
+
+impl From<&'static [u8]> for Body {
+    fn from(v: &'static [u8]) -> Self {
+        Body::from(Bytes::from_static(v))
+    }
+}
+
+impl<const N: usize> From<&'static [u8; N]> for Body {
+    fn from(v: &'static [u8; N]) -> Self {
+        Body::from(Bytes::from_static(v))
+    }
+}
+
+impl From<&'static str> for Body {
+    fn from(v: &'static str) -> Self {
+        Body::from(Bytes::from_static(v.as_bytes()))
+    }
+}
+
+impl From<String> for Body {
+    fn from(v: String) -> Self {
+        Body::from(Bytes::from(v))
+    }
+}
+
+impl From<Vec<Bytes>> for Body {
+    fn from(v: Vec<Bytes>) -> Self {
+        Body::from_parts(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_replace_and_keep_order() {
+        let mut h = Headers::new().with("b", "1").with("a", "2");
+        h.insert("b", "3");
+        assert_eq!(h.iter().collect::<Vec<_>>(), vec![("b", "3"), ("a", "2")]);
+        assert_eq!(h.remove("b").as_deref(), Some("3"));
+        assert_eq!(h.get("b"), None);
+    }
+
+    #[test]
+    fn body_parts_and_concat() {
+        let b = Body::from(vec![Bytes::from_static(b"ab"), Bytes::from_static(b"c")]);
+        assert_eq!(b.parts().len(), 2);
+        assert_eq!(b.len(), 3);
+        assert_eq!(&b.to_bytes()[..], b"abc");
+        let one = Body::from_parts(vec![Bytes::from_static(b"x")]);
+        assert_eq!(one, Body::from(&b"x"[..]));
+        assert!(Body::empty().is_empty());
+    }
+}
