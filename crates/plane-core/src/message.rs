@@ -261,3 +261,37 @@ mod tests {
         assert!(Body::empty().is_empty());
     }
 }
+
+/// Headers plus body: what a request, a reply, or a job carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Message {
+    /// Application and plane headers.
+    pub headers: Headers,
+    /// The payload.
+    pub body: Body,
+}
+
+impl Message {
+    /// A message with headers.
+    pub fn new(headers: Headers, body: impl Into<Body>) -> Self {
+        Message {
+            headers,
+            body: body.into(),
+        }
+    }
+
+    /// Bytes counted against a backend's payload limit: body plus header
+    /// names and values.
+    pub fn payload_len(&self) -> usize {
+        self.body.len() + self.headers.encoded_len()
+    }
+}
+
+impl<T: Into<Body>> From<T> for Message {
+    fn from(body: T) -> Self {
+        Message {
+            headers: Headers::new(),
+            body: body.into(),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Discovery: find the instances that serve an endpoint (placeholder until implemented).

@@ -1,0 +1,299 @@
+//! Run-time choice of transport: a URL scheme picks the backend.
+//!
+//! A backend crate exports a [`Connector`] and a `register` function that adds
+//! it to a [`Registry`]. Applications build every plane from a URL, so the
+//! same binary runs on any backend by changing configuration only:
+//!
+//! ```
+//! # async fn demo() -> plane_core::Result<()> {
+//! let registry = plane_core::Registry::with_defaults();
+//! let kv = registry.kv("mem://demo").await?;
+//! let bucket = kv.create_bucket(plane_core::kv::BucketConfig::new("config")).await?;
+//! bucket.put("greeting", "hello").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Unknown schemes fail fast with `InvalidConfig`, listing the known ones.
+//! Nothing is enabled implicitly: a backend is used only when its scheme is named.
+
+use std::collections::{BTreeMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use url::Url;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::Events;
+use crate::kv::Kv;
+use crate::objects::Objects;
+use crate::queue::Queues;
+use crate::request::Requests;
+
+/// The planes, for messages and capability listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Plane {
+    /// Request/reply.
+    Request,
+    /// Pub/sub events.
+    Events,
+    /// Key-value.
+    Kv,
+    /// Objects.
+    Objects,
+    /// Work queues.
+    Queue,
+}
+
+impl Plane {
+    /// Lower-case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Plane::Request => "request",
+            Plane::Events => "events",
+            Plane::Kv => "kv",
+            Plane::Objects => "objects",
+            Plane::Queue => "queue",
+        }
+    }
+}
+
+fn not_served(backend: &str, plane: Plane) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "backend `{backend}` does not serve the {} plane",
+            plane.as_str()
+        ),
+    )
+}
+
+/// A backend factory. Each method builds one plane from a URL whose scheme is
+/// one of [`schemes`](Connector::schemes); planes a backend does not serve keep
+/// the default, which refuses with `Unsupported`.
+pub trait Connector: Send + Sync + 'static {
+    /// Backend name (`"mem"`, `"nats"`).
+    fn name(&self) -> &'static str;
+    /// URL schemes this backend answers to.
+    fn schemes(&self) -> &'static [&'static str];
+    /// Build the request plane.
+    fn requests<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Requests>> {
+        let _ = url;
+        Box::pin(async move { Err(not_served(self.name(), Plane::Request)) })
+    }
+    /// Build the events plane.
+    fn events<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Events>> {
+        let _ = url;
+        Box::pin(async move { Err(not_served(self.name(), Plane::Events)) })
+    }
+    /// Build the kv plane.
+    fn kv<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Kv>> {
+        let _ = url;
+        Box::pin(async move { Err(not_served(self.name(), Plane::Kv)) })
+    }
+    /// Build the objects plane.
+    fn objects<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Objects>> {
+        let _ = url;
+        Box::pin(async move { Err(not_served(self.name(), Plane::Objects)) })
+    }
+    /// Build the queue plane.
+    fn queues<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Queues>> {
+        let _ = url;
+        Box::pin(async move { Err(not_served(self.name(), Plane::Queue)) })
+    }
+}
+
+/// Maps URL schemes to backends.
+#[derive(Clone, Default)]
+pub struct Registry {
+    connectors: Vec<Arc<dyn Connector>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("schemes", &self.schemes())
+            .finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// A registry with the backends built into plane-core (`mem://`).
+    pub fn with_defaults() -> Self {
+        let mut r = Registry::new();
+        crate::mem::register(&mut r);
+        r
+    }
+
+    /// Add a backend. A later registration of the same scheme wins, so an
+    /// application can replace a default.
+    pub fn register(&mut self, connector: impl Connector) -> &mut Self {
+        self.connectors.insert(0, Arc::new(connector));
+        self
+    }
+
+    /// Every scheme known, sorted.
+    pub fn schemes(&self) -> Vec<&'static str> {
+        let mut s: Vec<&'static str> = self
+            .connectors
+            .iter()
+            .flat_map(|c| c.schemes().iter().copied())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        s.sort_unstable();
+        s
+    }
+
+    /// Parse `url` and find its backend.
+    pub fn resolve(&self, url: &str) -> Result<(Arc<dyn Connector>, Url)> {
+        let parsed = Url::parse(url).map_err(|e| {
+            Error::new(ErrorKind::InvalidConfig, format!("invalid url `{url}`")).with_source(e)
+        })?;
+        let scheme = parsed.scheme();
+        let connector = self
+            .connectors
+            .iter()
+            .find(|c| c.schemes().contains(&scheme))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "unknown scheme `{scheme}`; known schemes: {}",
+                        self.schemes().join(", ")
+                    ),
+                )
+            })?;
+        Ok((connector.clone(), parsed))
+    }
+
+    /// Build the request plane from `url`.
+    pub async fn requests(&self, url: &str) -> Result<Requests> {
+        let (c, u) = self.resolve(url)?;
+        c.requests(&u).await
+    }
+
+    /// Build the events plane from `url`.
+    pub async fn events(&self, url: &str) -> Result<Events> {
+        let (c, u) = self.resolve(url)?;
+        c.events(&u).await
+    }
+
+    /// Build the kv plane from `url`.
+    pub async fn kv(&self, url: &str) -> Result<Kv> {
+        let (c, u) = self.resolve(url)?;
+        c.kv(&u).await
+    }
+
+    /// Build the objects plane from `url`.
+    pub async fn objects(&self, url: &str) -> Result<Objects> {
+        let (c, u) = self.resolve(url)?;
+        c.objects(&u).await
+    }
+
+    /// Build the queue plane from `url`.
+    pub async fn queues(&self, url: &str) -> Result<Queues> {
+        let (c, u) = self.resolve(url)?;
+        c.queues(&u).await
+    }
+}
+
+/// A URL's query parameters, consumed by name so that a misspelt or unknown
+/// key is an error rather than silently ignored.
+///
+/// Keys are the names of the configuration struct's fields; durations are
+/// written in milliseconds with an `_ms` suffix.
+#[derive(Debug)]
+pub struct QueryParams {
+    params: BTreeMap<String, String>,
+}
+
+impl QueryParams {
+    /// Collect `url`'s query. A repeated key is `InvalidConfig`.
+    pub fn new(url: &Url) -> Result<Self> {
+        let mut params = BTreeMap::new();
+        for (k, v) in url.query_pairs() {
+            if params.insert(k.to_string(), v.to_string()).is_some() {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("url query key `{k}` is repeated"),
+                ));
+            }
+        }
+        Ok(QueryParams { params })
+    }
+
+    /// Take `key` as a string.
+    pub fn take_str(&mut self, key: &str) -> Option<String> {
+        self.params.remove(key)
+    }
+
+    /// Take `key` and parse it.
+    pub fn take<T: FromStr>(&mut self, key: &str) -> Result<Option<T>>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.params.remove(key) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("url query key `{key}`: invalid value `{v}`: {e}"),
+                )
+            }),
+        }
+    }
+
+    /// Take `key` (in milliseconds) as a duration.
+    pub fn take_millis(&mut self, key: &str) -> Result<Option<std::time::Duration>> {
+        Ok(self.take::<u64>(key)?.map(std::time::Duration::from_millis))
+    }
+
+    /// Fail with `InvalidConfig` if any key was not taken.
+    pub fn finish(self) -> Result<()> {
+        if self.params.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = self.params.keys().map(String::as_str).collect();
+        Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!("unknown url query keys: {}", keys.join(", ")),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_scheme_lists_known() {
+        let r = Registry::with_defaults();
+        let err = r.resolve("carrier-pigeon://x").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+        assert!(err.message().contains("known schemes: mem"), "{err}");
+        assert_eq!(
+            r.resolve("not a url").unwrap_err().kind(),
+            ErrorKind::InvalidConfig
+        );
+    }
+
+    #[test]
+    fn query_params_reject_unknown_and_bad_values() {
+        let u = Url::parse("mem://x?max_payload=10&typo=1").unwrap();
+        let mut q = QueryParams::new(&u).unwrap();
+        assert_eq!(q.take::<usize>("max_payload").unwrap(), Some(10));
+        assert_eq!(q.finish().unwrap_err().kind(), ErrorKind::InvalidConfig);
+        let u = Url::parse("mem://x?max_payload=ten").unwrap();
+        let mut q = QueryParams::new(&u).unwrap();
+        assert_eq!(
+            q.take::<usize>("max_payload").unwrap_err().kind(),
+            ErrorKind::InvalidConfig
+        );
+    }
+}

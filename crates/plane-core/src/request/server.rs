@@ -1,0 +1,591 @@
+//! The serving side, shared by every backend.
+//!
+//! A backend only moves frames. Everything with semantics — bounded admission
+//! with a typed refusal, the stream prologue, deadlines, graceful stop versus
+//! hard kill, containing a panicking handler, drain — happens here, once, so
+//! that it behaves identically on every transport.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::{Frame, InstanceId, ReplySink, RequestId, ServeTransport};
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{names, Body, Headers, Message};
+
+/// Options for serving an endpoint.
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Calls handled at once by this instance; further calls are refused with
+    /// `Overloaded` rather than queued without bound. Default 1024.
+    pub max_in_flight: usize,
+    /// Instance id to serve as; random when `None`.
+    pub instance: Option<InstanceId>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            max_in_flight: 1024,
+            instance: None,
+        }
+    }
+}
+
+impl ServeOptions {
+    /// Set [`max_in_flight`](ServeOptions::max_in_flight).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
+    /// Set [`instance`](ServeOptions::instance).
+    pub fn instance(mut self, id: InstanceId) -> Self {
+        self.instance = Some(id);
+        self
+    }
+}
+
+/// The graceful-stop flag of one call.
+#[derive(Default)]
+struct StopState {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl StopState {
+    fn request(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.flag.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A call as the handler sees it.
+pub struct Request {
+    /// The call's id.
+    pub id: RequestId,
+    /// The endpoint called.
+    pub endpoint: Arc<str>,
+    /// The instance serving it.
+    pub instance: InstanceId,
+    /// Headers and body as the caller sent them (plane's own control headers removed).
+    pub message: Message,
+    /// When the caller stops waiting, if it set a timeout.
+    pub deadline: Option<Instant>,
+    stop: Arc<StopState>,
+}
+
+impl Request {
+    /// Request headers.
+    pub fn headers(&self) -> &Headers {
+        &self.message.headers
+    }
+
+    /// Request body.
+    pub fn body(&self) -> &Body {
+        &self.message.body
+    }
+
+    /// Whether the caller asked for a graceful stop.
+    pub fn stop_requested(&self) -> bool {
+        self.stop.flag.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the caller asks for a graceful stop. A kill never
+    /// resolves this: it drops the handler's future instead.
+    pub async fn stopped(&self) {
+        self.stop.wait().await
+    }
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("id", &self.id)
+            .field("endpoint", &self.endpoint)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+/// Where a streaming handler sends its replies.
+pub struct Responder {
+    sink: Arc<dyn ReplySink>,
+    max_payload: usize,
+}
+
+impl Responder {
+    /// Send one reply, waiting while the caller's window is full.
+    ///
+    /// # Errors
+    /// `PayloadTooLarge` for a reply over the backend's limit (nothing is sent);
+    /// `Cancelled` or `Disconnected` once the caller is gone, which tells the
+    /// handler to give up.
+    pub async fn send(&self, reply: impl Into<Message>) -> Result<()> {
+        let reply = reply.into();
+        let len = reply.payload_len();
+        if len > self.max_payload {
+            return Err(Error::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "reply of {len} bytes exceeds the limit of {}",
+                    self.max_payload
+                ),
+            ));
+        }
+        self.sink.send(Frame::Data(reply)).await
+    }
+}
+
+/// Application code that serves an endpoint.
+///
+/// Return `Ok(Some(reply))` to send a final reply with the end marker (what a
+/// unary handler does), `Ok(None)` to end a stream after the replies sent
+/// through the [`Responder`], or `Err(e)` to end the call with a typed error.
+/// Use [`unary_fn`] and [`handler_fn`] to build one from a closure.
+pub trait Handler: Send + Sync + 'static {
+    /// Handle one call.
+    fn handle(
+        &self,
+        request: Request,
+        responder: Responder,
+    ) -> BoxFuture<'static, Result<Option<Message>>>;
+}
+
+/// A handler from `Fn(Request) -> impl Future<Output = Result<impl Into<Message>>>`.
+pub struct UnaryFn<F>(F);
+
+/// A handler from `Fn(Request, Responder) -> impl Future<Output = Result<()>>`.
+pub struct HandlerFn<F>(F);
+
+/// Build a unary handler from an async closure.
+///
+/// ```
+/// # use plane_core::request::{unary_fn, Request};
+/// let echo = unary_fn(|req: Request| async move { Ok(req.message) });
+/// ```
+pub fn unary_fn<F, Fut, R>(f: F) -> UnaryFn<F>
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R>> + Send + 'static,
+    R: Into<Message>,
+{
+    UnaryFn(f)
+}
+
+/// Build a streaming handler from an async closure.
+///
+/// ```
+/// # use plane_core::request::{handler_fn, Request, Responder};
+/// let count = handler_fn(|_req: Request, out: Responder| async move {
+///     for i in 0..3u8 {
+///         out.send(vec![i]).await?;
+///     }
+///     Ok(())
+/// });
+/// ```
+pub fn handler_fn<F, Fut>(f: F) -> HandlerFn<F>
+where
+    F: Fn(Request, Responder) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    HandlerFn(f)
+}
+
+impl<F, Fut, R> Handler for UnaryFn<F>
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R>> + Send + 'static,
+    R: Into<Message>,
+{
+    fn handle(
+        &self,
+        request: Request,
+        _: Responder,
+    ) -> BoxFuture<'static, Result<Option<Message>>> {
+        let fut = (self.0)(request);
+        Box::pin(async move { fut.await.map(|r| Some(r.into())) })
+    }
+}
+
+impl<F, Fut> Handler for HandlerFn<F>
+where
+    F: Fn(Request, Responder) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    fn handle(
+        &self,
+        request: Request,
+        responder: Responder,
+    ) -> BoxFuture<'static, Result<Option<Message>>> {
+        let fut = (self.0)(request, responder);
+        Box::pin(async move { fut.await.map(|()| None) })
+    }
+}
+
+/// A call as a backend received it, before admission.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The call's id.
+    pub id: RequestId,
+    /// Headers and body, including plane's control headers.
+    pub message: Message,
+    /// Whether the caller expects a stream (and so an `Accepted` prologue).
+    pub stream: bool,
+}
+
+struct Control {
+    stop: Arc<StopState>,
+    abort: Option<AbortHandle>,
+    /// A kill that arrived before the task's abort handle was recorded.
+    killed: bool,
+}
+
+struct Shared {
+    endpoint: Arc<str>,
+    instance: InstanceId,
+    handler: Arc<dyn Handler>,
+    max_in_flight: usize,
+    max_payload: usize,
+    in_flight: AtomicUsize,
+    accepting: AtomicBool,
+    calls: Mutex<HashMap<RequestId, Control>>,
+    idle: Notify,
+}
+
+/// The server runtime of one endpoint instance. Backends hand it every
+/// incoming call and every stop or kill; cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+}
+
+/// Releases an admitted call's slot however its task ends (return, kill,
+/// panic), so cancellation can never leak in-flight capacity.
+struct Slot {
+    shared: Arc<Shared>,
+    id: RequestId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        if self.shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.idle.notify_waiters();
+        }
+    }
+}
+
+impl Dispatcher {
+    pub(crate) fn new(
+        endpoint: &str,
+        instance: InstanceId,
+        handler: Arc<dyn Handler>,
+        max_in_flight: usize,
+        max_payload: usize,
+    ) -> Self {
+        Dispatcher {
+            shared: Arc::new(Shared {
+                endpoint: Arc::from(endpoint),
+                instance,
+                handler,
+                max_in_flight,
+                max_payload,
+                in_flight: AtomicUsize::new(0),
+                accepting: AtomicBool::new(true),
+                calls: Mutex::new(HashMap::new()),
+                idle: Notify::new(),
+            }),
+        }
+    }
+
+    /// The endpoint served.
+    pub fn endpoint(&self) -> &str {
+        &self.shared.endpoint
+    }
+
+    /// The instance served as.
+    pub fn instance(&self) -> InstanceId {
+        self.shared.instance
+    }
+
+    /// Calls currently being handled.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Whether new calls are still admitted.
+    pub fn is_accepting(&self) -> bool {
+        self.shared.accepting.load(Ordering::Acquire)
+    }
+
+    /// Admit and run one call, replying through `sink`. Never blocks: a call
+    /// that cannot be admitted is refused in-band with a typed error
+    /// (`Overloaded` when full, `NoResponders` when draining, `InvalidArgument`
+    /// for malformed control headers). Must be called within a tokio runtime.
+    pub fn dispatch(&self, incoming: Incoming, sink: Arc<dyn ReplySink>) {
+        let shared = &self.shared;
+        let refuse = |error: Error| {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                // The caller may already be gone; there is nobody else to tell.
+                let _ = sink.send_error(error).await;
+            });
+        };
+        if !shared.accepting.load(Ordering::Acquire) {
+            return refuse(Error::new(
+                ErrorKind::NoResponders,
+                "endpoint instance is draining",
+            ));
+        }
+        if shared.in_flight.fetch_add(1, Ordering::AcqRel) >= shared.max_in_flight {
+            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return refuse(Error::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "endpoint instance has {} calls in flight",
+                    shared.max_in_flight
+                ),
+            ));
+        }
+        let slot = Slot {
+            shared: shared.clone(),
+            id: incoming.id,
+        };
+        let Incoming {
+            id,
+            mut message,
+            stream,
+        } = incoming;
+        let deadline = match message.headers.remove(names::TIMEOUT_MS) {
+            None => None,
+            Some(ms) => match ms.parse::<u64>() {
+                Ok(ms) => Some(Instant::now() + Duration::from_millis(ms)),
+                Err(_) => {
+                    drop(slot);
+                    return refuse(Error::new(
+                        ErrorKind::InvalidArgument,
+                        format!("invalid {} header", names::TIMEOUT_MS),
+                    ));
+                }
+            },
+        };
+        let stop = Arc::new(StopState::default());
+        shared
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                id,
+                Control {
+                    stop: stop.clone(),
+                    abort: None,
+                    killed: false,
+                },
+            );
+        let request = Request {
+            id,
+            endpoint: shared.endpoint.clone(),
+            instance: shared.instance,
+            message,
+            deadline,
+            stop,
+        };
+        let responder = Responder {
+            sink: sink.clone(),
+            max_payload: shared.max_payload,
+        };
+        let handler = shared.handler.clone();
+        let task = tokio::spawn(async move {
+            let _slot = slot;
+            if stream && sink.send(Frame::Accepted).await.is_err() {
+                return;
+            }
+            let run = AssertUnwindSafe(handler.handle(request, responder)).catch_unwind();
+            let outcome = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, run).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Ok(Err(Error::new(
+                        ErrorKind::Timeout,
+                        "handler exceeded the deadline",
+                    ))),
+                },
+                None => run.await,
+            };
+            // The caller may have gone; failures to reply are not errors here.
+            let _ = match outcome {
+                Ok(Ok(Some(reply))) => sink.send(Frame::Last(reply)).await,
+                Ok(Ok(None)) => sink.send(Frame::End).await,
+                Ok(Err(e)) => sink.send_error(e).await,
+                Err(_panic) => {
+                    tracing::error!("request handler panicked");
+                    sink.send_error(Error::new(ErrorKind::Other, "handler panicked"))
+                        .await
+                }
+            };
+        });
+        if let Some(control) = shared
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&id)
+        {
+            if control.killed {
+                task.abort();
+            }
+            control.abort = Some(task.abort_handle());
+        }
+    }
+
+    /// Ask the handler of `id` to stop gracefully. Unknown ids are ignored: the
+    /// call may have finished while the request crossed the network.
+    pub fn stop(&self, id: RequestId) {
+        if let Some(c) = self.lock_calls().get(&id) {
+            c.stop.request();
+        }
+    }
+
+    /// Kill the handler of `id` now. Unknown ids are ignored.
+    pub fn kill(&self, id: RequestId) {
+        if let Some(c) = self.lock_calls().get_mut(&id) {
+            c.killed = true;
+            if let Some(abort) = &c.abort {
+                abort.abort();
+            }
+        }
+    }
+
+    /// Stop admitting new calls.
+    pub fn stop_accepting(&self) {
+        self.shared.accepting.store(false, Ordering::Release);
+    }
+
+    /// Kill every call in flight; returns how many were killed.
+    pub fn kill_all(&self) -> usize {
+        let mut calls = self.lock_calls();
+        for c in calls.values_mut() {
+            c.killed = true;
+            if let Some(abort) = &c.abort {
+                abort.abort();
+            }
+        }
+        calls.len()
+    }
+
+    /// Wait until no call is in flight, or `timeout` passes. Returns whether idle.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.shared.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.in_flight() == 0;
+            }
+        }
+    }
+
+    fn lock_calls(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, Control>> {
+        self.shared.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A served endpoint instance. Keep it alive while serving: dropping it (or
+/// [`abort`](Server::abort)) stops routing and kills in-flight calls at once,
+/// as a crashed process would; [`drain`](Server::drain) is the graceful way.
+pub struct Server {
+    endpoint: String,
+    instance: InstanceId,
+    dispatcher: Dispatcher,
+    transport: Box<dyn ServeTransport>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("endpoint", &self.endpoint)
+            .field("instance", &self.instance)
+            .finish()
+    }
+}
+
+impl Server {
+    pub(crate) fn new(
+        endpoint: &str,
+        instance: InstanceId,
+        dispatcher: Dispatcher,
+        transport: Box<dyn ServeTransport>,
+    ) -> Self {
+        Server {
+            endpoint: endpoint.to_owned(),
+            instance,
+            dispatcher,
+            transport,
+        }
+    }
+
+    /// The endpoint served.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// This instance's id, for direct routing.
+    pub fn instance(&self) -> InstanceId {
+        self.instance
+    }
+
+    /// Calls currently being handled.
+    pub fn in_flight(&self) -> usize {
+        self.dispatcher.in_flight()
+    }
+
+    /// Stop accepting, let in-flight calls finish for up to `grace`, then kill
+    /// what is left. Returns how many calls had to be killed.
+    pub async fn drain(self, grace: Duration) -> usize {
+        self.transport.close();
+        self.dispatcher.stop_accepting();
+        self.dispatcher.wait_idle(grace).await;
+        self.dispatcher.kill_all()
+        // Drop then closes the (already closed) transport again: idempotent.
+    }
+
+    /// Stop at once, killing in-flight calls without their end markers.
+    pub fn abort(self) {}
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.transport.close();
+        self.dispatcher.stop_accepting();
+        self.dispatcher.kill_all();
+    }
+}
