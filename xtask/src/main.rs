@@ -1,1 +1,261 @@
-fn main() {}
+//! plane's developer tasks: `cargo xtask <command>`.
+//!
+//! - `test`: the whole test suite, conformance included (the README's test command).
+//! - `conformance [--backend NAME]...`: run the conformance suite against
+//!   backends, write `target/conformance/<backend>.json`, render `docs/conformance.md`.
+//! - `matrix`: only render `docs/conformance.md` from existing reports.
+//!
+//! Kept to the standard library plus serde_json so that it compiles quickly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use serde::Deserialize;
+
+/// Backends the conformance suite knows how to run, with the cargo test that
+/// runs each one.
+const BACKENDS: &[(&str, &str, &str)] = &[
+    // (name, package, integration test)
+    ("mem", "plane-conformance", "mem"),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("conformance") => conformance(&args[1..]),
+        Some("matrix") => render_matrix(),
+        _ => Err(format!(
+            "usage: cargo xtask <test | conformance [--backend NAME]... | matrix>\nbackends: {}",
+            BACKENDS.iter().map(|b| b.0).collect::<Vec<_>>().join(", ")
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(mut cmd: Command) -> Result<(), String> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
+fn has_nextest() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The whole suite: every unit, integration and doc test of the workspace,
+/// which includes each backend's conformance run, then the matrix.
+fn test(args: &[String]) -> Result<(), String> {
+    if !args.is_empty() {
+        return Err(format!("test takes no arguments, got {args:?}"));
+    }
+    if has_nextest() {
+        let mut c = cargo();
+        c.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+        run(c)?;
+        // nextest does not run doc tests.
+        let mut c = cargo();
+        c.args(["test", "--workspace", "--doc"]);
+        run(c)?;
+    } else {
+        let mut c = cargo();
+        c.args(["test", "--workspace", "--no-fail-fast"]);
+        run(c)?;
+    }
+    render_matrix()
+}
+
+fn conformance(args: &[String]) -> Result<(), String> {
+    let mut selected = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--backend" => {
+                let name = it.next().ok_or("--backend needs a name")?;
+                let b = BACKENDS
+                    .iter()
+                    .find(|b| b.0 == name)
+                    .ok_or_else(|| {
+                        format!(
+                            "unknown backend `{name}`; known: {}",
+                            BACKENDS.iter().map(|b| b.0).collect::<Vec<_>>().join(", ")
+                        )
+                    })?;
+                selected.push(*b);
+            }
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    if selected.is_empty() {
+        selected = BACKENDS.to_vec();
+    }
+    let mut failed = Vec::new();
+    for (name, package, test) in selected {
+        let mut c = cargo();
+        c.args(["test", "-p", package, "--test", test, "--", "--nocapture"]);
+        if let Err(e) = run(c) {
+            eprintln!("xtask: conformance for {name} failed: {e}");
+            failed.push(name);
+        }
+    }
+    render_matrix()?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("conformance failed for: {}", failed.join(", ")))
+    }
+}
+
+#[derive(Deserialize)]
+struct Report {
+    backend: String,
+    provider: String,
+    server: Option<String>,
+    cases: Vec<CaseReport>,
+}
+
+#[derive(Deserialize)]
+struct CaseReport {
+    plane: String,
+    case: String,
+    status: String,
+    reason: Option<String>,
+}
+
+/// Render every report under `target/conformance` into `docs/conformance.md`.
+fn render_matrix() -> Result<(), String> {
+    let dir = target_dir().join("conformance");
+    let mut reports = Vec::new();
+    let entries = std::fs::read_dir(&dir).map_err(|e| format!("no reports in {}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let report: Report = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            reports.push(report);
+        }
+    }
+    if reports.is_empty() {
+        return Err(format!("no reports in {}", dir.display()));
+    }
+    reports.sort_by(|a, b| a.backend.cmp(&b.backend));
+    let out = root().join("docs/conformance.md");
+    std::fs::write(&out, matrix_markdown(&reports)).map_err(|e| format!("{}: {e}", out.display()))?;
+    eprintln!("xtask: wrote {}", out.display());
+    Ok(())
+}
+
+fn matrix_markdown(reports: &[Report]) -> String {
+    // Rows in catalog order as the first report lists them, then any others.
+    let mut rows: Vec<(String, String)> = Vec::new();
+    for r in reports {
+        for c in &r.cases {
+            let key = (c.plane.clone(), c.case.clone());
+            if !rows.contains(&key) {
+                rows.push(key);
+            }
+        }
+    }
+    let mut cells: BTreeMap<(String, String, String), (&str, Option<&str>)> = BTreeMap::new();
+    for r in reports {
+        for c in &r.cases {
+            cells.insert(
+                (r.backend.clone(), c.plane.clone(), c.case.clone()),
+                (c.status.as_str(), c.reason.as_deref()),
+            );
+        }
+    }
+    let mut md = String::new();
+    md.push_str("# Conformance matrix\n\n");
+    md.push_str("Generated by `cargo xtask conformance` from `target/conformance/*.json`; do not edit by hand.\n");
+    md.push_str("Each cell is one case of the shared suite (`crates/plane-conformance`) run against one backend.\n");
+    md.push_str("A skip always has a reason (listed below the table).\n\n");
+    md.push_str("| backend | provider | server | pass | fail | skip |\n|---|---|---|---|---|---|\n");
+    for r in reports {
+        let count = |s: &str| r.cases.iter().filter(|c| c.status == s).count();
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.backend,
+            r.provider,
+            r.server.as_deref().unwrap_or("-"),
+            count("pass"),
+            count("fail"),
+            count("skip")
+        ));
+    }
+    md.push_str("\n| plane | case |");
+    for r in reports {
+        md.push_str(&format!(" {} |", r.backend));
+    }
+    md.push_str("\n|---|---|");
+    for _ in reports {
+        md.push_str("---|");
+    }
+    md.push('\n');
+    let mut notes: Vec<String> = Vec::new();
+    for (plane, case) in &rows {
+        md.push_str(&format!("| {plane} | {case} |"));
+        for r in reports {
+            let cell = match cells.get(&(r.backend.clone(), plane.clone(), case.clone())) {
+                None => "—".to_owned(),
+                Some(("pass", _)) => "pass".to_owned(),
+                Some((status, reason)) => {
+                    let reason = reason.unwrap_or("no reason given").replace('|', "\\|");
+                    let note = format!("{} / {plane}/{case}: {reason}", r.backend);
+                    let n = match notes.iter().position(|x| *x == note) {
+                        Some(i) => i + 1,
+                        None => {
+                            notes.push(note);
+                            notes.len()
+                        }
+                    };
+                    format!("{status} [{n}]")
+                }
+            };
+            md.push_str(&format!(" {cell} |"));
+        }
+        md.push('\n');
+    }
+    if !notes.is_empty() {
+        md.push_str("\n## Reasons\n\n");
+        for (i, n) in notes.iter().enumerate() {
+            md.push_str(&format!("{}. {n}\n", i + 1));
+        }
+    }
+    md
+}
