@@ -367,6 +367,11 @@ fn malformed_headers_are_refused() {
             max: 50
         })
     );
+    // Part lengths whose sum overflows u64 are simply more than is present.
+    let mut huge_parts = vec![0, 2];
+    huge_parts.extend_from_slice(&[0xff; 9]);
+    huge_parts.extend_from_slice(&[0x01, 0x01]);
+    assert_eq!(with(&huge_parts), Err(WireError::Truncated));
     // A count far beyond the bytes present is malformed, whatever the limit.
     assert!(matches!(
         with(&[0xff, 0xff, 0xff, 0xff, 0x0f]),
