@@ -5,6 +5,14 @@
 //! (no intermediate struct, no copies of header strings), and decoding threads
 //! the [`Limits`] into the sequences so that a declared count is checked
 //! *before* anything is allocated for it.
+//!
+//! Why decoding cannot allocate unboundedly: the header is at most
+//! `max_header_bytes` long and is sliced out of the input only after that
+//! check. Within it, header names and values are decoded as `&str` borrowed
+//! from the input (postcard checks each declared string length against the
+//! bytes present before slicing), the id is a fixed array, and the two
+//! sequences preallocate at most their configured limit (see [`Bounded`]).
+//! Owned copies are made only for header strings that were actually present.
 
 use std::cell::Cell;
 use std::fmt;
