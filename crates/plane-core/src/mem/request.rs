@@ -539,6 +539,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn oversized_unary_reply_is_refused_in_band() {
+        let hub = Hub::new();
+        let mut config = MemConfig::default();
+        config.max_payload = 16;
+        let requests = hub.requests(&config);
+        let _server = requests
+            .serve(
+                "big",
+                unary_fn(|_req: Request| async move { Ok(vec![0u8; 17]) }),
+            )
+            .await
+            .unwrap();
+        let err = requests.call("big", "").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
+    }
+
+    #[tokio::test]
     async fn full_instance_is_overloaded() {
         let (_hub, requests) = plane();
         let _server = requests
