@@ -129,14 +129,15 @@ pub struct MemRequests {
 
 impl MemRequests {
     pub(crate) fn new(hub: Arc<RequestHub>, config: &MemConfig) -> Self {
-        let mut caps = RequestCapabilities::default();
-        caps.streaming = true;
-        caps.cancellation = true;
-        caps.round_robin = true;
-        caps.random = true;
-        caps.power_of_two = true;
-        caps.direct = true;
-        caps.max_payload = config.max_payload;
+        let caps = RequestCapabilities {
+            streaming: true,
+            cancellation: true,
+            round_robin: true,
+            random: true,
+            power_of_two: true,
+            direct: true,
+            max_payload: config.max_payload,
+        };
         MemRequests { caps, hub }
     }
 }
@@ -541,8 +542,10 @@ mod tests {
     #[tokio::test]
     async fn oversized_unary_reply_is_refused_in_band() {
         let hub = Hub::new();
-        let mut config = MemConfig::default();
-        config.max_payload = 16;
+        let config = MemConfig {
+            max_payload: 16,
+            ..MemConfig::default()
+        };
         let requests = hub.requests(&config);
         let _server = requests
             .serve(
