@@ -8,7 +8,7 @@
 //!
 //! Two properties the rest of the plane relies on are made real here:
 //!
-//! - Backpressure: the reply channel holds at most [`REPLY_WINDOW`] frames, so
+//! - Backpressure: the reply channel holds at most `REPLY_WINDOW` frames, so
 //!   a caller that stops reading stops the handler's `Responder::send`
 //!   instead of growing a queue.
 //! - Loss of the caller is a kill: dropping the reply transport before the end
@@ -122,6 +122,10 @@ impl RequestHub {
 }
 
 /// The in-memory request backend: every request capability, in one process.
+///
+/// Serving a second live instance of an endpoint under an [`InstanceId`]
+/// already serving it is refused with `AlreadyExists`, since direct routing
+/// could not tell the two apart.
 pub struct MemRequests {
     caps: RequestCapabilities,
     hub: Arc<RequestHub>,
