@@ -48,10 +48,11 @@ pub struct MemObjects {
 
 impl MemObjects {
     pub(crate) fn new(hub: Arc<ObjectHub>, _config: &MemConfig) -> Self {
-        let mut caps = ObjectsCapabilities::default();
-        caps.metadata = true;
-        caps.list = true;
-        caps.max_object_size = u64::MAX;
+        let caps = ObjectsCapabilities {
+            metadata: true,
+            list: true,
+            max_object_size: u64::MAX,
+        };
         MemObjects { caps, hub }
     }
 }

@@ -9,11 +9,15 @@
 //! copy and stamps it with a fresh delivery token; acks, nacks and extensions
 //! carry that token and only act while the copy is still held by it.
 //!
-//! Time is handled lazily instead of by a background task: every operation
-//! first moves expired deliveries back to ready (or to the dead-letter queue),
-//! exactly as an eager timer would have, and a waiting `receive` sleeps until
-//! the earliest instant at which something could become deliverable. So no
-//! task outlives a queue, and the observable behaviour is that of a timer.
+//! Time is handled lazily: every operation first moves expired deliveries
+//! back to ready (or to the dead-letter queue), exactly as an eager timer
+//! would have, and a waiting `receive` sleeps until the earliest instant at
+//! which something could become deliverable. The one effect that must happen
+//! even when nobody touches the queue is dead-lettering into *another* queue
+//! on expiry, so a queue with both `max_deliver` and `dead_letter` runs one
+//! small reaper task that sleeps until the earliest deadline. It holds only a
+//! `Weak` reference and a watch receiver, and ends when the queue is deleted
+//! or dropped.
 //!
 //! # Decisions
 //!
@@ -44,7 +48,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::MemConfig;
@@ -75,14 +79,15 @@ pub struct MemQueues {
 
 impl MemQueues {
     pub(crate) fn new(hub: Arc<QueueHub>, config: &MemConfig) -> Self {
-        let mut caps = QueueCapabilities::default();
-        caps.broadcast = true;
-        caps.nack_delay = true;
-        caps.extend = true;
-        caps.dead_letter = true;
-        caps.purge = true;
-        caps.depth = true;
-        caps.max_payload = config.max_payload;
+        let caps = QueueCapabilities {
+            broadcast: true,
+            nack_delay: true,
+            extend: true,
+            dead_letter: true,
+            purge: true,
+            depth: true,
+            max_payload: config.max_payload,
+        };
         MemQueues { caps, hub }
     }
 }
@@ -101,7 +106,25 @@ impl QueuesBackend for MemQueues {
         if let Some(queue) = queues.get(&config.name) {
             return Ok(Arc::new(QueueHandle(queue.clone())));
         }
-        let queue = Arc::new(MemQueue::new(config, Arc::downgrade(&self.hub)));
+        let needs_reaper = config.max_deliver.is_some() && config.dead_letter.is_some();
+        let (reaper, wake) = if needs_reaper {
+            let (tx, rx) = watch::channel(());
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let queue = Arc::new(MemQueue::new(config, Arc::downgrade(&self.hub), reaper));
+        if let Some(wake) = wake {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(reap(Arc::downgrade(&queue), wake))),
+                // Without a runtime to time it, expiry still happens lazily,
+                // on the queue's next operation.
+                Err(_) => tracing::warn!(
+                    queue = %queue.config.name,
+                    "no tokio runtime: expired jobs are dead-lettered on the queue's next operation"
+                ),
+            }
+        }
         queues.insert(queue.config.name.clone(), queue.clone());
         Ok(Arc::new(QueueHandle(queue)))
     }
@@ -128,6 +151,7 @@ impl QueuesBackend for MemQueues {
             state.pending.clear();
         }
         queue.notify.notify_waiters();
+        queue.wake_reaper();
         Ok(())
     }
 }
@@ -152,6 +176,9 @@ struct MemQueue {
     /// Woken whenever a copy may have become deliverable earlier than waiting
     /// receivers planned for (enqueue, nack, delete).
     notify: Notify,
+    /// Tells the reaper task (if any) that a deadline was set or the queue was
+    /// deleted. Dropping it with the queue ends the task.
+    reaper: Option<watch::Sender<()>>,
 }
 
 struct State {
@@ -310,7 +337,7 @@ impl State {
 }
 
 impl MemQueue {
-    fn new(config: QueueConfig, hub: Weak<QueueHub>) -> Self {
+    fn new(config: QueueConfig, hub: Weak<QueueHub>, reaper: Option<watch::Sender<()>>) -> Self {
         let consumers = match &config.mode {
             QueueMode::WorkQueue => vec![Consumer::new(String::new())],
             QueueMode::Broadcast { consumers } => {
@@ -335,7 +362,34 @@ impl MemQueue {
                 pending: HashMap::new(),
             }),
             notify: Notify::new(),
+            reaper,
         }
+    }
+
+    fn wake_reaper(&self) {
+        if let Some(reaper) = &self.reaper {
+            reaper.send_replace(());
+        }
+    }
+
+    /// The reaper's turn: expire what is due and return the next deadline, or
+    /// `None` once the queue is deleted.
+    fn reap(&self) -> Option<Option<Instant>> {
+        let mut dead = Vec::new();
+        let next = {
+            let mut state = self.state();
+            if state.deleted {
+                return None;
+            }
+            state.expire(&self.config, Instant::now(), &mut dead);
+            state
+                .consumers
+                .iter()
+                .filter_map(|c| c.in_flight.first().map(|&(deadline, _)| deadline))
+                .min()
+        };
+        self.dead_letter(dead);
+        Some(next)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -451,6 +505,8 @@ impl MemQueue {
         copy.token = token;
         let (message, attempt) = (copy.message.clone(), copy.deliveries);
         state.next_token += 1;
+        drop(state);
+        self.wake_reaper();
         let acker = MemAcker {
             queue: self.clone(),
             consumer,
@@ -575,6 +631,36 @@ impl QueueBackend for QueueHandle {
     }
 }
 
+/// Expires deliveries of a queue with a dead-letter queue on time, so a job
+/// reaches the dead-letter queue even if nobody touches its own queue again.
+async fn reap(queue: Weak<MemQueue>, mut wake: watch::Receiver<()>) {
+    let mut next: Option<Instant> = None;
+    loop {
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = wake.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = sleep => {}
+        }
+        // Upgraded only for this turn, so the task never keeps the queue alive.
+        let Some(queue) = queue.upgrade() else {
+            return;
+        };
+        match queue.reap() {
+            Some(deadline) => next = deadline,
+            None => return,
+        }
+    }
+}
+
 /// Settles one delivery of one consumer's copy.
 struct MemAcker {
     queue: Arc<MemQueue>,
@@ -621,7 +707,9 @@ impl Acker for MemAcker {
                     state.consumers[self.consumer]
                         .set_status(self.id, Status::InFlight(now + config.ack_wait));
                 },
-            )
+            )?;
+            self.queue.wake_reaper();
+            Ok(())
         })
     }
 }
@@ -764,6 +852,27 @@ mod tests {
         assert_eq!(dead.headers().get(DEAD_LETTER_QUEUE_HEADER), Some("w"));
         assert_eq!(dead.headers().get(DEAD_LETTER_DELIVERIES_HEADER), Some("2"));
         assert_eq!(dead.body().to_bytes(), "x");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_dead_letters_without_touching_the_queue() {
+        let q = queues();
+        let dlq = work_queue(&q, "dlq").await;
+        let wq = q
+            .create_queue(
+                QueueConfig::new("w")
+                    .ack_wait(ACK_WAIT)
+                    .max_deliver(1)
+                    .dead_letter("dlq"),
+            )
+            .await
+            .unwrap();
+        wq.enqueue("x").await.unwrap();
+        let _held = wq.receive(Duration::ZERO).await.unwrap().unwrap();
+        let start = Instant::now();
+        let dead = dlq.receive(ACK_WAIT * 2).await.unwrap().unwrap();
+        assert!(start.elapsed() >= ACK_WAIT);
+        assert_eq!(dead.headers().get(DEAD_LETTER_DELIVERIES_HEADER), Some("1"));
     }
 
     #[tokio::test(start_paused = true)]
