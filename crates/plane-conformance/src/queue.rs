@@ -326,18 +326,21 @@ async fn extend_ack_deadline(cx: &Ctx<'_>) -> CaseResult {
         // Work for well over two ack waits, extending every 100 ms, while a
         // competing worker waits for the job the whole time.
         let work = Duration::from_millis(1200);
-        let competitor = {
+        // In a JoinSet so that an early failure aborts the competitor.
+        let mut competitor = JoinSet::new();
+        {
             let wq = wq.clone();
-            tokio::spawn(async move { wq.receive(work).await })
-        };
+            competitor.spawn(async move { wq.receive(work).await });
+        }
         let start = Instant::now();
         while start.elapsed() < work {
             tokio::time::sleep(Duration::from_millis(100)).await;
             job.extend().await?;
         }
         job.ack().await?;
-        let stolen = within(WAIT, "the competing receive", competitor)
+        let stolen = within(WAIT, "the competing receive", competitor.join_next())
             .await?
+            .ok_or_else(|| Verdict::Fail("the competing receive vanished".into()))?
             .map_err(|e| Verdict::Fail(format!("competing receive task failed: {e}")))??;
         if let Some(stolen) = stolen {
             return Err(Verdict::Fail(format!(
@@ -411,9 +414,11 @@ async fn worker_crash_mid_job_redelivered(cx: &Ctx<'_>) -> CaseResult {
         // A worker takes the job and dies mid-processing: its task is
         // aborted and the job dropped without ack or nack.
         let (took, taken) = tokio::sync::oneshot::channel();
-        let worker = {
+        // In a JoinSet so that it is aborted even if the case fails early.
+        let mut worker = JoinSet::new();
+        {
             let wq = wq.clone();
-            tokio::spawn(async move {
+            worker.spawn(async move {
                 let job = wq.receive(WAIT).await;
                 let _ = took.send(
                     job.as_ref()
@@ -422,13 +427,13 @@ async fn worker_crash_mid_job_redelivered(cx: &Ctx<'_>) -> CaseResult {
                 );
                 std::future::pending::<()>().await;
                 drop(job);
-            })
-        };
+            });
+        }
         let taken = within(WAIT, "the crashing worker to take the job", taken)
             .await?
             .map_err(|_| Verdict::Fail("the crashing worker ended early".into()))?;
-        worker.abort();
-        let _ = worker.await;
+        worker.abort_all();
+        while worker.join_next().await.is_some() {}
         check_eq!(taken, Ok(Some(id)), "what the crashing worker received");
 
         let job = expect_job(&wq, "the job after its worker crashed").await?;

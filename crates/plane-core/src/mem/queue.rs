@@ -216,6 +216,15 @@ enum Status {
     InFlight(Instant),
 }
 
+/// The outcome of one attempt to receive.
+enum Take {
+    /// A delivery, now in flight.
+    Job(Job),
+    /// Nothing deliverable; something may become deliverable at this instant
+    /// (`None`: only an enqueue, nack or delete can change that).
+    Wait(Option<Instant>),
+}
+
 /// A job leaving the queue for the dead-letter queue.
 struct DeadLetter {
     message: Message,
@@ -470,14 +479,13 @@ impl MemQueue {
         }
     }
 
-    /// One attempt to take a copy for `consumer`: the job, or the instant at
-    /// which trying again could succeed.
+    /// One attempt to take a copy for `consumer`.
     fn try_take(
         self: &Arc<Self>,
         consumer: usize,
         now: Instant,
         dead: &mut Vec<DeadLetter>,
-    ) -> Result<std::result::Result<Job, Option<Instant>>> {
+    ) -> Result<Take> {
         let mut state = self.state();
         if state.deleted {
             return Err(deleted());
@@ -494,12 +502,14 @@ impl MemQueue {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                return Ok(Err(wake));
+                return Ok(Take::Wait(wake));
             }
         };
         c.set_status(next, Status::InFlight(now + self.config.ack_wait));
         let Some(copy) = c.copies.get_mut(&next) else {
-            return Ok(Err(None));
+            // Unreachable while the indexes agree with `copies`; waiting for
+            // the next event is the harmless answer if they ever did not.
+            return Ok(Take::Wait(None));
         };
         copy.deliveries = copy.deliveries.saturating_add(1);
         copy.token = token;
@@ -513,7 +523,7 @@ impl MemQueue {
             id: next,
             token,
         };
-        Ok(Ok(Job::new(
+        Ok(Take::Job(Job::new(
             next,
             message,
             attempt,
@@ -589,8 +599,8 @@ impl QueueBackend for QueueHandle {
             let taken = queue.try_take(consumer, now, &mut dead);
             queue.dead_letter(dead);
             let wake = match taken? {
-                Ok(job) => return Ok(Some(job)),
-                Err(wake) => wake,
+                Take::Job(job) => return Ok(Some(job)),
+                Take::Wait(wake) => wake,
             };
             if now >= until {
                 return Ok(None);
