@@ -2,7 +2,7 @@
 //!
 //! # Design
 //!
-//! One mutex ([`HubState`]) guards the subscription tables and the stream
+//! One mutex (`HubState`) guards the subscription tables and the stream
 //! directory; each stream has its own mutex guarding its stored events and
 //! its consumers; each at-most-once subscription has a mutex around its
 //! bounded buffer. Locks are only ever nested in that order (hub → stream →
@@ -497,7 +497,7 @@ impl StreamShared {
     }
 }
 
-/// A consumer's timer: runs [`StreamShared::tick`] whenever the earliest
+/// A consumer's timer: runs `StreamShared::tick` whenever the earliest
 /// deadline passes or it is poked about an earlier one. It holds the stream
 /// weakly and ends when the stream or consumer is gone (the poke sender lives
 /// in the consumer's state, so dropping the consumer closes the channel).
@@ -887,6 +887,13 @@ impl Acker for MemAcker {
 /// most one stream. Events published at most once to a captured subject are
 /// stored too, and durably published events also reach at-most-once
 /// subscribers, except recognised duplicates.
+///
+/// A consumer's configuration is fixed when it is first created; later
+/// `consume` calls with the same name bind to it as it is. Events older than a
+/// stream's `max_age` are discarded lazily, on the next publish or delivery.
+/// When a stream is deleted, each of its consumer subscriptions yields one
+/// `Closed` error and then ends. Durable consumers run a timer task, so
+/// `consume` needs a tokio runtime with timers enabled.
 pub struct MemEvents {
     caps: EventsCapabilities,
     hub: Arc<EventHub>,
@@ -1018,6 +1025,14 @@ impl EventsBackend for MemEvents {
                     format!("no stream named `{}`", config.stream),
                 )
             })?;
+        // The consumer's timer task needs a runtime; refuse rather than panic.
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                "durable consumers of the mem backend need a tokio runtime",
+            )
+            .with_source(e)
+        })?;
         let name = config.name.clone();
         let id = {
             let mut st = lock(&stream.state);
@@ -1027,7 +1042,7 @@ impl EventsBackend for MemEvents {
             let last_seq = st.log.last_seq;
             let consumer = st.consumers.entry(name.clone()).or_insert_with(|| {
                 let (poke, rx) = mpsc::channel(1);
-                tokio::spawn(consumer_timer(Arc::downgrade(&stream), name.clone(), rx));
+                runtime.spawn(consumer_timer(Arc::downgrade(&stream), name.clone(), rx));
                 let cursor = match config.deliver {
                     DeliverPolicy::All => 1,
                     DeliverPolicy::New => last_seq + 1,
