@@ -80,14 +80,16 @@ pub struct MemKv {
 
 impl MemKv {
     pub(crate) fn new(hub: Arc<KvHub>, config: &MemConfig) -> Self {
-        let mut caps = KvCapabilities::default();
-        caps.history = true;
-        caps.watch = true;
-        caps.watch_from_revision = true;
-        caps.bucket_ttl = true;
-        caps.key_ttl = true;
-        caps.expiry_events = true;
-        caps.max_value = config.max_value;
+        // Everything the kv plane can do; only the value limit is configured.
+        let caps = KvCapabilities {
+            history: true,
+            watch: true,
+            watch_from_revision: true,
+            bucket_ttl: true,
+            key_ttl: true,
+            expiry_events: true,
+            max_value: config.max_value,
+        };
         MemKv { caps, hub }
     }
 }
@@ -710,16 +712,11 @@ mod tests {
         b.delete("gone").await.unwrap();
         // The queued events come first, then a snapshot and a second marker.
         let mut drained = 0;
-        loop {
-            match next(&mut w).await {
-                WatchEvent::Entry(_) => drained += 1,
-                WatchEvent::CaughtUp => break,
-            }
+        while let WatchEvent::Entry(_) = next(&mut w).await {
+            drained += 1;
         }
         assert_eq!(drained, WATCH_CAPACITY + 20);
-        let mut state = b.keys(">").await.unwrap();
-        state.sort();
-        assert_eq!(state.len(), 20);
+        assert_eq!(b.keys(">").await.unwrap().len(), 20);
         // Live again afterwards.
         b.put("after", "1").await.unwrap();
         assert!(matches!(next(&mut w).await, WatchEvent::Entry(e) if e.key == "after"));
