@@ -472,20 +472,15 @@ async fn watch_snapshot_then_live(cx: &Ctx<'_>) -> CaseResult {
         b.delete("c").await?;
         let mut w = b.watch(">").await?;
         let mut snapshot = BTreeMap::new();
-        loop {
-            match next_event(&mut w, "the snapshot").await? {
-                WatchEvent::Entry(e) => {
-                    check_eq!(e.op, Op::Put, "snapshot holds a marker: {e:?}");
-                    check!(
-                        snapshot
-                            .insert(e.key.clone(), (e.value, e.revision))
-                            .is_none(),
-                        "key `{}` twice in the snapshot",
-                        e.key
-                    );
-                }
-                WatchEvent::CaughtUp => break,
-            }
+        while let WatchEvent::Entry(e) = next_event(&mut w, "the snapshot").await? {
+            check_eq!(e.op, Op::Put, "snapshot holds a marker: {e:?}");
+            check!(
+                snapshot
+                    .insert(e.key.clone(), (e.value, e.revision))
+                    .is_none(),
+                "key `{}` twice in the snapshot",
+                e.key
+            );
         }
         let want: BTreeMap<String, (bytes::Bytes, u64)> = [
             ("a".to_owned(), ("2".into(), ra)),
@@ -558,11 +553,8 @@ async fn watch_from_revision(cx: &Ctx<'_>) -> CaseResult {
             .watch_with(WatchOptions::new(">").from(WatchFrom::Revision(r2)))
             .await?;
         let mut got = Vec::new();
-        loop {
-            match next_event(&mut w, "the replay").await? {
-                WatchEvent::Entry(e) => got.push((e.key, e.revision)),
-                WatchEvent::CaughtUp => break,
-            }
+        while let WatchEvent::Entry(e) = next_event(&mut w, "the replay").await? {
+            got.push((e.key, e.revision));
         }
         check_eq!(
             got,
