@@ -262,6 +262,10 @@ async fn cas_concurrent_increment(cx: &Ctx<'_>) -> CaseResult {
                             .ok()
                             .and_then(|s| s.parse().ok())
                             .ok_or("counter is not a number")?;
+                        // Let the other workers run between read and write,
+                        // so a compare-and-swap that does not compare loses
+                        // increments even on an in-process backend.
+                        tokio::task::yield_now().await;
                         match b.update("counter", (n + 1).to_string(), e.revision).await {
                             Ok(_) => break,
                             Err(err) if err.kind() == ErrorKind::RevisionMismatch => {
