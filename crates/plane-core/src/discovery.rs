@@ -758,6 +758,8 @@ mod tests {
         MemKv::new(Arc::default(), &MemConfig::default())
     }
 
+    // Tests run on paused time, so leases and renewals are exact whatever the
+    // machine's load.
     fn fast() -> DiscoveryConfig {
         DiscoveryConfig::default()
             .lease(Duration::from_millis(300))
@@ -808,7 +810,7 @@ mod tests {
         assert_eq!(i.key(), "ep.00000000000000ab");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn register_list_watch_deregister() {
         let d = Discovery::open(&mem(), fast()).await.unwrap();
         let a = Instance::new("ep", InstanceId(1), "a");
@@ -836,7 +838,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn reregisters_after_the_record_vanishes() {
         let d = Discovery::open(&mem(), fast()).await.unwrap();
         let a = Instance::new("ep", InstanceId(7), "a");
@@ -853,7 +855,7 @@ mod tests {
         r.deregister().await.unwrap();
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn per_key_lease_and_list_only_watch() {
         let caps = KvCapabilities {
             key_ttl: true,
@@ -877,7 +879,7 @@ mod tests {
         assert_eq!(next(&mut w).await, DiscoveryEvent::Removed(a.id));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn needs_some_ttl() {
         let kv = Kv::new(Restricted {
             inner: mem_backend(),

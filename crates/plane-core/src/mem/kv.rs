@@ -659,7 +659,8 @@ mod tests {
         assert!(b.keys(">").await.unwrap().is_empty());
     }
 
-    #[tokio::test]
+    // Paused time: deadlines are exact, whatever the machine's load.
+    #[tokio::test(start_paused = true)]
     async fn expiry_is_reported_without_readers() {
         let (_kv, b) = bucket(BucketConfig::new("b")).await;
         let mut w = b
@@ -686,7 +687,8 @@ mod tests {
         assert!(b.get("k").await.unwrap().is_none());
     }
 
-    #[tokio::test]
+    // Paused time: deadlines are exact, whatever the machine's load.
+    #[tokio::test(start_paused = true)]
     async fn rewrite_moves_the_deadline() {
         let (_kv, b) = bucket(BucketConfig::new("b").max_age(Duration::from_millis(300))).await;
         b.put("k", "1").await.unwrap();
