@@ -213,35 +213,40 @@ fn local_root(url: &Url) -> Result<PathBuf> {
 
 /// Build the objects plane for `url`.
 pub async fn objects(url: &Url) -> Result<Objects> {
-    let (scheme, _) = ObjectStoreScheme::parse(url)
-        .map_err(|e| config_err(format!("unsupported object store url `{url}`")).with_source(e))?;
-    let mut q = QueryParams::new(url)?;
-    let config = FsConfig::take(&mut q)?;
-    let upload = objects::UploadConfig {
-        chunk_size: config.chunk_size,
-        concurrency: config.upload_concurrency,
-    };
-    if scheme == ObjectStoreScheme::Local {
-        q.finish()?;
-        let root = local_root(url)?;
-        let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
-            .map_err(objects::store_err)?
-            .with_automatic_cleanup(true)
-            .with_fsync(config.fsync);
-        return Ok(Objects::new(FsObjects::new(
-            Arc::new(store),
-            upload,
-            config.max_object_size,
-            Some(root),
-        )));
+    Ok(Objects::new(FsObjects::from_url(url).await?))
+}
+
+impl FsObjects {
+    /// The objects backend for `url`, for callers that want
+    /// [`sweep`](FsObjects::sweep) as well as the plane
+    /// (`Objects::new(backend.clone())`).
+    pub async fn from_url(url: &Url) -> Result<FsObjects> {
+        let (scheme, _) = ObjectStoreScheme::parse(url).map_err(|e| {
+            config_err(format!("unsupported object store url `{url}`")).with_source(e)
+        })?;
+        let mut q = QueryParams::new(url)?;
+        let config = FsConfig::take(&mut q)?;
+        let upload = objects::UploadConfig {
+            chunk_size: config.chunk_size,
+            concurrency: config.upload_concurrency,
+        };
+        if scheme == ObjectStoreScheme::Local {
+            q.finish()?;
+            let root = local_root(url)?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
+                .map_err(objects::store_err)?
+                .with_automatic_cleanup(true)
+                .with_fsync(config.fsync);
+            return Ok(FsObjects::new(
+                Arc::new(store),
+                upload,
+                config.max_object_size,
+                Some(root),
+            ));
+        }
+        let store = cloud::store(url, &scheme, q)?;
+        Ok(FsObjects::new(store, upload, config.max_object_size, None))
     }
-    let store = cloud::store(url, &scheme, q)?;
-    Ok(Objects::new(FsObjects::new(
-        store,
-        upload,
-        config.max_object_size,
-        None,
-    )))
 }
 
 /// Build the kv plane for `url` (`file://` only).

@@ -112,7 +112,10 @@ struct Shared {
     local_root: Option<std::path::PathBuf>,
 }
 
-/// The objects backend over an object_store [`ObjectStore`].
+/// The objects backend over an object_store [`ObjectStore`]. Cheap to clone:
+/// keep a clone to call [`sweep`](FsObjects::sweep) beside the [`Objects`](plane_core::Objects)
+/// handle made from it.
+#[derive(Clone)]
 pub struct FsObjects {
     shared: Arc<Shared>,
     caps: ObjectsCapabilities,
@@ -155,7 +158,18 @@ impl FsObjects {
     /// at the same instant. They are never visible; this only reclaims space.
     /// `grace` must exceed the longest upload still in progress, since an
     /// upload's blob is unreferenced until its manifest is written.
+    ///
+    /// On the local filesystem this also removes object_store's staging files
+    /// (`<file>#<n>`) of uploads whose process was killed, once they have not
+    /// been written to for `grace`.
     pub async fn sweep(&self, bucket: &str, grace: Duration) -> Result<usize> {
+        let mut removed = 0;
+        if let Some(root) = &self.shared.local_root {
+            let dir = root.join(bucket);
+            removed += tokio::task::spawn_blocking(move || sweep_staging(&dir, grace))
+                .await
+                .map_err(|e| Error::new(ErrorKind::Other, "sweep task failed").with_source(e))?;
+        }
         let store = &self.shared.store;
         let mut referenced = std::collections::HashSet::new();
         let mut manifests = store.list(Some(&layout::manifests(bucket)));
@@ -177,7 +191,6 @@ impl FsObjects {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let prefix = layout::blobs(bucket);
         let mut blobs = store.list(Some(&prefix));
-        let mut removed = 0;
         while let Some(meta) = blobs.next().await {
             let meta = meta.map_err(store_err)?;
             let Some(id) = meta.location.filename() else {
@@ -194,6 +207,38 @@ impl FsObjects {
         }
         Ok(removed)
     }
+}
+
+/// Remove staging files (`name#digits`) under `dir` not modified for `grace`.
+fn sweep_staging(dir: &std::path::Path, grace: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if meta.is_dir() {
+            removed += sweep_staging(&path, grace);
+            continue;
+        }
+        let name = entry.file_name();
+        let staging = name
+            .to_str()
+            .and_then(|n| n.rsplit_once('#'))
+            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let idle = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= grace);
+        if staging && idle && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 async fn read_manifest_at(store: &dyn ObjectStore, path: &Path) -> Result<Manifest> {
