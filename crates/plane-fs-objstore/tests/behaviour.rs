@@ -188,3 +188,19 @@ async fn kv_state_is_shared_between_handles_and_watch_sees_expiry() {
     kv1.delete_bucket("shared").await.unwrap();
     assert_eq!(b.get("k").await.unwrap_err().kind(), ErrorKind::NotFound);
 }
+
+#[tokio::test]
+async fn offloaded_payloads_travel_as_handles() {
+    use plane_core::offload::{Offload, OBJECT_REF};
+    let dir = tempfile::tempdir().unwrap();
+    let (objects, _) = planes(dir.path()).await;
+    let sender = Offload::new(objects.create_bucket("payloads").await.unwrap(), 1024);
+    let receiver = Offload::new(objects.open_bucket("payloads").await.unwrap(), 1024);
+    let big = plane_core::Message::from(vec![3u8; 3 << 20]);
+    let handle = sender.offload(big.clone()).await.unwrap();
+    assert!(handle.headers.get(OBJECT_REF).unwrap().starts_with("payloads/offload/"));
+    assert!(handle.payload_len() < 256);
+    assert_eq!(receiver.resolve(handle.clone()).await.unwrap(), big);
+    receiver.discard(&handle).await.unwrap();
+    assert!(objects.open_bucket("payloads").await.unwrap().list("").await.unwrap().is_empty());
+}
