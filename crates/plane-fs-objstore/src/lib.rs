@@ -406,11 +406,15 @@ impl Connector for FsConnector {
         schemes()
     }
 
-    fn kv<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Kv>> {
+    fn kv<'a>(&'a self, url: &'a Url, _registry: &'a Registry) -> BoxFuture<'a, Result<Kv>> {
         Box::pin(kv(url))
     }
 
-    fn objects<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Objects>> {
+    fn objects<'a>(
+        &'a self,
+        url: &'a Url,
+        _registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Objects>> {
         Box::pin(objects(url))
     }
 }
