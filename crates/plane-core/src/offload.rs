@@ -258,8 +258,8 @@ fn mismatch(op: &'static str, expected: u64, actual: u64) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Headers;
     use crate::mem::Hub;
+    use crate::message::Headers;
 
     async fn offload(threshold: usize) -> Offload {
         let objects = Hub::new().objects(&Default::default());

@@ -183,10 +183,7 @@ mod tests {
             assert!(p.prefix_matches(&list_prefix("bkt", name)));
         }
         // An object and a "directory" of the same name do not collide.
-        assert_ne!(
-            manifest("b", "a").as_ref(),
-            list_prefix("b", "a/").as_ref()
-        );
+        assert_ne!(manifest("b", "a").as_ref(), list_prefix("b", "a/").as_ref());
         // Staging files of interrupted writes are not manifests.
         let staging = Path::parse("bkt/m/a.o#1").expect("parses");
         assert_eq!(name_of_manifest("bkt", &staging), None);

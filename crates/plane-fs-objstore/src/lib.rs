@@ -289,7 +289,9 @@ mod cloud {
     fn known_key(scheme: &ObjectStoreScheme, key: &str) -> bool {
         match scheme {
             #[cfg(feature = "aws")]
-            ObjectStoreScheme::AmazonS3 => key.parse::<object_store::aws::AmazonS3ConfigKey>().is_ok(),
+            ObjectStoreScheme::AmazonS3 => {
+                key.parse::<object_store::aws::AmazonS3ConfigKey>().is_ok()
+            }
             #[cfg(feature = "gcp")]
             ObjectStoreScheme::GoogleCloudStorage => {
                 key.parse::<object_store::gcp::GoogleConfigKey>().is_ok()
@@ -361,8 +363,11 @@ mod cloud {
         }
         q.finish()?;
         let (store, prefix) = object_store::parse_url_opts(&bare, options).map_err(|e| {
-            Error::new(ErrorKind::InvalidConfig, format!("cannot build store for `{bare}`"))
-                .with_source(e)
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("cannot build store for `{bare}`"),
+            )
+            .with_source(e)
         })?;
         let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
             Arc::from(store)

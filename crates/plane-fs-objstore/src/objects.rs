@@ -250,8 +250,11 @@ async fn read_manifest_at(store: &dyn ObjectStore, path: &Path) -> Result<Manife
         .await
         .map_err(store_err)?;
     let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::new(ErrorKind::Decode, format!("object manifest `{path}` is malformed"))
-            .with_source(e)
+        Error::new(
+            ErrorKind::Decode,
+            format!("object manifest `{path}` is malformed"),
+        )
+        .with_source(e)
     })?;
     if m.version != MANIFEST_VERSION {
         return Err(Error::new(
@@ -404,7 +407,10 @@ impl FsObjectBucket {
             })
     }
 
-    async fn stream_blob(&self, m: Manifest) -> Result<std::result::Result<ObjectReader, Manifest>> {
+    async fn stream_blob(
+        &self,
+        m: Manifest,
+    ) -> Result<std::result::Result<ObjectReader, Manifest>> {
         let path = layout::blob(&self.bucket, &m.blob);
         match self.store().get(&path).await {
             Ok(result) => {
@@ -474,7 +480,10 @@ impl ObjectBucketBackend for FsObjectBucket {
             Error::new(ErrorKind::Other, "cannot encode object manifest").with_source(e)
         })?;
         store
-            .put(&layout::manifest(&self.bucket, name), PutPayload::from(json))
+            .put(
+                &layout::manifest(&self.bucket, name),
+                PutPayload::from(json),
+            )
             .await
             .map_err(store_err)?;
         guard.disarm();
@@ -519,7 +528,10 @@ impl ObjectBucketBackend for FsObjectBucket {
         {
             Ok(()) => {}
             Err(object_store::Error::NotFound { .. }) => {
-                return Err(Error::new(ErrorKind::NotFound, format!("no object `{name}`")))
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("no object `{name}`"),
+                ))
             }
             Err(e) => return Err(store_err(e)),
         }

@@ -45,16 +45,34 @@ async fn awkward_names_round_trip_through_list() {
     for (i, n) in names.iter().enumerate() {
         b.put(n, format!("v{i}")).await.unwrap();
     }
-    let listed: Vec<String> = b.list("").await.unwrap().into_iter().map(|i| i.name).collect();
+    let listed: Vec<String> = b
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
     let mut expected: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     expected.sort();
     assert_eq!(listed, expected);
     for (i, n) in names.iter().enumerate() {
         assert_eq!(b.get_bytes(n).await.unwrap(), format!("v{i}"), "{n}");
     }
-    let dir_listed: Vec<String> = b.list("dir").await.unwrap().into_iter().map(|i| i.name).collect();
+    let dir_listed: Vec<String> = b
+        .list("dir")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
     assert_eq!(dir_listed, ["dir", "dir/file", "dir/sub/deep"]);
-    let sub: Vec<String> = b.list("dir/s").await.unwrap().into_iter().map(|i| i.name).collect();
+    let sub: Vec<String> = b
+        .list("dir/s")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
     assert_eq!(sub, ["dir/sub/deep"]);
     assert!(b.list("nothing/").await.unwrap().is_empty());
     objects.delete_bucket("names").await.unwrap();
@@ -84,12 +102,16 @@ async fn metadata_digest_and_overwrite() {
     assert_eq!(head.size, 6);
     assert!(head.meta.is_empty());
     // The replaced blob is gone: one blob for one object.
-    let blobs = std::fs::read_dir(dir.path().join("meta/d")).unwrap().count();
+    let blobs = std::fs::read_dir(dir.path().join("meta/d"))
+        .unwrap()
+        .count();
     assert_eq!(blobs, 1);
     b.delete("x").await.unwrap();
     assert_eq!(b.head("x").await.unwrap_err().kind(), ErrorKind::NotFound);
     assert_eq!(b.delete("x").await.unwrap_err().kind(), ErrorKind::NotFound);
-    let blobs = std::fs::read_dir(dir.path().join("meta/d")).map(|d| d.count()).unwrap_or(0);
+    let blobs = std::fs::read_dir(dir.path().join("meta/d"))
+        .map(|d| d.count())
+        .unwrap_or(0);
     assert_eq!(blobs, 0);
 }
 
@@ -104,7 +126,10 @@ async fn failed_and_dropped_uploads_leave_nothing() {
         Err(Error::new(ErrorKind::Other, "source broke")),
     ])
     .boxed();
-    let err = b.put_stream("keep", ObjectMeta::default(), failing).await.unwrap_err();
+    let err = b
+        .put_stream("keep", ObjectMeta::default(), failing)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Other);
     assert_eq!(b.get_bytes("keep").await.unwrap(), "old");
     // A put whose future is dropped mid-stream.
@@ -119,13 +144,24 @@ async fn failed_and_dropped_uploads_leave_nothing() {
     )
     .await;
     assert!(dropped.is_err(), "the endless put cannot finish");
-    assert_eq!(b.head("fresh").await.unwrap_err().kind(), ErrorKind::NotFound);
-    let names: Vec<String> = b.list("").await.unwrap().into_iter().map(|i| i.name).collect();
+    assert_eq!(
+        b.head("fresh").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let names: Vec<String> = b
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
     assert_eq!(names, ["keep"]);
     // Staging files are removed in the background once the upload is dropped.
     let mut leftovers = usize::MAX;
     for _ in 0..100 {
-        leftovers = std::fs::read_dir(dir.path().join("abort/d")).unwrap().count();
+        leftovers = std::fs::read_dir(dir.path().join("abort/d"))
+            .unwrap()
+            .count();
         if leftovers == 1 {
             break;
         }
@@ -198,9 +234,20 @@ async fn offloaded_payloads_travel_as_handles() {
     let receiver = Offload::new(objects.open_bucket("payloads").await.unwrap(), 1024);
     let big = plane_core::Message::from(vec![3u8; 3 << 20]);
     let handle = sender.offload(big.clone()).await.unwrap();
-    assert!(handle.headers.get(OBJECT_REF).unwrap().starts_with("payloads/offload/"));
+    assert!(handle
+        .headers
+        .get(OBJECT_REF)
+        .unwrap()
+        .starts_with("payloads/offload/"));
     assert!(handle.payload_len() < 256);
     assert_eq!(receiver.resolve(handle.clone()).await.unwrap(), big);
     receiver.discard(&handle).await.unwrap();
-    assert!(objects.open_bucket("payloads").await.unwrap().list("").await.unwrap().is_empty());
+    assert!(objects
+        .open_bucket("payloads")
+        .await
+        .unwrap()
+        .list("")
+        .await
+        .unwrap()
+        .is_empty());
 }

@@ -103,7 +103,10 @@ async fn cas_concurrent_increment_across_processes() {
         .kv(&url(dir.path().to_str().unwrap()))
         .await
         .unwrap();
-    let bucket = kv.create_bucket(BucketConfig::new("counter")).await.unwrap();
+    let bucket = kv
+        .create_bucket(BucketConfig::new("counter"))
+        .await
+        .unwrap();
     bucket.create("n", "0").await.unwrap();
     let children: Vec<_> = (0..PROCESSES)
         .map(|_| spawn_child("cas", dir.path()))
@@ -113,7 +116,10 @@ async fn cas_concurrent_increment_across_processes() {
     while mine < INCREMENTS {
         let entry = bucket.get("n").await.unwrap().unwrap();
         let n: u64 = std::str::from_utf8(&entry.value).unwrap().parse().unwrap();
-        match bucket.update("n", (n + 1).to_string(), entry.revision).await {
+        match bucket
+            .update("n", (n + 1).to_string(), entry.revision)
+            .await
+        {
             Ok(_) => mine += 1,
             Err(e) => assert_eq!(e.kind(), ErrorKind::RevisionMismatch, "{e}"),
         }
@@ -170,7 +176,10 @@ async fn writer_killed_mid_upload_leaves_no_partial_object() {
     child.wait().unwrap();
 
     // The previous version is intact and is the only one visible.
-    assert_eq!(bucket.get_bytes("victim").await.unwrap(), "previous version");
+    assert_eq!(
+        bucket.get_bytes("victim").await.unwrap(),
+        "previous version"
+    );
     let listed: Vec<_> = bucket.list("").await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].size, "previous version".len() as u64);
@@ -179,7 +188,10 @@ async fn writer_killed_mid_upload_leaves_no_partial_object() {
     let removed = backend.sweep("crash", Duration::ZERO).await.unwrap();
     assert!(removed >= 1, "sweep removed {removed}");
     assert_eq!(staging_bytes(&blobs), "previous version".len() as u64);
-    assert_eq!(bucket.get_bytes("victim").await.unwrap(), "previous version");
+    assert_eq!(
+        bucket.get_bytes("victim").await.unwrap(),
+        "previous version"
+    );
     // And the name can be written again.
     bucket.put("victim", "next").await.unwrap();
     assert_eq!(bucket.get_bytes("victim").await.unwrap(), "next");

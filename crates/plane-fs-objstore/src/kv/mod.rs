@@ -201,10 +201,7 @@ impl KvBucketBackend for DirKvBucket {
                     Some(r) if r.revision != expected => {
                         return Err(Error::new(
                             ErrorKind::RevisionMismatch,
-                            format!(
-                                "key `{key}` is at revision {}, not {expected}",
-                                r.revision
-                            ),
+                            format!("key `{key}` is at revision {}, not {expected}", r.revision),
                         ))
                     }
                     Some(_) => {}

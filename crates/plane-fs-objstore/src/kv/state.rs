@@ -277,10 +277,7 @@ impl BucketFiles {
             uuid::Uuid::now_v7().simple()
         ));
         let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)?;
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(&bytes)?;
             if self.fsync {
                 f.sync_data()?;
