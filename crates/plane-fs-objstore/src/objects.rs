@@ -429,6 +429,17 @@ impl FsObjectBucket {
 impl ObjectBucketBackend for FsObjectBucket {
     async fn put(&self, name: &str, meta: ObjectMeta, mut data: ByteStream) -> Result<ObjectInfo> {
         let store = self.shared.store.clone();
+        // A handle that outlived its bucket must not quietly recreate it.
+        store
+            .head(&layout::marker(&self.bucket))
+            .await
+            .map_err(|e| match e {
+                object_store::Error::NotFound { .. } => Error::new(
+                    ErrorKind::NotFound,
+                    format!("no object bucket `{}`", self.bucket),
+                ),
+                e => store_err(e),
+            })?;
         let id = uuid::Uuid::now_v7().simple().to_string();
         let blob = layout::blob(&self.bucket, &id);
         let upload = store.put_multipart(&blob).await.map_err(store_err)?;

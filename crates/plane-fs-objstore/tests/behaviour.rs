@@ -76,6 +76,9 @@ async fn awkward_names_round_trip_through_list() {
     assert_eq!(sub, ["dir/sub/deep"]);
     assert!(b.list("nothing/").await.unwrap().is_empty());
     objects.delete_bucket("names").await.unwrap();
+    assert_eq!(b.put("late", "x").await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(b.get("plain").await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(!dir.path().join("names").exists());
     assert_eq!(
         objects.open_bucket("names").await.unwrap_err().kind(),
         ErrorKind::NotFound
