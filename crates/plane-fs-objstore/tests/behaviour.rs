@@ -76,8 +76,14 @@ async fn awkward_names_round_trip_through_list() {
     assert_eq!(sub, ["dir/sub/deep"]);
     assert!(b.list("nothing/").await.unwrap().is_empty());
     objects.delete_bucket("names").await.unwrap();
-    assert_eq!(b.put("late", "x").await.unwrap_err().kind(), ErrorKind::NotFound);
-    assert_eq!(b.get("plain").await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        b.put("late", "x").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        b.get("plain").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     assert!(!dir.path().join("names").exists());
     assert_eq!(
         objects.open_bucket("names").await.unwrap_err().kind(),
@@ -321,4 +327,36 @@ async fn concurrent_writers_and_readers_never_see_a_torn_object() {
         .map(|i| i.name)
         .collect();
     assert_eq!(names, ["x"]);
+}
+
+#[tokio::test]
+async fn urls_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = registry();
+    let base = format!("file://{}", dir.path().display());
+    let kind = |e: Result<(), Error>| e.unwrap_err().kind();
+    assert_eq!(
+        kind(r.objects(&format!("{base}?chunk_sise=1")).await.map(drop)),
+        ErrorKind::InvalidConfig
+    );
+    assert_eq!(
+        kind(r.kv(&format!("{base}?poll_ms=0")).await.map(drop)),
+        ErrorKind::InvalidConfig
+    );
+    assert_eq!(
+        kind(r.kv("file://somehost/x").await.map(drop)),
+        ErrorKind::InvalidConfig
+    );
+    // A nested root is created on first use.
+    let nested = format!("{base}/a/b?fsync=false&max_value=10");
+    let kv = r.kv(&nested).await.unwrap();
+    assert_eq!(kv.capabilities().max_value, 10);
+    assert!(dir.path().join("a/b/.plane-kv").is_dir());
+    if !cfg!(feature = "aws") {
+        assert_eq!(
+            kind(r.objects("s3://bucket/prefix").await.map(drop)),
+            ErrorKind::InvalidConfig,
+            "s3 needs the aws feature"
+        );
+    }
 }
