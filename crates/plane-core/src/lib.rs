@@ -39,14 +39,18 @@ pub mod capabilities;
 pub mod discovery;
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod kv;
 pub mod mem;
 pub mod message;
+pub mod metrics;
 pub mod objects;
+pub mod policy;
 pub mod queue;
 pub mod registry;
 pub mod request;
 pub mod subject;
+pub mod trace;
 pub mod wire;
 
 pub use error::{Error, ErrorKind, Result};
