@@ -27,6 +27,8 @@
 mod balance;
 mod client;
 mod idempotency;
+#[cfg(test)]
+mod policy_tests;
 mod server;
 
 use std::collections::HashMap;
