@@ -226,3 +226,14 @@ impl Labels {
         self.0.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_name_is_documented() {
+        let doc = include_str!("../../../docs/metrics.md");
+        for name in super::ALL {
+            assert!(doc.contains(&format!("`{name}`")), "{name} is not in docs/metrics.md");
+        }
+    }
+}
