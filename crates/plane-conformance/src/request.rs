@@ -1178,7 +1178,9 @@ async fn unsupported_ops_refused(cx: &Ctx<'_>) -> CaseResult {
 async fn trace_context_propagates(cx: &Ctx<'_>) -> CaseResult {
     let requests = cx.requests()?;
     let ep = cx.name("traced");
-    let seen: Arc<Mutex<Vec<(Option<String>, Option<String>)>>> = Arc::default();
+    // What the handler saw: (traceparent, tracestate) of its trace context.
+    type Seen = Vec<(Option<String>, Option<String>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let log = seen.clone();
     let server = requests
         .serve(
@@ -1203,7 +1205,11 @@ async fn trace_context_propagates(cx: &Ctx<'_>) -> CaseResult {
     let Some((tp, ts)) = last(&seen) else {
         return Err(Verdict::Fail("handler saw no call".into()));
     };
-    check_eq!(tp.as_deref(), Some(traceparent), "traceparent the handler saw");
+    check_eq!(
+        tp.as_deref(),
+        Some(traceparent),
+        "traceparent the handler saw"
+    );
     check_eq!(
         ts.as_deref(),
         Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),

@@ -133,11 +133,7 @@ pub fn describe() {
         Unit::Seconds,
         "client call attempt duration"
     );
-    describe_counter!(
-        CLIENT_BYTES_SENT,
-        Unit::Bytes,
-        "request payload bytes sent"
-    );
+    describe_counter!(CLIENT_BYTES_SENT, Unit::Bytes, "request payload bytes sent");
     describe_counter!(
         CLIENT_BYTES_RECEIVED,
         Unit::Bytes,
@@ -210,7 +206,11 @@ impl Labels {
     }
 
     /// Add a label; `value` is typically a `&'static str` or an `Arc<str>`.
-    pub(crate) fn with(mut self, key: &'static str, value: impl Into<::metrics::SharedString>) -> Self {
+    pub(crate) fn with(
+        mut self,
+        key: &'static str,
+        value: impl Into<::metrics::SharedString>,
+    ) -> Self {
         self.0.push(::metrics::Label::new(key, value));
         self
     }
@@ -233,7 +233,10 @@ mod tests {
     fn every_name_is_documented() {
         let doc = include_str!("../../../docs/metrics.md");
         for name in super::ALL {
-            assert!(doc.contains(&format!("`{name}`")), "{name} is not in docs/metrics.md");
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "{name} is not in docs/metrics.md"
+            );
         }
     }
 }

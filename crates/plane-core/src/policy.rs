@@ -162,7 +162,11 @@ impl RetryPolicy {
     /// policy is exhausted; returns the last outcome. `op` receives the attempt
     /// number (1 for the first). Each retry first calls `on_retry` with the
     /// error that caused it and the retry's number.
-    pub async fn run<T, F, Fut>(&self, mut op: F, mut on_retry: impl FnMut(&Error, u32)) -> Result<T>
+    pub async fn run<T, F, Fut>(
+        &self,
+        mut op: F,
+        mut on_retry: impl FnMut(&Error, u32),
+    ) -> Result<T>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T>>,

@@ -513,7 +513,12 @@ impl WorkQueue {
             ));
         }
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(worker_loop(self.clone(), concurrency, Arc::new(handler), stopped));
+        let task = tokio::spawn(worker_loop(
+            self.clone(),
+            concurrency,
+            Arc::new(handler),
+            stopped,
+        ));
         Ok(Worker {
             stop,
             task: Some(task),
@@ -536,7 +541,6 @@ impl WorkQueue {
         self.inner.depth().await.map_err(self.fail("queue.depth"))
     }
 }
-
 
 /// How long one receive waits before the worker loop looks again; it also
 /// stops waiting at once when the worker is drained.
@@ -637,10 +641,8 @@ impl Worker {
             Ok(jobs) => jobs,
             Err(_) => return 0,
         };
-        let _ = tokio::time::timeout(grace, async {
-            while jobs.join_next().await.is_some() {}
-        })
-        .await;
+        let _ =
+            tokio::time::timeout(grace, async { while jobs.join_next().await.is_some() {} }).await;
         let left = jobs.len();
         jobs.shutdown().await;
         left

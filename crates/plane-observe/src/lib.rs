@@ -164,7 +164,12 @@ impl Recorder for PrometheusRecorder {
         lock(&self.store.help).insert(key.as_str().to_owned(), description.into_owned());
     }
     fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        Counter::from_arc(lock(&self.store.counters).entry(key.clone()).or_default().clone())
+        Counter::from_arc(
+            lock(&self.store.counters)
+                .entry(key.clone())
+                .or_default()
+                .clone(),
+        )
     }
     fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
         Gauge::from_arc(
@@ -175,7 +180,12 @@ impl Recorder for PrometheusRecorder {
         )
     }
     fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::from_arc(lock(&self.store.histograms).entry(key.clone()).or_default().clone())
+        Histogram::from_arc(
+            lock(&self.store.histograms)
+                .entry(key.clone())
+                .or_default()
+                .clone(),
+        )
     }
 }
 
@@ -252,7 +262,12 @@ impl Metrics {
         for (key, h) in lock(&self.store.histograms).iter() {
             let lines = family(&mut families, key.name(), "histogram");
             let mut cumulative = 0;
-            for (i, bound) in BUCKETS.iter().map(|b| number(*b)).chain(["+Inf".to_owned()]).enumerate() {
+            for (i, bound) in BUCKETS
+                .iter()
+                .map(|b| number(*b))
+                .chain(["+Inf".to_owned()])
+                .enumerate()
+            {
                 cumulative += h.counts[i].load(Ordering::Relaxed);
                 lines.push(format!(
                     "{}_bucket{} {cumulative}",
@@ -429,10 +444,18 @@ async fn respond(mut stream: TcpStream, metrics: &Metrics, health: &Health) -> s
         ),
         ("GET", "/healthz") => {
             let (ok, body) = health.report();
-            let status = if ok { "200 OK" } else { "503 Service Unavailable" };
+            let status = if ok {
+                "200 OK"
+            } else {
+                "503 Service Unavailable"
+            };
             (status, "text/plain; charset=utf-8", body)
         }
-        ("GET", _) => ("404 Not Found", "text/plain; charset=utf-8", "not found\n".into()),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found\n".into(),
+        ),
         _ => (
             "405 Method Not Allowed",
             "text/plain; charset=utf-8",

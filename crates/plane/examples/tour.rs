@@ -263,9 +263,10 @@ async fn request_tour(requests: &plane::Requests, discovery: &Discovery, id: &st
     );
     let mut watch = discovery.watch(&echo).await?;
     match tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
-        Ok(Some(DiscoveryEvent::Added(i))) => {
-            step("discovery", format!("watch reports instance {} at {}", i.id, i.address))
-        }
+        Ok(Some(DiscoveryEvent::Added(i))) => step(
+            "discovery",
+            format!("watch reports instance {} at {}", i.id, i.address),
+        ),
         other => return Err(unexpected(&format!("discovery watch gave {other:?}"))),
     }
 

@@ -48,14 +48,14 @@ pub use server::{
 
 pub use crate::capabilities::RequestCapabilities;
 use crate::error::{Error, ErrorKind, Result};
+pub use crate::health::ConnectionState;
 use crate::message::{names, Body, Headers, Message};
 use crate::metrics::{self, Labels};
 use crate::policy::{CallPolicy, InFlightLimit, Limiter, OnError};
 use crate::subject::validate_name;
 use crate::trace::TraceContext;
-use client::CallMeta;
-pub use crate::health::ConnectionState;
 pub use crate::wire::RequestId;
+use client::CallMeta;
 
 /// Identifies one serving instance of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -502,7 +502,12 @@ impl Requests {
     /// validation, capabilities and the payload limit (on what the caller
     /// sent), then the default timeout, trace context and idempotency key.
     /// Returns the call's span.
-    fn prepare(&self, call: &mut Call, policy: &CallPolicy, op: &'static str) -> Result<tracing::Span> {
+    fn prepare(
+        &self,
+        call: &mut Call,
+        policy: &CallPolicy,
+        op: &'static str,
+    ) -> Result<tracing::Span> {
         let caps = self.backend.capabilities();
         validate_name("endpoint", &call.endpoint).map_err(|e| e.with_op(op))?;
         let route_supported = match call.route {
@@ -556,9 +561,12 @@ impl Requests {
     /// Send one attempt: take a slot, stamp a fresh id and the time budget.
     async fn start(&self, mut call: Call, on_error: OnError, op: &'static str) -> Result<Replies> {
         let permit = match &self.limiter {
-            Some(limiter) => Some(limiter.acquire().await.map_err(|e| {
-                e.with_op(op).with_backend(self.backend.name())
-            })?),
+            Some(limiter) => Some(
+                limiter
+                    .acquire()
+                    .await
+                    .map_err(|e| e.with_op(op).with_backend(self.backend.name()))?,
+            ),
             None => None,
         };
         call.id = RequestId::new_v7();
@@ -583,7 +591,10 @@ impl Requests {
             Some(t) => tokio::time::timeout(t, self.backend.call(call))
                 .await
                 .unwrap_or_else(|_| {
-                    Err(Error::new(ErrorKind::Timeout, "call timed out while sending"))
+                    Err(Error::new(
+                        ErrorKind::Timeout,
+                        "call timed out while sending",
+                    ))
                 }),
             None => self.backend.call(call).await,
         };
@@ -591,10 +602,16 @@ impl Requests {
             Ok(transport) => Ok(Replies::new(transport, timeout, meta)),
             Err(e) => {
                 let labels = &meta.labels;
-                ::metrics::counter!(metrics::CLIENT_REQUESTS, labels.and("outcome", e.kind().as_str()))
-                    .increment(1);
-                ::metrics::counter!(metrics::CLIENT_ERRORS, labels.and("kind", e.kind().as_str()))
-                    .increment(1);
+                ::metrics::counter!(
+                    metrics::CLIENT_REQUESTS,
+                    labels.and("outcome", e.kind().as_str())
+                )
+                .increment(1);
+                ::metrics::counter!(
+                    metrics::CLIENT_ERRORS,
+                    labels.and("kind", e.kind().as_str())
+                )
+                .increment(1);
                 if e.kind() == ErrorKind::Timeout {
                     ::metrics::counter!(metrics::CLIENT_TIMEOUTS, labels.get()).increment(1);
                 }

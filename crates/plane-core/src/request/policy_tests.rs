@@ -103,7 +103,10 @@ async fn a_retried_call_with_a_lost_reply_runs_the_handler_once() {
 async fn without_retries_no_key_is_generated_and_nothing_is_deduplicated() {
     let requests = mem();
     let runs = Arc::new(AtomicUsize::new(0));
-    let _server = requests.serve("plain", counting(runs.clone())).await.unwrap();
+    let _server = requests
+        .serve("plain", counting(runs.clone()))
+        .await
+        .unwrap();
     let a = requests.call("plain", "x").await.unwrap();
     let b = requests.call("plain", "x").await.unwrap();
     assert_eq!(a.to_bytes(), "run 1 key none");
@@ -128,9 +131,7 @@ async fn a_repeated_key_gets_the_original_answer_even_when_concurrent() {
         )
         .await
         .unwrap();
-    let call = || {
-        requests.call_with(Call::new("slow", "x").header(names::IDEMPOTENCY_KEY, "k-1"))
-    };
+    let call = || requests.call_with(Call::new("slow", "x").header(names::IDEMPOTENCY_KEY, "k-1"));
     let (a, b) = tokio::join!(call(), call());
     assert_eq!(a.unwrap().body.to_bytes(), "run 1");
     assert_eq!(b.unwrap().body.to_bytes(), "run 1", "waited for the first");
@@ -180,7 +181,11 @@ async fn typed_errors_are_repeated_but_retryable_ones_are_not() {
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Overloaded);
     }
-    assert_eq!(runs.load(Ordering::SeqCst), 3, "a retryable answer is not kept");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        3,
+        "a retryable answer is not kept"
+    );
 }
 
 #[tokio::test]
@@ -297,10 +302,7 @@ async fn best_effort_streams_keep_what_arrived() {
         .collect()
         .await;
     assert_eq!(items.len(), 3);
-    assert_eq!(
-        items[2].as_ref().unwrap_err().kind(),
-        ErrorKind::Other
-    );
+    assert_eq!(items[2].as_ref().unwrap_err().kind(), ErrorKind::Other);
 }
 
 /// A handler that holds each call until the test releases it.
@@ -350,7 +352,9 @@ async fn client_overflow_under_reject_is_overloaded_at_once() {
     gate.add_permits(1);
     first.await.unwrap().unwrap();
     assert_eq!(requests.in_flight_slots(), Some((0, 0)));
-    assert!(mem().with_in_flight_limit(InFlightLimit::reject(0)).is_err());
+    assert!(mem()
+        .with_in_flight_limit(InFlightLimit::reject(0))
+        .is_err());
 }
 
 #[tokio::test]
@@ -428,7 +432,10 @@ async fn server_admission_is_bounded_with_a_typed_refusal() {
         h.await.unwrap().unwrap();
     }
     assert_eq!(server.in_flight(), 0);
-    assert_eq!(requests.call("bounded", "x").await.unwrap().to_bytes(), "done");
+    assert_eq!(
+        requests.call("bounded", "x").await.unwrap().to_bytes(),
+        "done"
+    );
 }
 
 #[tokio::test]
@@ -444,7 +451,10 @@ async fn a_drained_server_finishes_in_flight_work_and_refuses_new_work() {
         let requests = requests.clone();
         async move { requests.call("draining", "x").await }
     });
-    until("the call to be handled", || entered.load(Ordering::SeqCst) == 1).await;
+    until("the call to be handled", || {
+        entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
     let drain = tokio::spawn(server.drain(Duration::from_secs(5)));
     tokio::task::yield_now().await;
     let e = requests.call("draining", "new").await.unwrap_err();
@@ -463,9 +473,7 @@ async fn the_callers_trace_reaches_the_handler_and_nested_calls_continue_it() {
         .serve(
             "inner",
             unary_fn(move |req: Request| {
-                log.lock()
-                    .unwrap()
-                    .push(req.trace_context().cloned());
+                log.lock().unwrap().push(req.trace_context().cloned());
                 async { Ok("inner") }
             }),
         )
@@ -491,7 +499,12 @@ async fn the_callers_trace_reaches_the_handler_and_nested_calls_continue_it() {
         )
         .await
         .unwrap();
-    let ctx = seen.lock().unwrap().pop().flatten().expect("a trace context");
+    let ctx = seen
+        .lock()
+        .unwrap()
+        .pop()
+        .flatten()
+        .expect("a trace context");
     assert_eq!(ctx.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_ne!(ctx.span_id(), "00f067aa0ba902b7", "a new span for the hop");
     assert_eq!(ctx.tracestate(), Some("k=v"));

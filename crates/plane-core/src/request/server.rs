@@ -595,7 +595,9 @@ impl Dispatcher {
                                 let len = reply.payload_len();
                                 Err(Error::new(
                                     ErrorKind::PayloadTooLarge,
-                                    format!("reply of {len} bytes exceeds the limit of {max_payload}"),
+                                    format!(
+                                        "reply of {len} bytes exceeds the limit of {max_payload}"
+                                    ),
                                 ))
                             }
                             Ok(Ok(reply)) => Ok(reply),
