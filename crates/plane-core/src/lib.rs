@@ -45,6 +45,7 @@ pub mod mem;
 pub mod message;
 pub mod metrics;
 pub mod objects;
+pub mod offload;
 pub mod policy;
 pub mod queue;
 pub mod registry;
