@@ -257,6 +257,27 @@ impl QuicRequests {
         self.node.identity.fingerprint()
     }
 
+    /// Open a stream to this endpoint itself, write `bytes` as they are (not
+    /// an envelope), and return everything the server answers on it, up to
+    /// 64 KiB. A diagnostic for checking that a peer survives garbage.
+    ///
+    /// # Errors
+    /// `Connection` if the endpoint cannot be reached.
+    pub async fn send_raw(&self, bytes: &[u8]) -> Result<Vec<u8>> {
+        let node = &self.node;
+        let me = Instance::new("raw", InstanceId(0), node.advertised()?)
+            .with_metadata(tls::FINGERPRINT_METADATA, node.identity.fingerprint())
+            .with_metadata(tls::SERVER_NAME_METADATA, node.config.server_name.clone());
+        let (_conn, mut send, mut recv) = node.open(me).await?;
+        send.write_all(bytes)
+            .await
+            .map_err(|e| connection_error("cannot write", e))?;
+        let _ = send.finish();
+        recv.read_to_end(64 * 1024)
+            .await
+            .map_err(|e| connection_error("cannot read the answer", e))
+    }
+
     /// Restart the serving side as a crashed and restarted process would:
     /// close the endpoint (every connection and call in flight is lost), bind
     /// a new one (on a new port when the configured port is 0) and
