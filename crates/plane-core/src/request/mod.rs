@@ -113,7 +113,8 @@ pub enum Cancel {
 #[non_exhaustive]
 #[derive(Debug, Clone)]
 pub struct Call {
-    /// Unique id of this call (a UUIDv7).
+    /// Unique id of this call (a UUIDv7), assigned afresh each time the call
+    /// is sent, so a cloned `Call` sent twice is two distinct calls.
     pub id: RequestId,
     /// Endpoint name.
     pub endpoint: String,
@@ -356,6 +357,7 @@ impl Requests {
     }
 
     async fn start(&self, mut call: Call, op: &'static str) -> Result<Replies> {
+        call.id = RequestId::new_v7();
         let caps = self.backend.capabilities();
         validate_name("endpoint", &call.endpoint).map_err(|e| e.with_op(op))?;
         let route_supported = match call.route {
@@ -367,14 +369,9 @@ impl Requests {
         if !route_supported {
             return Err(Error::unsupported("route").with_op(op));
         }
-        if call.timeout.is_none() {
-            call.timeout = self.default_timeout;
-        }
-        if let Some(t) = call.timeout {
-            call.message
-                .headers
-                .insert(names::TIMEOUT_MS, t.as_millis().to_string());
-        }
+        // The limit applies to what the caller sent: plane's own control
+        // headers, added below, must not make a request of exactly
+        // `max_payload` fail (backends leave room for them).
         let len = call.message.payload_len();
         if len > caps.max_payload {
             return Err(Error::new(
@@ -386,6 +383,14 @@ impl Requests {
             )
             .with_op(op)
             .with_backend(self.backend.name()));
+        }
+        if call.timeout.is_none() {
+            call.timeout = self.default_timeout;
+        }
+        if let Some(t) = call.timeout {
+            call.message
+                .headers
+                .insert(names::TIMEOUT_MS, t.as_millis().to_string());
         }
         let timeout = call.timeout;
         let backend = self.backend.name();
