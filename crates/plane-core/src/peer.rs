@@ -31,11 +31,11 @@
 //! `plane-` are reserved for plane's own use; the mapping removes the ones it
 //! adds before the handler or the caller sees the message.
 
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use futures_util::StreamExt;
 
 use crate::discovery::{Discovery, DiscoveryEvent, Instance};
 use crate::error::{Error, ErrorKind, Result};
@@ -296,9 +296,7 @@ impl Endpoints {
             (Some(list), None) => list.iter().map(|(_, d)| d).min_by_key(|d| d.in_flight()),
             (None, _) => None,
         };
-        found
-            .cloned()
-            .ok_or_else(|| not_served(endpoint, instance))
+        found.cloned().ok_or_else(|| not_served(endpoint, instance))
     }
 
     /// Route a decoded call to its dispatcher, or return the refusal to send
@@ -367,10 +365,7 @@ struct View {
 
 impl View {
     fn snapshot(&self) -> Vec<Peer> {
-        self.peers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn apply(&self, event: DiscoveryEvent) {
@@ -619,7 +614,9 @@ mod tests {
             .kv(&format!("mem://{hub}"))
             .await
             .unwrap();
-        Discovery::open(&kv, DiscoveryConfig::default()).await.unwrap()
+        Discovery::open(&kv, DiscoveryConfig::default())
+            .await
+            .unwrap()
     }
 
     #[test]
@@ -734,7 +731,8 @@ mod tests {
             assert_ne!(id, InstanceId(1));
         }
         // Other errors are not retried.
-        let bad = |_: Instance| async move { Err::<InstanceId, _>(Error::new(ErrorKind::Decode, "x")) };
+        let bad =
+            |_: Instance| async move { Err::<InstanceId, _>(Error::new(ErrorKind::Decode, "x")) };
         assert_eq!(
             dir.connect("svc", Route::RoundRobin, bad)
                 .await
@@ -793,9 +791,15 @@ mod tests {
         ));
         let d = Dispatcher::new("echo", InstanceId(3), handler, 4, 1024);
         table.insert(d);
-        assert_eq!(table.lookup("echo", None).unwrap().instance(), InstanceId(3));
         assert_eq!(
-            table.lookup("echo", Some(InstanceId(3))).unwrap().instance(),
+            table.lookup("echo", None).unwrap().instance(),
+            InstanceId(3)
+        );
+        assert_eq!(
+            table
+                .lookup("echo", Some(InstanceId(3)))
+                .unwrap()
+                .instance(),
             InstanceId(3)
         );
         assert_eq!(

@@ -31,6 +31,7 @@
 //! | `max_payload` | largest request or reply payload in bytes | 8 MiB |
 //! | `idle_timeout_ms` | a connection silent this long is lost (keep-alives every third of it) | 6000 |
 //! | `connect_timeout_ms` | longest wait for a QUIC handshake | 3000 |
+//! | `stream_window` | bytes a call's receiver takes ahead of its reader (how far a handler runs ahead of a stalled caller) | 65536 |
 //!
 //! Unknown keys are refused with `InvalidConfig`.
 //!
@@ -103,6 +104,10 @@ pub struct QuicConfig {
     pub connect_timeout: Duration,
     /// Concurrent streams (calls) a peer may open on one connection.
     pub max_streams: u32,
+    /// Bytes a call's receiver accepts ahead of its reader (QUIC stream
+    /// flow-control window): how far a handler runs ahead of a stalled
+    /// caller, and the throughput cap of one call per round trip.
+    pub stream_window: u32,
 }
 
 impl QuicConfig {
@@ -122,6 +127,7 @@ impl QuicConfig {
             idle_timeout: Duration::from_secs(6),
             connect_timeout: Duration::from_secs(3),
             max_streams: 4096,
+            stream_window: 64 * 1024,
         }
     }
 
@@ -131,9 +137,9 @@ impl QuicConfig {
     /// `InvalidConfig` for a missing host or port, a missing `discovery`, or
     /// an unknown or invalid query key.
     pub fn from_url(url: &Url) -> Result<Self> {
-        let host = url.host_str().ok_or_else(|| {
-            Error::new(ErrorKind::InvalidConfig, "quic url needs a host to bind")
-        })?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| Error::new(ErrorKind::InvalidConfig, "quic url needs a host to bind"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = url.port().unwrap_or(0);
         let ip: std::net::IpAddr = host.parse().map_err(|_| {
@@ -173,11 +179,18 @@ impl QuicConfig {
         if let Some(t) = q.take_millis("connect_timeout_ms")? {
             c.connect_timeout = t;
         }
+        if let Some(w) = q.take("stream_window")? {
+            c.stream_window = w;
+        }
         q.finish()?;
-        if c.max_payload == 0 || c.idle_timeout.is_zero() || c.connect_timeout.is_zero() {
+        if c.max_payload == 0
+            || c.idle_timeout.is_zero()
+            || c.connect_timeout.is_zero()
+            || c.stream_window == 0
+        {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
-                "max_payload, idle_timeout_ms and connect_timeout_ms must be positive",
+                "max_payload, idle_timeout_ms, connect_timeout_ms and stream_window must be positive",
             ));
         }
         Ok(c)

@@ -82,7 +82,9 @@ async fn write_envelope(send: &mut quinn::SendStream, env: &Envelope) -> Result<
         )
     })?;
     chunks.insert(0, Bytes::copy_from_slice(&prefix.to_be_bytes()));
-    send.write_all_chunks(&mut chunks).await.map_err(write_error)
+    send.write_all_chunks(&mut chunks)
+        .await
+        .map_err(write_error)
 }
 
 /// Reads envelopes off a QUIC receive stream.
@@ -171,6 +173,9 @@ fn transport_config(config: &QuicConfig) -> Result<Arc<quinn::TransportConfig>> 
     t.keep_alive_interval(Some(config.idle_timeout / 3));
     t.max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(config.max_streams));
+    // The per-stream window is what a stalled reader lets a handler run
+    // ahead by; keep it small so memory stays bounded per call.
+    t.stream_receive_window(VarInt::from_u32(config.stream_window));
     Ok(Arc::new(t))
 }
 
@@ -320,14 +325,19 @@ impl QuicRequests {
                 old.deregister().await?;
             }
             let registration = node.register(&key.0, key.1).await?;
-            let mut served = node.served.lock().unwrap_or_else(|p| p.into_inner());
-            match served.get_mut(&key) {
-                Some(slot) => *slot = Some(registration),
-                // Closed while we re-registered: undo.
-                None => {
-                    drop(served);
-                    registration.deregister().await?;
+            let leftover = {
+                let mut served = node.served.lock().unwrap_or_else(|p| p.into_inner());
+                match served.get_mut(&key) {
+                    Some(slot) => {
+                        *slot = Some(registration);
+                        None
+                    }
+                    // Closed while we re-registered: undo.
+                    None => Some(registration),
                 }
+            };
+            if let Some(r) = leftover {
+                r.deregister().await?;
             }
         }
         Ok(())
@@ -431,9 +441,9 @@ impl Node {
         let key = (addr, fp);
         let cell = {
             let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-            let stale = conns.get(&key).is_some_and(|c| {
-                fresh || c.get().is_some_and(|c| c.close_reason().is_some())
-            });
+            let stale = conns
+                .get(&key)
+                .is_some_and(|c| fresh || c.get().is_some_and(|c| c.close_reason().is_some()));
             if stale {
                 conns.remove(&key);
             }
@@ -717,7 +727,10 @@ async fn serve_stream(
     let routed = match decode_inbound(env) {
         Ok(Inbound::Call(c)) => c,
         Ok(_) => {
-            let e = Error::new(ErrorKind::Decode, "a call's stream must open with a request");
+            let e = Error::new(
+                ErrorKind::Decode,
+                "a call's stream must open with a request",
+            );
             return refuse(send, id, e).await;
         }
         Err(e) => return refuse(send, id, e).await,
@@ -758,7 +771,10 @@ impl QuicSink {
     async fn write(&self, env: Envelope, last: bool) -> Result<()> {
         let mut guard = self.send.lock().await;
         let Some(send) = guard.as_mut() else {
-            return Err(Error::new(ErrorKind::Closed, "the reply stream is finished"));
+            return Err(Error::new(
+                ErrorKind::Closed,
+                "the reply stream is finished",
+            ));
         };
         write_envelope(send, &env).await?;
         if last {

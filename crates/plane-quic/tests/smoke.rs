@@ -72,7 +72,10 @@ async fn unary_stream_cancel_and_refusals() {
         .await
         .unwrap();
     let mut replies = caller.stream(Call::new("vanish", "")).await.unwrap();
-    assert_eq!(replies.next_reply().await.unwrap().unwrap().body.to_bytes(), "one");
+    assert_eq!(
+        replies.next_reply().await.unwrap().unwrap().body.to_bytes(),
+        "one"
+    );
     vanish.abort();
     let end = tokio::time::timeout(Duration::from_secs(5), replies.next_reply())
         .await

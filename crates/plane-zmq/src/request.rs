@@ -55,6 +55,13 @@ use crate::ZmqConfig;
 const CALL_BUFFER: usize = 64;
 /// Messages waiting for a socket task.
 const SOCKET_QUEUE: usize = 1024;
+/// Data frames a server may send on one call ahead of the caller's reader;
+/// the caller grants more with `ack` envelopes carrying [`CREDIT_HEADER`] as
+/// its reader consumes them. Sockets and TCP buffers alone would let a
+/// handler run megabytes ahead of a stalled reader.
+const WINDOW: usize = 256;
+/// Header of an `ack` envelope: how many more data frames the caller accepts.
+pub const CREDIT_HEADER: &str = "plane-credit";
 /// Pause before retrying a send that hit a high-water mark.
 const RETRY: Duration = Duration::from_millis(1);
 
@@ -97,7 +104,11 @@ struct Node {
     capabilities: RequestCapabilities,
 }
 
-fn socket(context: &zmq::Context, kind: zmq::SocketType, config: &ZmqConfig) -> Result<zmq::Socket> {
+fn socket(
+    context: &zmq::Context,
+    kind: zmq::SocketType,
+    config: &ZmqConfig,
+) -> Result<zmq::Socket> {
     let s = context
         .socket(kind)
         .map_err(|e| zmq_error("cannot create a zmq socket", e))?;
@@ -218,13 +229,19 @@ impl ZmqRequests {
                 old.deregister().await?;
             }
             let registration = node.register(&key.0, key.1).await?;
-            let mut served = node.served.lock().unwrap_or_else(|p| p.into_inner());
-            match served.get_mut(&key) {
-                Some(slot) => *slot = Some(registration),
-                None => {
-                    drop(served);
-                    registration.deregister().await?;
+            let leftover = {
+                let mut served = node.served.lock().unwrap_or_else(|p| p.into_inner());
+                match served.get_mut(&key) {
+                    Some(slot) => {
+                        *slot = Some(registration);
+                        None
+                    }
+                    // Closed while we re-registered: undo.
+                    None => Some(registration),
                 }
+            };
+            if let Some(r) = leftover {
+                r.deregister().await?;
             }
         }
         Ok(())
@@ -332,10 +349,13 @@ impl RequestBackend for ZmqRequests {
         let id = call.id;
         let ((dealer, replies), _instance, in_flight) = node
             .directory
-            .connect(&call.endpoint, call.route, |instance| node.start(instance, &call))
+            .connect(&call.endpoint, call.route, |instance| {
+                node.start(instance, &call)
+            })
             .await?;
         Ok(Box::new(ZmqReply {
             id,
+            consumed: 0,
             replies,
             dealer,
             _in_flight: in_flight,
@@ -416,6 +436,8 @@ enum DealerCmd {
     },
     /// Send a stop or kill; a kill also forgets the call.
     Cancel(RequestId, Cancel),
+    /// Grant the server more data frames for a call.
+    Credit(RequestId, usize),
 }
 
 struct CallState {
@@ -545,6 +567,14 @@ fn try_dealer_send(
                 sent,
             })),
         },
+        DealerCmd::Credit(id, n) => {
+            let env = Envelope::new(wire::FrameKind::Ack, id)
+                .with_headers(plane_core::Headers::new().with(CREDIT_HEADER, n.to_string()));
+            match socket.try_send(&wire::encode_parts(&env))? {
+                Sent::Done | Sent::Unreachable => Ok(None),
+                Sent::WouldBlock => Ok(Some(DealerCmd::Credit(id, n))),
+            }
+        }
         DealerCmd::Cancel(id, how) => {
             if how == Cancel::Kill {
                 calls.remove(&id);
@@ -568,13 +598,15 @@ fn fail_start(cmd: DealerCmd, waited: Duration) {
         }
         // The server is unreachable; it kills the handler itself once it
         // notices the caller is gone, or the call ends by its deadline.
-        DealerCmd::Cancel(..) => {}
+        DealerCmd::Cancel(..) | DealerCmd::Credit(..) => {}
     }
 }
 
 /// The caller's side of one call.
 struct ZmqReply {
     id: RequestId,
+    /// Data frames read since credit was last granted.
+    consumed: usize,
     replies: mpsc::Receiver<Result<Frame>>,
     dealer: DealerHandle,
     _in_flight: InFlight,
@@ -582,7 +614,22 @@ struct ZmqReply {
 
 impl ReplyTransport for ZmqReply {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame>>> {
-        self.replies.poll_recv(cx)
+        let item = std::task::ready!(self.replies.poll_recv(cx));
+        if let Some(Ok(Frame::Data(_))) = &item {
+            self.consumed += 1;
+            if self.consumed >= WINDOW / 2 {
+                // Credit lost to a full queue is granted with the next batch.
+                if self
+                    .dealer
+                    .tx
+                    .try_send(DealerCmd::Credit(self.id, self.consumed))
+                    .is_ok()
+                {
+                    self.consumed = 0;
+                }
+            }
+        }
+        Poll::Ready(item)
     }
 
     fn cancel(&mut self, how: Cancel) {
@@ -636,14 +683,7 @@ fn start_router(
     let address = advertised(&address, config.advertise.as_deref());
     let s = AsyncSocket::new(context, s)?;
     let (tx, rx) = mpsc::channel(SOCKET_QUEUE);
-    let task = tokio::spawn(router_loop(
-        s,
-        endpoints,
-        tx,
-        rx,
-        limits,
-        config.heartbeat,
-    ));
+    let task = tokio::spawn(router_loop(s, endpoints, tx, rx, limits, config.heartbeat));
     Ok(RouterHandle { address, task })
 }
 
@@ -660,6 +700,7 @@ fn advertised(bound: &str, advertise: Option<&str>) -> String {
 
 struct Served {
     dispatcher: Dispatcher,
+    credit: Arc<tokio::sync::Semaphore>,
 }
 
 /// Owns the ROUTER: decodes and routes incoming calls and cancellations,
@@ -752,21 +793,36 @@ fn handle_inbound(
         }
     };
     let id = env.id;
+    if env.kind == wire::FrameKind::Ack {
+        let granted = env
+            .headers
+            .get(CREDIT_HEADER)
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(WINDOW);
+        if let Some(s) = calls.get(&(identity.clone(), id)) {
+            s.credit.add_permits(granted);
+        }
+        return None;
+    }
     match decode_inbound(env) {
         Ok(Inbound::Call(routed)) => {
             let dispatcher = match endpoints.route(&routed) {
                 Ok(d) => d,
                 Err(e) => return refuse(id, &e),
             };
+            let credit = Arc::new(tokio::sync::Semaphore::new(WINDOW));
             calls.insert(
                 (identity.clone(), id),
                 Served {
                     dispatcher: dispatcher.clone(),
+                    credit: credit.clone(),
                 },
             );
             let sink = Arc::new(ZmqSink {
                 identity: identity.clone(),
                 id,
+                credit,
                 tx: tx.clone(),
                 ended: std::sync::atomic::AtomicBool::new(false),
             });
@@ -842,6 +898,7 @@ fn send_outgoing(
 struct ZmqSink {
     identity: Bytes,
     id: RequestId,
+    credit: Arc<tokio::sync::Semaphore>,
     tx: mpsc::Sender<Outgoing>,
     ended: std::sync::atomic::AtomicBool,
 }
@@ -849,8 +906,7 @@ struct ZmqSink {
 impl ZmqSink {
     async fn send_env(&self, env: Envelope, last: bool) -> Result<()> {
         if last {
-            self.ended
-                .store(true, std::sync::atomic::Ordering::Release);
+            self.ended.store(true, std::sync::atomic::Ordering::Release);
         }
         self.tx
             .send(Outgoing::Reply {
@@ -867,7 +923,16 @@ impl ZmqSink {
 impl ReplySink for ZmqSink {
     fn send(&self, frame: Frame) -> BoxFuture<'_, Result<()>> {
         let last = matches!(frame, Frame::Last(_) | Frame::End);
-        Box::pin(self.send_env(frame_envelope(self.id, frame), last))
+        let data = matches!(frame, Frame::Data(_));
+        Box::pin(async move {
+            if data {
+                // Wait for the caller's reader; the semaphore is never closed.
+                if let Ok(permit) = self.credit.acquire().await {
+                    permit.forget();
+                }
+            }
+            self.send_env(frame_envelope(self.id, frame), last).await
+        })
     }
 
     fn send_error(&self, error: Error) -> BoxFuture<'_, Result<()>> {

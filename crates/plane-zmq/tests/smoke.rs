@@ -72,7 +72,10 @@ async fn unary_stream_cancel_and_refusals() {
         .await
         .unwrap();
     let mut replies = caller.stream(Call::new("vanish", "")).await.unwrap();
-    assert_eq!(replies.next_reply().await.unwrap().unwrap().body.to_bytes(), "one");
+    assert_eq!(
+        replies.next_reply().await.unwrap().unwrap().body.to_bytes(),
+        "one"
+    );
     vanish.abort();
     let end = tokio::time::timeout(Duration::from_secs(5), replies.next_reply())
         .await
@@ -98,7 +101,10 @@ async fn garbage_refused_and_restart_recovers() {
         .serve("echo", unary_fn(|r: Request| async move { Ok(r.message) }))
         .await
         .unwrap();
-    let garbage = [bytes::Bytes::from_static(b"junk"), bytes::Bytes::from_static(b"!")];
+    let garbage = [
+        bytes::Bytes::from_static(b"junk"),
+        bytes::Bytes::from_static(b"!"),
+    ];
     let answer = backend
         .send_raw(&garbage, Duration::from_secs(5))
         .await
