@@ -140,6 +140,9 @@ impl std::fmt::Debug for QuicRequests {
     }
 }
 
+/// A peer process: its address and the certificate fingerprint it publishes.
+type ConnectionKey = (SocketAddr, String);
+
 struct Node {
     config: QuicConfig,
     identity: Identity,
@@ -149,7 +152,7 @@ struct Node {
     endpoints: Endpoints,
     served: Mutex<HashMap<(String, InstanceId), Option<Registration>>>,
     directory: PeerDirectory,
-    connections: Mutex<HashMap<(SocketAddr, String), Arc<OnceCell<quinn::Connection>>>>,
+    connections: Mutex<HashMap<ConnectionKey, Arc<OnceCell<quinn::Connection>>>>,
     client_configs: Mutex<HashMap<String, quinn::ClientConfig>>,
     limits: Limits,
     capabilities: RequestCapabilities,
@@ -198,7 +201,7 @@ impl QuicRequests {
     pub fn connect(config: QuicConfig, discovery: Discovery) -> Result<Self> {
         let identity = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => Identity::load(cert, key)?,
-            (None, None) => Identity::generate(&[config.server_name.clone()])?,
+            (None, None) => Identity::generate(std::slice::from_ref(&config.server_name))?,
             _ => {
                 return Err(Error::new(
                     ErrorKind::InvalidConfig,
@@ -656,16 +659,14 @@ impl ReplyTransport for QuicReply {
                     }
                     Err(_) => false,
                 };
-                match reset_now {
-                    true => {}
-                    false => {
-                        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                            rt.spawn(async move {
-                                if let Some(mut s) = send.lock().await.take() {
-                                    let _ = s.reset(KILLED);
-                                }
-                            });
-                        }
+                if !reset_now {
+                    // A stop is being written right now: reset after it.
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(async move {
+                            if let Some(mut s) = send.lock().await.take() {
+                                let _ = s.reset(KILLED);
+                            }
+                        });
                     }
                 }
             }
@@ -748,14 +749,11 @@ async fn serve_stream(
     // envelope, a reset, a lost connection, or the caller finishing its side
     // after the reply — the handler is killed; for a call that is already
     // over that does nothing.
-    loop {
-        match reader.next().await {
-            Ok(Some(env)) => match decode_inbound(env) {
-                Ok(Inbound::Cancel(_, Cancel::Stop)) => dispatcher.stop(id),
-                Ok(Inbound::Heartbeat(_)) => {}
-                Ok(Inbound::Cancel(_, Cancel::Kill)) | Ok(Inbound::Call(_)) | Err(_) => break,
-            },
-            Ok(None) | Err(_) => break,
+    while let Ok(Some(env)) = reader.next().await {
+        match decode_inbound(env) {
+            Ok(Inbound::Cancel(_, Cancel::Stop)) => dispatcher.stop(id),
+            Ok(Inbound::Heartbeat(_)) => {}
+            Ok(Inbound::Cancel(_, Cancel::Kill)) | Ok(Inbound::Call(_)) | Err(_) => break,
         }
     }
     dispatcher.kill(id);
