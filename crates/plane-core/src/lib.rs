@@ -46,6 +46,7 @@ pub mod message;
 pub mod metrics;
 pub mod objects;
 pub mod offload;
+pub mod peer;
 pub mod policy;
 pub mod queue;
 pub mod registry;
