@@ -19,6 +19,8 @@ const BACKENDS: &[(&str, &str, &str)] = &[
     // (name, package, integration test)
     ("mem", "plane-conformance", "mem"),
     ("fs", "plane-fs-objstore", "conformance"),
+    ("quic", "plane-quic", "conformance"),
+    ("zmq", "plane-zmq", "conformance"),
 ];
 
 fn main() -> ExitCode {

@@ -792,7 +792,14 @@ mod tests {
         let handler = Arc::new(crate::request::unary_fn(
             |r: crate::request::Request| async move { Ok(r.message) },
         ));
-        let d = Dispatcher::new("echo", InstanceId(3), handler, 4, 1024);
+        let d = Dispatcher::new(
+            "echo",
+            InstanceId(3),
+            handler,
+            &crate::request::ServeOptions::default().max_in_flight(4),
+            1024,
+            "test",
+        );
         table.insert(d);
         assert_eq!(
             table.lookup("echo", None).unwrap().instance(),

@@ -27,13 +27,23 @@ pub use plane_core::*;
 /// |---|---|
 /// | (always) | `mem://` |
 /// | `fs` (default) | `file://`; `s3://`, `gs://`, `az://`, `https://` with `fs-aws`, `fs-gcp`, `fs-azure`, `fs-http` |
+/// | `quic` (default) | `quic://` |
+/// | `zmq` (default) | `zmq+tcp://`, `zmq+ipc://` |
 pub fn registry() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::with_defaults();
     #[cfg(feature = "fs")]
     plane_fs_objstore::register(&mut registry);
+    #[cfg(feature = "quic")]
+    plane_quic::register(&mut registry);
+    #[cfg(feature = "zmq")]
+    plane_zmq::register(&mut registry);
     registry
 }
 
 #[cfg(feature = "fs")]
 pub use plane_fs_objstore as fs;
+#[cfg(feature = "quic")]
+pub use plane_quic as quic;
+#[cfg(feature = "zmq")]
+pub use plane_zmq as zmq;
