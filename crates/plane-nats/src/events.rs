@@ -121,7 +121,7 @@ impl EventsBackend for NatsEvents {
         .map_err(crate::error::subscribe)?;
         // Publishers on other connections must reach the subscription as
         // soon as this returns.
-        crate::flush(&self.client).await?;
+        crate::sync(&self.client).await?;
         let (tx, rx) = mpsc::channel(options.capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let counter = dropped.clone();

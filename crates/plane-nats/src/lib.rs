@@ -136,11 +136,22 @@ pub(crate) fn max_payload(client: &async_nats::Client) -> usize {
         .saturating_sub(request::HEADER_RESERVE)
 }
 
-pub(crate) async fn flush(client: &async_nats::Client) -> Result<()> {
-    client
-        .flush()
-        .await
-        .map_err(|e| Error::new(ErrorKind::Connection, "nats flush failed").with_source(e))
+/// Wait until the server has processed everything this client sent so far.
+///
+/// `Client::flush` only empties the client's buffer; a subscription made
+/// visible to *other* connections needs a round trip. A request to a subject
+/// nobody serves is one: the server answers "no responders" only after it
+/// handled the commands before it, in order.
+pub(crate) async fn sync(client: &async_nats::Client) -> Result<()> {
+    let probe = client.request(client.new_inbox(), bytes::Bytes::new());
+    match tokio::time::timeout(std::time::Duration::from_secs(10), probe).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => Ok(()),
+        Ok(Err(e)) => {
+            Err(Error::new(ErrorKind::Connection, "nats round trip failed").with_source(e))
+        }
+        Err(_) => Err(Error::new(ErrorKind::Timeout, "nats round trip timed out")),
+    }
 }
 
 /// The NATS connector: schemes `nats`, `tls` and `nats+tls`.

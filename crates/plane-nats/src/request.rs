@@ -181,10 +181,7 @@ impl RequestBackend for NatsRequests {
             .map_err(sub_err)?;
         // Callers on other connections must find the instance as soon as
         // `serve` returns: wait until the server has the subscriptions.
-        self.client
-            .flush()
-            .await
-            .map_err(|e| Error::new(ErrorKind::Connection, "nats flush failed").with_source(e))?;
+        crate::sync(&self.client).await?;
         let (close_tx, close_rx) = watch::channel(false);
         let server = ServeLoop {
             client: self.client.clone(),
