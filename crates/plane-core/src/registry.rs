@@ -71,34 +71,46 @@ fn not_served(backend: &str, plane: Plane) -> Error {
 /// A backend factory. Each method builds one plane from a URL whose scheme is
 /// one of [`schemes`](Connector::schemes); planes a backend does not serve keep
 /// the default, which refuses with `Unsupported`.
+///
+/// The registry is passed along so that a backend composed of other planes
+/// (a brokerless request plane whose peers are found through a discovery kv
+/// named by a URL in its query) can build them by URL too.
 pub trait Connector: Send + Sync + 'static {
     /// Backend name (`"mem"`, `"nats"`).
     fn name(&self) -> &'static str;
     /// URL schemes this backend answers to.
     fn schemes(&self) -> &'static [&'static str];
     /// Build the request plane.
-    fn requests<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Requests>> {
-        let _ = url;
+    fn requests<'a>(
+        &'a self,
+        url: &'a Url,
+        registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Requests>> {
+        let _ = (url, registry);
         Box::pin(async move { Err(not_served(self.name(), Plane::Request)) })
     }
     /// Build the events plane.
-    fn events<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Events>> {
-        let _ = url;
+    fn events<'a>(&'a self, url: &'a Url, registry: &'a Registry) -> BoxFuture<'a, Result<Events>> {
+        let _ = (url, registry);
         Box::pin(async move { Err(not_served(self.name(), Plane::Events)) })
     }
     /// Build the kv plane.
-    fn kv<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Kv>> {
-        let _ = url;
+    fn kv<'a>(&'a self, url: &'a Url, registry: &'a Registry) -> BoxFuture<'a, Result<Kv>> {
+        let _ = (url, registry);
         Box::pin(async move { Err(not_served(self.name(), Plane::Kv)) })
     }
     /// Build the objects plane.
-    fn objects<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Objects>> {
-        let _ = url;
+    fn objects<'a>(
+        &'a self,
+        url: &'a Url,
+        registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Objects>> {
+        let _ = (url, registry);
         Box::pin(async move { Err(not_served(self.name(), Plane::Objects)) })
     }
     /// Build the queue plane.
-    fn queues<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Queues>> {
-        let _ = url;
+    fn queues<'a>(&'a self, url: &'a Url, registry: &'a Registry) -> BoxFuture<'a, Result<Queues>> {
+        let _ = (url, registry);
         Box::pin(async move { Err(not_served(self.name(), Plane::Queue)) })
     }
 }
@@ -175,31 +187,31 @@ impl Registry {
     /// Build the request plane from `url`.
     pub async fn requests(&self, url: &str) -> Result<Requests> {
         let (c, u) = self.resolve(url)?;
-        c.requests(&u).await
+        c.requests(&u, self).await
     }
 
     /// Build the events plane from `url`.
     pub async fn events(&self, url: &str) -> Result<Events> {
         let (c, u) = self.resolve(url)?;
-        c.events(&u).await
+        c.events(&u, self).await
     }
 
     /// Build the kv plane from `url`.
     pub async fn kv(&self, url: &str) -> Result<Kv> {
         let (c, u) = self.resolve(url)?;
-        c.kv(&u).await
+        c.kv(&u, self).await
     }
 
     /// Build the objects plane from `url`.
     pub async fn objects(&self, url: &str) -> Result<Objects> {
         let (c, u) = self.resolve(url)?;
-        c.objects(&u).await
+        c.objects(&u, self).await
     }
 
     /// Build the queue plane from `url`.
     pub async fn queues(&self, url: &str) -> Result<Queues> {
         let (c, u) = self.resolve(url)?;
-        c.queues(&u).await
+        c.queues(&u, self).await
     }
 }
 

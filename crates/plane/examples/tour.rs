@@ -45,11 +45,15 @@ fn parse_args() -> std::result::Result<Urls, String> {
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let name = match flag.as_str() {
-            "--url" | "--requests" | "--events" | "--kv" | "--objects" | "--queue" => flag.trim_start_matches("--").to_owned(),
+            "--url" | "--requests" | "--events" | "--kv" | "--objects" | "--queue" => {
+                flag.trim_start_matches("--").to_owned()
+            }
             "-h" | "--help" => return Err(usage().to_owned()),
             other => return Err(format!("unknown argument `{other}`\n{}", usage())),
         };
-        let value = args.next().ok_or_else(|| format!("{flag} needs a URL\n{}", usage()))?;
+        let value = args
+            .next()
+            .ok_or_else(|| format!("{flag} needs a URL\n{}", usage()))?;
         flags.insert(name, value);
     }
     let fallback = flags
@@ -163,21 +167,36 @@ async fn kv_tour(kv: &plane::Kv, id: &str) -> Result<()> {
         .create_bucket(BucketConfig::new(&name).history(if caps.history { 5 } else { 1 }))
         .await?;
     let r1 = bucket.put("model.default", "llama-3-8b").await?;
-    step("kv", format!("put model.default = llama-3-8b at revision {r1}"));
+    step(
+        "kv",
+        format!("put model.default = llama-3-8b at revision {r1}"),
+    );
     let r2 = bucket.update("model.default", "llama-3-70b", r1).await?;
     step("kv", format!("compare-and-swap from revision {r1} -> {r2}"));
     match bucket.update("model.default", "stale-writer", r1).await {
-        Err(e) if e.kind() == ErrorKind::RevisionMismatch => {
-            step("kv", "a stale compare-and-swap is refused: RevisionMismatch, value unchanged")
-        }
+        Err(e) if e.kind() == ErrorKind::RevisionMismatch => step(
+            "kv",
+            "a stale compare-and-swap is refused: RevisionMismatch, value unchanged",
+        ),
         other => return Err(unexpected(&format!("stale update gave {other:?}"))),
     }
     match bucket.create("model.default", "again").await {
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => step("kv", "create-if-absent on an existing key: AlreadyExists"),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            step("kv", "create-if-absent on an existing key: AlreadyExists")
+        }
         other => return Err(unexpected(&format!("second create gave {other:?}"))),
     }
-    let current = bucket.get("model.default").await?.ok_or_else(|| unexpected("key vanished"))?;
-    step("kv", format!("get model.default = {:?}", String::from_utf8_lossy(&current.value)));
+    let current = bucket
+        .get("model.default")
+        .await?
+        .ok_or_else(|| unexpected("key vanished"))?;
+    step(
+        "kv",
+        format!(
+            "get model.default = {:?}",
+            String::from_utf8_lossy(&current.value)
+        ),
+    );
     if caps.watch {
         let mut watch = bucket.watch("model.>").await?;
         let mut snapshot = 0;
@@ -192,7 +211,10 @@ async fn kv_tour(kv: &plane::Kv, id: &str) -> Result<()> {
         match tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
             Ok(Some(Ok(WatchEvent::Entry(e)))) => step(
                 "kv",
-                format!("watch: {snapshot} snapshot entr(y/ies), caught up, then live {} {:?}", e.key, e.op),
+                format!(
+                    "watch: {snapshot} snapshot entr(y/ies), caught up, then live {} {:?}",
+                    e.key, e.op
+                ),
             ),
             other => return Err(unexpected(&format!("live watch gave {other:?}"))),
         }
@@ -201,7 +223,10 @@ async fn kv_tour(kv: &plane::Kv, id: &str) -> Result<()> {
     }
     if caps.history {
         let history = bucket.history("model.default").await?;
-        step("kv", format!("history of model.default: {} revisions", history.len()));
+        step(
+            "kv",
+            format!("history of model.default: {} revisions", history.len()),
+        );
     }
     kv.delete_bucket(&name).await?;
     Ok(())
@@ -221,26 +246,48 @@ async fn request_tour(requests: &plane::Requests, discovery: &Discovery, id: &st
         )
         .await?;
     let registration = discovery
-        .register(Instance::new(&echo, server.instance(), format!("{}://in-process", requests.backend_name())))
+        .register(Instance::new(
+            &echo,
+            server.instance(),
+            format!("{}://in-process", requests.backend_name()),
+        ))
         .await?;
     let found = discovery.list(&echo).await?;
     step(
         "discovery",
-        format!("registered {echo} instance {}; list finds {} instance(s)", server.instance(), found.len()),
+        format!(
+            "registered {echo} instance {}; list finds {} instance(s)",
+            server.instance(),
+            found.len()
+        ),
     );
     let mut watch = discovery.watch(&echo).await?;
-    if let Ok(Some(Ok(DiscoveryEvent::Added(i)))) = tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
-        step("discovery", format!("watch reports instance {} at {}", i.id, i.address));
+    if let Ok(Some(Ok(DiscoveryEvent::Added(i)))) =
+        tokio::time::timeout(Duration::from_secs(5), watch.next()).await
+    {
+        step(
+            "discovery",
+            format!("watch reports instance {} at {}", i.id, i.address),
+        );
     }
 
     let reply = requests.call(&echo, "hello").await?;
-    step("request", format!("unary call -> {:?}", String::from_utf8_lossy(&reply.to_bytes())));
+    step(
+        "request",
+        format!(
+            "unary call -> {:?}",
+            String::from_utf8_lossy(&reply.to_bytes())
+        ),
+    );
 
     let missing = requests
         .call_with(Call::new(format!("tour-nobody-{id}"), "?").timeout(Duration::from_secs(5)))
         .await;
     match missing {
-        Err(e) if e.kind() == ErrorKind::NoResponders => step("request", "call to an endpoint nobody serves: NoResponders, at once"),
+        Err(e) if e.kind() == ErrorKind::NoResponders => step(
+            "request",
+            "call to an endpoint nobody serves: NoResponders, at once",
+        ),
         other => return Err(unexpected(&format!("call to nobody gave {other:?}"))),
     }
 
@@ -264,21 +311,31 @@ async fn request_tour(requests: &plane::Requests, discovery: &Discovery, id: &st
             text.push_str(&String::from_utf8_lossy(&chunk?.body.to_bytes()));
             chunks += 1;
         }
-        step("request", format!("streamed {chunks} chunks then an explicit end: {text:?}"));
+        step(
+            "request",
+            format!("streamed {chunks} chunks then an explicit end: {text:?}"),
+        );
         drop(streamer);
     } else {
         step("request", "backend does not declare streaming; skipped");
     }
     registration.deregister().await?;
     let killed = server.drain(Duration::from_secs(5)).await;
-    step("request", format!("drained {echo} ({killed} call(s) had to be killed)"));
+    step(
+        "request",
+        format!("drained {echo} ({killed} call(s) had to be killed)"),
+    );
     Ok(())
 }
 
 async fn events_tour(events: &plane::Events, id: &str) -> Result<()> {
     let caps = events.capabilities().clone();
     let prefix = format!("tour.{id}.orders");
-    let pattern = if caps.wildcards { format!("{prefix}.*") } else { format!("{prefix}.eu") };
+    let pattern = if caps.wildcards {
+        format!("{prefix}.*")
+    } else {
+        format!("{prefix}.eu")
+    };
     let mut sub = events.subscribe(&pattern).await?;
     for i in 0..3u8 {
         events.publish(&format!("{prefix}.eu"), vec![i]).await?;
@@ -286,10 +343,18 @@ async fn events_tour(events: &plane::Events, id: &str) -> Result<()> {
     for _ in 0..3 {
         match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
             Ok(Some(Ok(ev))) => {
-                let origin = ev.origin.ok_or_else(|| unexpected("event without origin"))?;
+                let origin = ev
+                    .origin
+                    .ok_or_else(|| unexpected("event without origin"))?;
                 step(
                     "events",
-                    format!("{} <- {:?} (publisher {}, seq {})", pattern, ev.body().to_bytes(), origin.publisher, origin.sequence),
+                    format!(
+                        "{} <- {:?} (publisher {}, seq {})",
+                        pattern,
+                        ev.body().to_bytes(),
+                        origin.publisher,
+                        origin.sequence
+                    ),
                 );
             }
             other => return Err(unexpected(&format!("subscription gave {other:?}"))),
@@ -304,12 +369,18 @@ async fn events_tour(events: &plane::Events, id: &str) -> Result<()> {
         let ack = events
             .publish_durable(&format!("{prefix}.durable"), "order-1", Some("order-1"))
             .await?;
-        step("events", format!("durable publish stored at stream sequence {}", ack.sequence));
+        step(
+            "events",
+            format!("durable publish stored at stream sequence {}", ack.sequence),
+        );
         if caps.dedup {
             let again = events
                 .publish_durable(&format!("{prefix}.durable"), "order-1", Some("order-1"))
                 .await?;
-            step("events", format!("same message id again: duplicate = {}", again.duplicate));
+            step(
+                "events",
+                format!("same message id again: duplicate = {}", again.duplicate),
+            );
         }
         let mut consumer = events
             .consume(ConsumerConfig::new(&stream, "billing").ack_wait(Duration::from_secs(5)))
@@ -319,7 +390,11 @@ async fn events_tour(events: &plane::Events, id: &str) -> Result<()> {
                 delivery.ack().await?;
                 step(
                     "events",
-                    format!("durable consumer got {:?} (attempt {}) and acked it after processing", delivery.event.body().to_bytes(), delivery.attempt),
+                    format!(
+                        "durable consumer got {:?} (attempt {}) and acked it after processing",
+                        delivery.event.body().to_bytes(),
+                        delivery.attempt
+                    ),
                 );
             }
             other => return Err(unexpected(&format!("durable consumer gave {other:?}"))),
@@ -327,7 +402,10 @@ async fn events_tour(events: &plane::Events, id: &str) -> Result<()> {
         consumer.close();
         events.delete_stream(&stream).await?;
     } else {
-        step("events", "backend does not declare durable streams; skipped");
+        step(
+            "events",
+            "backend does not declare durable streams; skipped",
+        );
     }
     Ok(())
 }
@@ -346,14 +424,27 @@ async fn objects_tour(objects: &plane::Objects, id: &str) -> Result<()> {
         expected.update(p);
     }
     let meta = if objects.capabilities().metadata {
-        ObjectMeta::default().content_type("application/octet-stream").attribute("format", "gguf")
+        ObjectMeta::default()
+            .content_type("application/octet-stream")
+            .attribute("format", "gguf")
     } else {
         ObjectMeta::default()
     };
     let info = bucket
-        .put_stream("weights/tour.bin", meta, stream::iter(pieces.into_iter().map(Ok)).boxed())
+        .put_stream(
+            "weights/tour.bin",
+            meta,
+            stream::iter(pieces.into_iter().map(Ok)).boxed(),
+        )
         .await?;
-    step("objects", format!("streamed put of {} bytes, {}", info.size, &info.digest[..19]));
+    step(
+        "objects",
+        format!(
+            "streamed put of {} bytes, {}",
+            info.size,
+            &info.digest[..19]
+        ),
+    );
     let reader = bucket.get("weights/tour.bin").await?;
     let mut got = Digester::new();
     let mut body = reader.stream;
@@ -364,7 +455,10 @@ async fn objects_tour(objects: &plane::Objects, id: &str) -> Result<()> {
     if digest != expected.finish() || size != info.size {
         return Err(unexpected("object read back differs"));
     }
-    step("objects", format!("streamed get of {size} bytes, digest matches"));
+    step(
+        "objects",
+        format!("streamed get of {size} bytes, digest matches"),
+    );
     let card = ModelCard {
         name: "tour-model".into(),
         parameters: 8_000_000_000,
@@ -375,7 +469,10 @@ async fn objects_tour(objects: &plane::Objects, id: &str) -> Result<()> {
     step("objects", format!("typed put/get round-trips: {back:?}"));
     if objects.capabilities().list {
         let listed = bucket.list("weights/").await?;
-        step("objects", format!("list weights/: {} object(s)", listed.len()));
+        step(
+            "objects",
+            format!("list weights/: {} object(s)", listed.len()),
+        );
     }
     bucket.delete("weights/tour.bin").await?;
     bucket.delete("cards/tour.json").await?;
@@ -392,7 +489,10 @@ async fn queue_tour(queues: &plane::Queues, id: &str) -> Result<()> {
         queue.enqueue(vec![i]).await?;
     }
     if queues.capabilities().depth {
-        step("queue", format!("enqueued 6 jobs; depth {}", queue.depth().await?));
+        step(
+            "queue",
+            format!("enqueued 6 jobs; depth {}", queue.depth().await?),
+        );
     }
     let mut workers = Vec::new();
     for w in 0..2 {
@@ -411,14 +511,22 @@ async fn queue_tour(queues: &plane::Queues, id: &str) -> Result<()> {
     let mut total = 0;
     for w in workers {
         let (worker, done) = w.await.map_err(|e| unexpected(&e.to_string()))??;
-        step("queue", format!("worker {worker} processed and acked {done} job(s)"));
+        step(
+            "queue",
+            format!("worker {worker} processed and acked {done} job(s)"),
+        );
         total += done;
     }
     if total != 6 {
-        return Err(unexpected(&format!("workers processed {total} jobs, expected 6")));
+        return Err(unexpected(&format!(
+            "workers processed {total} jobs, expected 6"
+        )));
     }
     if queues.capabilities().depth {
-        step("queue", format!("depth after acks: {}", queue.depth().await?));
+        step(
+            "queue",
+            format!("depth after acks: {}", queue.depth().await?),
+        );
     }
     queues.delete_queue(&name).await?;
     Ok(())

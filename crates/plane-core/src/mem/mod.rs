@@ -170,35 +170,51 @@ impl Connector for MemConnector {
         &["mem"]
     }
 
-    fn requests<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Requests>> {
+    fn requests<'a>(
+        &'a self,
+        url: &'a Url,
+        _registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Requests>> {
         Box::pin(async move {
             let (hub, config) = hub_for(url)?;
             Ok(hub.requests(&config))
         })
     }
 
-    fn events<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Events>> {
+    fn events<'a>(
+        &'a self,
+        url: &'a Url,
+        _registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Events>> {
         Box::pin(async move {
             let (hub, config) = hub_for(url)?;
             Ok(hub.events(&config))
         })
     }
 
-    fn kv<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Kv>> {
+    fn kv<'a>(&'a self, url: &'a Url, _registry: &'a Registry) -> BoxFuture<'a, Result<Kv>> {
         Box::pin(async move {
             let (hub, config) = hub_for(url)?;
             Ok(hub.kv(&config))
         })
     }
 
-    fn objects<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Objects>> {
+    fn objects<'a>(
+        &'a self,
+        url: &'a Url,
+        _registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Objects>> {
         Box::pin(async move {
             let (hub, config) = hub_for(url)?;
             Ok(hub.objects(&config))
         })
     }
 
-    fn queues<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Queues>> {
+    fn queues<'a>(
+        &'a self,
+        url: &'a Url,
+        _registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Queues>> {
         Box::pin(async move {
             let (hub, config) = hub_for(url)?;
             Ok(hub.queues(&config))
