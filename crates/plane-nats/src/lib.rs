@@ -173,7 +173,11 @@ impl Connector for NatsConnector {
         &["nats", "tls", "nats+tls"]
     }
 
-    fn requests<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Requests>> {
+    fn requests<'a>(
+        &'a self,
+        url: &'a Url,
+        _registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Requests>> {
         Box::pin(async move {
             let (client, config) = connect(url).await?;
             Ok(Requests::new(NatsRequests::new(
@@ -184,28 +188,44 @@ impl Connector for NatsConnector {
         })
     }
 
-    fn events<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Events>> {
+    fn events<'a>(
+        &'a self,
+        url: &'a Url,
+        _registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Events>> {
         Box::pin(async move {
             let (client, _) = connect(url).await?;
             Ok(Events::new(NatsEvents::new(client)))
         })
     }
 
-    fn kv<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Kv>> {
+    fn kv<'a>(
+        &'a self,
+        url: &'a Url,
+        _registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Kv>> {
         Box::pin(async move {
             let (client, _) = connect(url).await?;
             Ok(Kv::new(NatsKv::new(client)))
         })
     }
 
-    fn objects<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Objects>> {
+    fn objects<'a>(
+        &'a self,
+        url: &'a Url,
+        _registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Objects>> {
         Box::pin(async move {
             let (client, _) = connect(url).await?;
             Ok(Objects::new(NatsObjects::new(client)))
         })
     }
 
-    fn queues<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<Queues>> {
+    fn queues<'a>(
+        &'a self,
+        url: &'a Url,
+        _registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Queues>> {
         Box::pin(async move {
             let (client, config) = connect(url).await?;
             Ok(Queues::new(NatsQueues::new(client, &config.prefix)))
