@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::message::{Acker, AckKind};
+use async_nats::jetstream::message::{AckKind, Acker};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -179,8 +179,11 @@ impl plane_core::ack::Acker for JsAcker {
                     "ack wait ran out: the delivery was dead-lettered",
                 ));
             }
-            *self.state.deadline.lock().unwrap_or_else(|p| p.into_inner()) =
-                Instant::now() + self.state.ack_wait;
+            *self
+                .state
+                .deadline
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Instant::now() + self.state.ack_wait;
             self.state
                 .acker
                 .double_ack_with(AckKind::Progress)

@@ -89,7 +89,10 @@ impl NatsConfig {
             other => return Err(invalid(format!("not a nats url scheme: `{other}`"))),
         };
         if !url.path().is_empty() && url.path() != "/" {
-            return Err(invalid(format!("nats urls take no path, got `{}`", url.path())));
+            return Err(invalid(format!(
+                "nats urls take no path, got `{}`",
+                url.path()
+            )));
         }
         let host = url.host_str().unwrap_or("127.0.0.1");
         let port = url.port().unwrap_or(4222);
@@ -112,7 +115,9 @@ impl NatsConfig {
             nkey: q.take_str("nkey"),
             creds: q.take_str("creds").map(PathBuf::from),
             name: q.take_str("name"),
-            connect_timeout: q.take_millis("connect_timeout_ms")?.unwrap_or(d.connect_timeout),
+            connect_timeout: q
+                .take_millis("connect_timeout_ms")?
+                .unwrap_or(d.connect_timeout),
             heartbeat: q.take_millis("heartbeat_ms")?.unwrap_or(d.heartbeat),
             prefix: q.take_str("prefix").unwrap_or(d.prefix),
         };
@@ -140,7 +145,9 @@ impl NatsConfig {
             ));
         }
         if self.heartbeat.is_zero() || self.connect_timeout.is_zero() {
-            return Err(invalid("heartbeat_ms and connect_timeout_ms must be positive"));
+            return Err(invalid(
+                "heartbeat_ms and connect_timeout_ms must be positive",
+            ));
         }
         plane_core::subject::validate_name("prefix", &self.prefix)
             .map_err(|e| invalid(e.message().to_owned()))?;

@@ -28,7 +28,10 @@ pub const ERROR_MESSAGE: &str = "plane-error-message";
 
 /// Headers the NATS server or the JetStream API set, never shown to plane users.
 fn is_transport_header(name: &str) -> bool {
-    name.starts_with("Nats-") || name.starts_with("KV-") || name == "Status" || name == "Description"
+    name.starts_with("Nats-")
+        || name.starts_with("KV-")
+        || name == "Status"
+        || name == "Description"
 }
 
 /// Plane headers and body as a NATS header map and payload.
@@ -96,7 +99,10 @@ fn split_parts(lens: &str, payload: Bytes) -> Result<Body> {
     let mut at = 0usize;
     for l in lens.split(',') {
         let n: usize = l.trim().parse().map_err(|_| bad())?;
-        let end = at.checked_add(n).filter(|e| *e <= payload.len()).ok_or_else(bad)?;
+        let end = at
+            .checked_add(n)
+            .filter(|e| *e <= payload.len())
+            .ok_or_else(bad)?;
         parts.push(payload.slice(at..end));
         at = end;
     }
@@ -127,7 +133,11 @@ mod tests {
     fn multipart_round_trips_and_single_part_is_raw() {
         let m = Message::new(
             Headers::new().with("a", "1"),
-            vec![Bytes::from_static(b"ab"), Bytes::new(), Bytes::from_static(b"c")],
+            vec![
+                Bytes::from_static(b"ab"),
+                Bytes::new(),
+                Bytes::from_static(b"c"),
+            ],
         );
         let (h, p) = encode(&m, &[("x", "y")]);
         assert_eq!(get(Some(&h), PARTS), Some("2,0,1"));

@@ -59,7 +59,10 @@ fn headers_of(event: &Event) -> (HeaderMap, bytes::Bytes) {
         None => (String::new(), String::new()),
     };
     let extra: Vec<(&str, &str)> = if event.origin.is_some() {
-        vec![(PUBLISHER_HEADER, publisher.as_str()), (SEQUENCE_HEADER, seq.as_str())]
+        vec![
+            (PUBLISHER_HEADER, publisher.as_str()),
+            (SEQUENCE_HEADER, seq.as_str()),
+        ]
     } else {
         Vec::new()
     };
@@ -112,10 +115,11 @@ impl EventsBackend for NatsEvents {
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn SubscriptionTransport>> {
         let mut sub = match &options.group {
-            Some(group) => self
-                .client
-                .queue_subscribe(options.pattern.clone(), group.clone())
-                .await,
+            Some(group) => {
+                self.client
+                    .queue_subscribe(options.pattern.clone(), group.clone())
+                    .await
+            }
             None => self.client.subscribe(options.pattern.clone()).await,
         }
         .map_err(crate::error::subscribe)?;
@@ -229,7 +233,13 @@ impl EventsBackend for NatsEvents {
             durable: false,
         });
         let (tx, rx) = mpsc::channel(config.max_in_flight.clamp(1, 256));
-        tokio::spawn(pump(consumer, tx, config, dead_letter, self.caps.nack_delay));
+        tokio::spawn(pump(
+            consumer,
+            tx,
+            config,
+            dead_letter,
+            self.caps.nack_delay,
+        ));
         Ok(Box::new(Consumer { rx }))
     }
 }
@@ -296,10 +306,18 @@ fn delivery_of(
         let info = msg.info().map_err(|e| {
             Error::new(ErrorKind::Decode, "malformed jetstream delivery").with_source(e)
         })?;
-        (info.stream.to_owned(), info.stream_sequence, info.delivered.max(1) as u32)
+        (
+            info.stream.to_owned(),
+            info.stream_sequence,
+            info.delivered.max(1) as u32,
+        )
     };
     let (msg, acker) = msg.split();
-    let event = event_of(msg.subject.as_str(), msg.headers.as_ref(), msg.payload.clone())?;
+    let event = event_of(
+        msg.subject.as_str(),
+        msg.headers.as_ref(),
+        msg.payload.clone(),
+    )?;
     let last = config.max_deliver.is_some_and(|max| attempt >= max);
     let dl = match dead_letter {
         Some(dl) if last => Some((

@@ -122,7 +122,11 @@ struct NatsBucket {
 }
 
 fn op_of(headers: Option<&HeaderMap>) -> Op {
-    let get = |n: &str| headers.and_then(|h| h.get(n)).map(|v| v.as_str().to_owned());
+    let get = |n: &str| {
+        headers
+            .and_then(|h| h.get(n))
+            .map(|v| v.as_str().to_owned())
+    };
     if let Some(reason) = get("Nats-Marker-Reason") {
         return match reason.as_str() {
             "Purge" => Op::Purge,
@@ -156,7 +160,10 @@ impl NatsBucket {
     ) -> Entry {
         let op = op_of(headers);
         Entry {
-            key: subject.strip_prefix(&self.prefix).unwrap_or(subject).to_owned(),
+            key: subject
+                .strip_prefix(&self.prefix)
+                .unwrap_or(subject)
+                .to_owned(),
             value: if op == Op::Put { payload } else { Bytes::new() },
             revision,
             op,
@@ -166,7 +173,11 @@ impl NatsBucket {
 
     /// The latest entry of `key`, markers included.
     async fn last(&self, key: &str) -> Result<Option<Entry>> {
-        match self.stream.direct_get_last_for_subject(self.subject(key)).await {
+        match self
+            .stream
+            .direct_get_last_for_subject(self.subject(key))
+            .await
+        {
             Ok(m) => Ok(Some(self.entry(
                 m.subject.as_str(),
                 Some(&m.headers),
@@ -198,12 +209,7 @@ impl NatsBucket {
         }
     }
 
-    async fn write(
-        &self,
-        key: &str,
-        headers: HeaderMap,
-        value: Bytes,
-    ) -> Result<u64> {
+    async fn write(&self, key: &str, headers: HeaderMap, value: Bytes) -> Result<u64> {
         let ack = self
             .js
             .publish_with_headers(self.subject(key), headers, value)

@@ -199,11 +199,7 @@ impl Connector for NatsConnector {
         })
     }
 
-    fn kv<'a>(
-        &'a self,
-        url: &'a Url,
-        _registry: &'a Registry,
-    ) -> BoxFuture<'a, Result<Kv>> {
+    fn kv<'a>(&'a self, url: &'a Url, _registry: &'a Registry) -> BoxFuture<'a, Result<Kv>> {
         Box::pin(async move {
             let (client, _) = connect(url).await?;
             Ok(Kv::new(NatsKv::new(client)))

@@ -21,8 +21,8 @@ use async_nats::{Client, HeaderMap};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use plane_core::objects::{
-    ByteStream, DynObjectBucketBackend, ObjectBucketBackend, ObjectInfo, ObjectMeta,
-    ObjectReader, ObjectsBackend, ObjectsCapabilities,
+    ByteStream, DynObjectBucketBackend, ObjectBucketBackend, ObjectInfo, ObjectMeta, ObjectReader,
+    ObjectsBackend, ObjectsCapabilities,
 };
 use plane_core::{Error, ErrorKind, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
@@ -143,8 +143,11 @@ fn info_of(i: &object_store::ObjectInfo) -> ObjectInfo {
         .as_ref()
         .and_then(|h| h.get("Content-Type"))
         .map(|v| v.as_str().to_owned());
-    let attributes: BTreeMap<String, String> =
-        i.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let attributes: BTreeMap<String, String> = i
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let mut meta = ObjectMeta::default();
     meta.content_type = content_type;
     meta.attributes = attributes;
@@ -152,7 +155,10 @@ fn info_of(i: &object_store::ObjectInfo) -> ObjectInfo {
         name: i.name.clone(),
         size: i.size as u64,
         digest: digest_of(i.digest.as_deref()),
-        modified: i.modified.map(SystemTime::from).unwrap_or(SystemTime::UNIX_EPOCH),
+        modified: i
+            .modified
+            .map(SystemTime::from)
+            .unwrap_or(SystemTime::UNIX_EPOCH),
         meta,
     }
 }

@@ -16,8 +16,7 @@ use async_nats::Client;
 use futures_util::StreamExt;
 use plane_core::ack::AckHandle;
 use plane_core::queue::{
-    DynQueueBackend, Job, QueueBackend, QueueCapabilities, QueueConfig, QueueMode,
-    QueuesBackend,
+    DynQueueBackend, Job, QueueBackend, QueueCapabilities, QueueConfig, QueueMode, QueuesBackend,
 };
 use plane_core::{Error, ErrorKind, Message, Result};
 
@@ -210,7 +209,11 @@ impl NatsQueue {
             let info = msg.info().map_err(|e| {
                 Error::new(ErrorKind::Decode, "malformed jetstream delivery").with_source(e)
             })?;
-            (info.stream.to_owned(), info.stream_sequence, info.delivered.max(1) as u32)
+            (
+                info.stream.to_owned(),
+                info.stream_sequence,
+                info.delivered.max(1) as u32,
+            )
         };
         let (msg, acker) = msg.split();
         let message: Message = envelope::decode(msg.headers.as_ref(), msg.payload.clone(), &[])?;

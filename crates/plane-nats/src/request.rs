@@ -32,7 +32,9 @@ use plane_core::{Error, ErrorKind, Message, Result};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Sleep;
 
-use crate::envelope::{self, CREDIT, CTL, ERROR_CODE, ERROR_KIND, ERROR_MESSAGE, FRAME, ID, STREAM};
+use crate::envelope::{
+    self, CREDIT, CTL, ERROR_CODE, ERROR_KIND, ERROR_MESSAGE, FRAME, ID, STREAM,
+};
 
 /// Frames a streaming handler may send ahead of the caller's reads.
 ///
@@ -173,7 +175,11 @@ impl RequestBackend for NatsRequests {
             .subscribe(s.direct(endpoint, instance))
             .await
             .map_err(sub_err)?;
-        let ctl = self.client.subscribe(s.ctl(endpoint)).await.map_err(sub_err)?;
+        let ctl = self
+            .client
+            .subscribe(s.ctl(endpoint))
+            .await
+            .map_err(sub_err)?;
         let ctl_direct = self
             .client
             .subscribe(s.ctl_direct(endpoint, instance))
@@ -263,7 +269,10 @@ impl ServeLoop {
         let parsed = parse_call(&msg);
         let credits = (plane_caller && matches!(parsed, Ok((_, true))))
             .then(|| Arc::new(Semaphore::new(STREAM_WINDOW as usize)));
-        let id = parsed.as_ref().map(|(i, _)| i.id).unwrap_or_else(|_| RequestId::new_v7());
+        let id = parsed
+            .as_ref()
+            .map(|(i, _)| i.id)
+            .unwrap_or_else(|_| RequestId::new_v7());
         if let Some(c) = &credits {
             lock(&self.credits).insert(id, c.clone());
         }
@@ -328,10 +337,22 @@ fn parse_call(msg: &async_nats::Message) -> Result<(Incoming, bool)> {
     let stream = match envelope::get(headers, STREAM) {
         None | Some("0") => false,
         Some("1") => true,
-        Some(_) => return Err(Error::new(ErrorKind::Decode, format!("malformed {STREAM} header"))),
+        Some(_) => {
+            return Err(Error::new(
+                ErrorKind::Decode,
+                format!("malformed {STREAM} header"),
+            ))
+        }
     };
     let message = envelope::decode(headers, msg.payload.clone(), &[ID, STREAM])?;
-    Ok((Incoming { id, message, stream }, stream))
+    Ok((
+        Incoming {
+            id,
+            message,
+            stream,
+        },
+        stream,
+    ))
 }
 
 /// The replies of one call, to the caller's inbox.
@@ -436,7 +457,9 @@ impl Drop for NatsSink {
         let mut headers = HeaderMap::new();
         headers.insert(FRAME, frame::ABORT);
         rt.spawn(async move {
-            let _ = client.publish_with_headers(reply, headers, Bytes::new()).await;
+            let _ = client
+                .publish_with_headers(reply, headers, Bytes::new())
+                .await;
         });
     }
 }
@@ -495,7 +518,9 @@ impl CallTransport {
         let client = self.client.clone();
         let subject = self.ctl.clone();
         rt.spawn(async move {
-            let _ = client.publish_with_headers(subject, headers, Bytes::new()).await;
+            let _ = client
+                .publish_with_headers(subject, headers, Bytes::new())
+                .await;
         });
     }
 
@@ -592,13 +617,20 @@ fn typed_error(headers: Option<&HeaderMap>) -> Error {
         .and_then(|c| c.parse::<u16>().ok())
         .map(ErrorKind::from_code)
         .unwrap_or(ErrorKind::Other);
-    let message = envelope::get(headers, ERROR_MESSAGE).unwrap_or("").to_owned();
+    let message = envelope::get(headers, ERROR_MESSAGE)
+        .unwrap_or("")
+        .to_owned();
     Error::new(kind, message)
 }
 
 /// Publish `garbage` as a call to `endpoint` with a malformed plane header,
 /// as a misbehaving peer would, and wait (bounded) for the refusal. For tests.
-pub async fn send_garbage(client: &Client, prefix: &str, endpoint: &str, garbage: &[u8]) -> Result<()> {
+pub async fn send_garbage(
+    client: &Client,
+    prefix: &str,
+    endpoint: &str,
+    garbage: &[u8],
+) -> Result<()> {
     let mut headers = HeaderMap::new();
     headers.insert(ID, "not-a-request-id");
     let subject = format!("{prefix}.req.{endpoint}");

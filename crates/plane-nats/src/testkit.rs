@@ -52,21 +52,12 @@ pub fn ensure_image() -> Result<(), String> {
 }
 
 /// How to start the server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ServerOptions {
     /// Extra `nats-server` arguments (after `-js -sd /data`).
     pub args: Vec<String>,
     /// Host directories bind-mounted read-only into the container.
     pub mounts: Vec<(PathBuf, String)>,
-}
-
-impl Default for ServerOptions {
-    fn default() -> Self {
-        ServerOptions {
-            args: Vec::new(),
-            mounts: Vec::new(),
-        }
-    }
 }
 
 impl ServerOptions {

@@ -100,7 +100,10 @@ fn certificates(dir: &std::path::Path) {
     let write = |name: &str, text: String| std::fs::write(dir.join(name), text).expect("write pem");
     write("ca.pem", ca_cert.pem());
     for (who, names) in [
-        ("server", vec!["localhost".to_owned(), "127.0.0.1".to_owned()]),
+        (
+            "server",
+            vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+        ),
         ("client", vec!["plane-client".to_owned()]),
     ] {
         let key = KeyPair::generate().expect("key");
@@ -126,24 +129,20 @@ pub fn tls_dir() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_backend_conforms_over_tls_with_auth() {
     let dir = tls_dir();
-    let server = NatsServer::start_with(
-        ServerOptions::default()
-            .mount(&dir, "/certs")
-            .args([
-                "--tls",
-                "--tlscert",
-                "/certs/server.pem",
-                "--tlskey",
-                "/certs/server-key.pem",
-                "--tlsverify",
-                "--tlscacert",
-                "/certs/ca.pem",
-                "--user",
-                "plane",
-                "--pass",
-                "s3cret",
-            ]),
-    )
+    let server = NatsServer::start_with(ServerOptions::default().mount(&dir, "/certs").args([
+        "--tls",
+        "--tlscert",
+        "/certs/server.pem",
+        "--tlskey",
+        "/certs/server-key.pem",
+        "--tlsverify",
+        "--tlscacert",
+        "/certs/ca.pem",
+        "--user",
+        "plane",
+        "--pass",
+        "s3cret",
+    ]))
     .await
     .expect("nats tls server");
     let d = dir.display();

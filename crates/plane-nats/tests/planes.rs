@@ -51,9 +51,12 @@ async fn plain_nats_clients_interoperate() {
         )
         .await
         .expect("serve");
-    let reply = within("plain request", plain.request("plane.req.echo", "hi".into()))
-        .await
-        .expect("plain request answered");
+    let reply = within(
+        "plain request",
+        plain.request("plane.req.echo", "hi".into()),
+    )
+    .await
+    .expect("plain request answered");
     assert_eq!(&reply.payload[..], b"echo:hi");
 
     // A plain responder serves a plane caller.
@@ -71,9 +74,12 @@ async fn plain_nats_clients_interoperate() {
             }
         }
     });
-    let answer = within("plane call to a plain responder", reqs.call("upper", "shout"))
-        .await
-        .expect("plain responder answers");
+    let answer = within(
+        "plane call to a plain responder",
+        reqs.call("upper", "shout"),
+    )
+    .await
+    .expect("plain responder answers");
     assert_eq!(answer.to_bytes(), "SHOUT");
     responder.await.expect("responder task");
 
@@ -85,10 +91,16 @@ async fn plain_nats_clients_interoperate() {
         .publish("interop.from.plain", "p1".into())
         .await
         .expect("plain publish");
-    let got = within("plain event", sub.next()).await.expect("event").expect("ok");
+    let got = within("plain event", sub.next())
+        .await
+        .expect("event")
+        .expect("ok");
     assert_eq!(got.subject, "interop.from.plain");
     assert_eq!(got.body().to_bytes(), "p1");
-    assert!(got.origin.is_none(), "a plain publisher has no plane origin");
+    assert!(
+        got.origin.is_none(),
+        "a plain publisher has no plane origin"
+    );
 
     let mut plain_events = plain.subscribe("interop2.*").await.expect("plain sub");
     plain.flush().await.expect("flush");
@@ -111,9 +123,10 @@ async fn plain_nats_clients_interoperate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_errors() {
-    let server = NatsServer::start_with(ServerOptions::default().args(["--user", "u", "--pass", "p"]))
-        .await
-        .expect("server");
+    let server =
+        NatsServer::start_with(ServerOptions::default().args(["--user", "u", "--pass", "p"]))
+            .await
+            .expect("server");
     let good = format!("nats://u:p@127.0.0.1:{}", server.port());
     let reqs = requests(&good).await;
 
@@ -165,7 +178,13 @@ async fn typed_errors() {
         Some(ErrorKind::Decode.code().to_string().as_str())
     );
     // The endpoint survives it.
-    assert_eq!(reqs.call("echo", "ok").await.expect("still serving").to_bytes(), "ok");
+    assert_eq!(
+        reqs.call("echo", "ok")
+            .await
+            .expect("still serving")
+            .to_bytes(),
+        "ok"
+    );
     plane_nats::request::send_garbage(&plain, "plane", "echo", b"\x00\xff")
         .await
         .expect("garbage refused with an error frame");
@@ -189,7 +208,10 @@ async fn typed_errors() {
         .expect_err("unreachable");
     assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    let err = registry().events("nats://h?bogus=1").await.expect_err("unknown key");
+    let err = registry()
+        .events("nats://h?bogus=1")
+        .await
+        .expect_err("unknown key");
     assert_eq!(err.kind(), ErrorKind::InvalidConfig);
 }
 
@@ -202,7 +224,9 @@ async fn request_streams_cancellation_and_routing() {
         .serve(
             "count",
             handler_fn(|r: Request, out: Responder| async move {
-                let n: u32 = String::from_utf8_lossy(&r.body().to_bytes()).parse().unwrap_or(0);
+                let n: u32 = String::from_utf8_lossy(&r.body().to_bytes())
+                    .parse()
+                    .unwrap_or(0);
                 for i in 0..n {
                     out.send(i.to_string()).await?;
                 }
@@ -212,9 +236,15 @@ async fn request_streams_cancellation_and_routing() {
         .await
         .expect("serve");
     // More chunks than the flow-control window, in order, then a clean end.
-    let mut replies = reqs.stream(Call::new("count", "300")).await.expect("stream");
+    let mut replies = reqs
+        .stream(Call::new("count", "300"))
+        .await
+        .expect("stream");
     for i in 0..300u32 {
-        let m = within("chunk", replies.next_reply()).await.expect("chunk").expect("ok");
+        let m = within("chunk", replies.next_reply())
+            .await
+            .expect("chunk")
+            .expect("ok");
         assert_eq!(m.body.to_bytes(), i.to_string());
     }
     assert!(within("end", replies.next_reply()).await.is_none());
@@ -241,7 +271,10 @@ async fn request_streams_cancellation_and_routing() {
     let replies = reqs.stream(Call::new("flood", "")).await.expect("stream");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let n = sent.load(Ordering::Relaxed);
-    assert!(n <= plane_nats::request::STREAM_WINDOW as usize + 1, "sent {n} unread");
+    assert!(
+        n <= plane_nats::request::STREAM_WINDOW as usize + 1,
+        "sent {n} unread"
+    );
     drop(replies);
 
     // A handler that dies mid-stream: Disconnected, not a clean end.
@@ -257,7 +290,10 @@ async fn request_streams_cancellation_and_routing() {
         .await
         .expect("serve");
     let mut replies = reqs.stream(Call::new("hang", "")).await.expect("stream");
-    within("first", replies.next_reply()).await.expect("first").expect("ok");
+    within("first", replies.next_reply())
+        .await
+        .expect("first")
+        .expect("ok");
     hang.abort();
     let err = within("disconnect", replies.next_reply())
         .await
@@ -283,11 +319,19 @@ async fn request_streams_cancellation_and_routing() {
         )
         .await
         .expect("serve");
-    let mut replies = reqs.stream(Call::new("stoppable", "")).await.expect("stream");
-    within("go", replies.next_reply()).await.expect("go").expect("ok");
+    let mut replies = reqs
+        .stream(Call::new("stoppable", ""))
+        .await
+        .expect("stream");
+    within("go", replies.next_reply())
+        .await
+        .expect("go")
+        .expect("ok");
     replies.stop();
     within("handler sees stop", stopped.notified()).await;
-    assert!(within("end after stop", replies.next_reply()).await.is_none());
+    assert!(within("end after stop", replies.next_reply())
+        .await
+        .is_none());
 
     // Direct routing reaches exactly the addressed instance.
     let mut servers = Vec::new();
@@ -335,7 +379,10 @@ async fn durable_events_dead_letter_both_ways() {
         .await
         .expect("publish");
     assert!(!a.duplicate && again.duplicate);
-    events.publish_durable("orders.b", "B", None).await.expect("publish");
+    events
+        .publish_durable("orders.b", "B", None)
+        .await
+        .expect("publish");
 
     let mut consumer = events
         .consume(
@@ -381,26 +428,51 @@ async fn kv_cas_ttl_and_expiry_events() {
         .await
         .expect("bucket");
     let r1 = b.create("k", "v1").await.expect("create");
-    assert_eq!(b.create("k", "again").await.unwrap_err().kind(), ErrorKind::AlreadyExists);
+    assert_eq!(
+        b.create("k", "again").await.unwrap_err().kind(),
+        ErrorKind::AlreadyExists
+    );
     let r2 = b.update("k", "v2", r1).await.expect("cas");
     let stale = b.update("k", "v3", r1).await.unwrap_err();
     assert_eq!(stale.kind(), ErrorKind::RevisionMismatch);
     assert_eq!(b.get("k").await.expect("get").expect("live").value, "v2");
     let del = b.delete_if("k", r2).await.expect("delete");
-    assert_eq!(b.update("k", "v4", del).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        b.update("k", "v4", del).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     assert!(b.get("k").await.expect("get").is_none());
     b.create("k", "back").await.expect("create after delete");
-    let ops: Vec<Op> = b.history("k").await.expect("history").iter().map(|e| e.op).collect();
+    let ops: Vec<Op> = b
+        .history("k")
+        .await
+        .expect("history")
+        .iter()
+        .map(|e| e.op)
+        .collect();
     assert_eq!(ops, vec![Op::Put, Op::Put, Op::Delete, Op::Put]);
     assert_eq!(b.keys(">").await.expect("keys"), vec!["k".to_owned()]);
 
     let mut watch = b.watch(">").await.expect("watch");
-    let first = within("snapshot", watch.next()).await.expect("item").expect("ok");
-    assert!(matches!(first, WatchEvent::Entry(ref e) if e.key == "k"));
-    assert_eq!(within("caught up", watch.next()).await.expect("item").expect("ok"), WatchEvent::CaughtUp);
-    b.put_opts("short", "lived", PutOptions::default().ttl(Duration::from_secs(1)))
+    let first = within("snapshot", watch.next())
         .await
-        .expect("ttl put");
+        .expect("item")
+        .expect("ok");
+    assert!(matches!(first, WatchEvent::Entry(ref e) if e.key == "k"));
+    assert_eq!(
+        within("caught up", watch.next())
+            .await
+            .expect("item")
+            .expect("ok"),
+        WatchEvent::CaughtUp
+    );
+    b.put_opts(
+        "short",
+        "lived",
+        PutOptions::default().ttl(Duration::from_secs(1)),
+    )
+    .await
+    .expect("ttl put");
     let mut saw_expire = false;
     let started = Instant::now();
     while !saw_expire && started.elapsed() < Duration::from_secs(10) {
@@ -412,7 +484,11 @@ async fn kv_cas_ttl_and_expiry_events() {
     }
     assert!(saw_expire, "per-key ttl expiry reported to the watcher");
     assert!(b.get("short").await.expect("get").is_none());
-    assert!(!b.keys(">").await.expect("keys").contains(&"short".to_owned()));
+    assert!(!b
+        .keys(">")
+        .await
+        .expect("keys")
+        .contains(&"short".to_owned()));
     kv.delete_bucket("cfg").await.expect("delete bucket");
 }
 
@@ -430,7 +506,10 @@ async fn objects_and_queues() {
     let meta = plane_core::objects::ObjectMeta::default()
         .content_type("application/octet-stream")
         .attribute("a", "b");
-    let info = bucket.put_stream("dir/big obj%", meta.clone(), data).await.expect("put");
+    let info = bucket
+        .put_stream("dir/big obj%", meta.clone(), data)
+        .await
+        .expect("put");
     assert_eq!(info.size, 40 * 100_003);
     assert_eq!(info.digest, digest.finish());
     let head = bucket.head("dir/big obj%").await.expect("head");
@@ -440,12 +519,21 @@ async fn objects_and_queues() {
     assert_eq!(back.len(), 40 * 100_003);
     assert_eq!(bucket.list("dir/").await.expect("list").len(), 1);
     bucket.delete("dir/big obj%").await.expect("delete");
-    assert_eq!(bucket.head("dir/big obj%").await.unwrap_err().kind(), ErrorKind::NotFound);
-    assert_eq!(bucket.delete("dir/big obj%").await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        bucket.head("dir/big obj%").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        bucket.delete("dir/big obj%").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     objects.delete_bucket("blobs").await.expect("delete bucket");
 
     let queues: Queues = registry().queues(&server.url()).await.expect("queues");
-    let dlq = queues.create_queue(QueueConfig::new("dlq")).await.expect("dlq");
+    let dlq = queues
+        .create_queue(QueueConfig::new("dlq"))
+        .await
+        .expect("dlq");
     let q = queues
         .create_queue(
             QueueConfig::new("jobs")
@@ -463,11 +551,22 @@ async fn objects_and_queues() {
     let job = q.receive(LIMIT).await.expect("receive").expect("job again");
     assert_eq!(job.attempt, 2);
     drop(job); // the last attempt times out
-    let dead = dlq.receive(LIMIT).await.expect("receive").expect("dead letter");
+    let dead = dlq
+        .receive(LIMIT)
+        .await
+        .expect("receive")
+        .expect("dead letter");
     assert_eq!(dead.body().to_bytes(), "one");
     dead.ack().await.expect("ack");
-    assert_eq!(dead.ack().await.unwrap_err().kind(), ErrorKind::AlreadyAcked);
-    assert!(q.receive(Duration::from_millis(300)).await.expect("receive").is_none());
+    assert_eq!(
+        dead.ack().await.unwrap_err().kind(),
+        ErrorKind::AlreadyAcked
+    );
+    assert!(q
+        .receive(Duration::from_millis(300))
+        .await
+        .expect("receive")
+        .is_none());
 
     let b = queues
         .create_queue(QueueConfig::new("fanout").broadcast(["x", "y"]))
@@ -478,7 +577,13 @@ async fn objects_and_queues() {
         let j = b.receive_as(c, LIMIT).await.expect("receive").expect("job");
         j.ack().await.expect("ack");
     }
-    assert_eq!(b.receive_as("z", Duration::from_millis(10)).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        b.receive_as("z", Duration::from_millis(10))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
     for name in ["jobs", "dlq", "fanout"] {
         queues.delete_queue(name).await.expect("delete");
     }
