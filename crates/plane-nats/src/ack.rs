@@ -144,7 +144,7 @@ impl plane_core::ack::Acker for JsAcker {
         Box::pin(async move {
             if self.state.settled.swap(true, Ordering::AcqRel) {
                 return Err(Error::new(
-                    ErrorKind::Timeout,
+                    ErrorKind::AlreadyAcked,
                     "ack wait ran out: the delivery was dead-lettered",
                 ));
             }
@@ -156,7 +156,7 @@ impl plane_core::ack::Acker for JsAcker {
         Box::pin(async move {
             if self.state.settled.swap(true, Ordering::AcqRel) {
                 return Err(Error::new(
-                    ErrorKind::Timeout,
+                    ErrorKind::AlreadyAcked,
                     "ack wait ran out: the delivery was dead-lettered",
                 ));
             }
@@ -175,7 +175,7 @@ impl plane_core::ack::Acker for JsAcker {
         Box::pin(async move {
             if self.state.settled.load(Ordering::Acquire) {
                 return Err(Error::new(
-                    ErrorKind::Timeout,
+                    ErrorKind::AlreadyAcked,
                     "ack wait ran out: the delivery was dead-lettered",
                 ));
             }
