@@ -197,7 +197,8 @@ impl RequestBackend for NatsRequests {
             credits: Arc::new(Mutex::new(HashMap::new())),
         };
         tokio::spawn(server.run(
-            futures_util::stream::select(calls, direct),
+            calls,
+            direct,
             futures_util::stream::select(ctl, ctl_direct),
             close_rx,
         ));
@@ -228,32 +229,41 @@ struct ServeLoop {
 impl ServeLoop {
     async fn run(
         self,
-        calls: impl Stream<Item = async_nats::Message> + Unpin,
+        mut calls: Subscriber,
+        mut direct: Subscriber,
         mut ctl: impl Stream<Item = async_nats::Message> + Unpin,
         mut close: watch::Receiver<bool>,
     ) {
-        let mut calls = Some(calls);
+        let (mut calls_open, mut direct_open, mut draining) = (true, true, false);
         loop {
             tokio::select! {
-                msg = async { match calls.as_mut() { Some(c) => c.next().await, None => std::future::pending().await } } => {
-                    match msg {
-                        Some(msg) => self.on_call(msg),
-                        None => calls = None,
-                    }
-                }
+                msg = calls.next(), if calls_open => match msg {
+                    Some(msg) => self.on_call(msg),
+                    None => calls_open = false,
+                },
+                msg = direct.next(), if direct_open => match msg {
+                    Some(msg) => self.on_call(msg),
+                    None => direct_open = false,
+                },
                 msg = ctl.next() => match msg {
                     Some(msg) => self.on_control(&msg),
                     None => return,
                 },
-                changed = close.wait_for(|closed| *closed), if calls.is_some() => {
-                    // Closed (or the transport dropped): stop taking calls
-                    // now, which unsubscribes them; keep the control
-                    // subscriptions while calls are still in flight so a
-                    // caller can still stop or kill them during a drain.
-                    let _ = changed;
-                    calls = None;
+                // The only change ever sent is to `true`; an error means the
+                // transport was dropped. Both mean closed.
+                _ = close.changed(), if !draining => {
+                    // Closed, or the transport dropped. Drain rather than
+                    // unsubscribe: the server stops routing here, and calls
+                    // already on their way are still delivered (and refused
+                    // as draining by the dispatcher) instead of vanishing.
+                    draining = true;
+                    let _ = calls.drain().await;
+                    let _ = direct.drain().await;
                 }
-                _ = self.dispatcher.wait_idle(Duration::from_secs(3600)), if calls.is_none() => return,
+                // Control subscriptions live on while calls are in flight,
+                // so a caller can still stop or kill them during a drain.
+                _ = self.dispatcher.wait_idle(Duration::from_secs(3600)),
+                    if draining && !calls_open && !direct_open => return,
             }
         }
     }

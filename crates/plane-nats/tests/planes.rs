@@ -353,6 +353,21 @@ async fn request_streams_cancellation_and_routing() {
             .expect("direct");
         assert_eq!(m.body.to_bytes(), target.to_string());
     }
+    // After a drain, calls fail fast with NoResponders.
+    let drained = reqs
+        .serve("drained", unary_fn(|r: Request| async move { Ok(r.message) }))
+        .await
+        .expect("serve");
+    reqs.call("drained", "x").await.expect("served before the drain");
+    assert_eq!(drained.drain(Duration::from_secs(1)).await, 0);
+    let started = Instant::now();
+    let err = reqs
+        .call_with(Call::new("drained", "x").timeout(Duration::from_secs(5)))
+        .await
+        .expect_err("drained");
+    assert_eq!(err.kind(), ErrorKind::NoResponders, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
     let gone = plane_core::request::InstanceId(42);
     let err = reqs
         .call_with(Call::new("who", "").route(plane_core::request::Route::Instance(gone)))
