@@ -59,7 +59,7 @@ pub use registry::Registry;
 pub use request::Requests;
 
 /// Compile-time proof that every backend trait's twin is object safe.
-#[allow(dead_code)]
+#[allow(dead_code, clippy::too_many_arguments)]
 fn _object_safety(
     _: &dyn request::DynRequestBackend,
     _: &dyn events::DynEventsBackend,

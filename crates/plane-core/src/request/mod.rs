@@ -367,14 +367,9 @@ impl Requests {
         if !route_supported {
             return Err(Error::unsupported("route").with_op(op));
         }
-        if call.timeout.is_none() {
-            call.timeout = self.default_timeout;
-        }
-        if let Some(t) = call.timeout {
-            call.message
-                .headers
-                .insert(names::TIMEOUT_MS, t.as_millis().to_string());
-        }
+        // The limit applies to what the caller sent: plane's own control
+        // headers, added below, must not make a request of exactly
+        // `max_payload` fail (backends leave room for them).
         let len = call.message.payload_len();
         if len > caps.max_payload {
             return Err(Error::new(
@@ -386,6 +381,14 @@ impl Requests {
             )
             .with_op(op)
             .with_backend(self.backend.name()));
+        }
+        if call.timeout.is_none() {
+            call.timeout = self.default_timeout;
+        }
+        if let Some(t) = call.timeout {
+            call.message
+                .headers
+                .insert(names::TIMEOUT_MS, t.as_millis().to_string());
         }
         let timeout = call.timeout;
         let backend = self.backend.name();

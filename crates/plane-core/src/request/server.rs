@@ -422,6 +422,7 @@ impl Dispatcher {
             max_payload: shared.max_payload,
         };
         let handler = shared.handler.clone();
+        let max_payload = shared.max_payload;
         let task = tokio::spawn(async move {
             let _slot = slot;
             if stream && sink.send(Frame::Accepted).await.is_err() {
@@ -440,6 +441,17 @@ impl Dispatcher {
             };
             // The caller may have gone; failures to reply are not errors here.
             let _ = match outcome {
+                // A final reply is held to the same limit as the replies a
+                // `Responder` sends; the caller learns why instead of the
+                // transport failing (or, in memory, passing it silently).
+                Ok(Ok(Some(reply))) if reply.payload_len() > max_payload => {
+                    let len = reply.payload_len();
+                    sink.send_error(Error::new(
+                        ErrorKind::PayloadTooLarge,
+                        format!("reply of {len} bytes exceeds the limit of {max_payload}"),
+                    ))
+                    .await
+                }
                 Ok(Ok(Some(reply))) => sink.send(Frame::Last(reply)).await,
                 Ok(Ok(None)) => sink.send(Frame::End).await,
                 Ok(Err(e)) => sink.send_error(e).await,
