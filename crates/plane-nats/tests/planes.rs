@@ -355,10 +355,15 @@ async fn request_streams_cancellation_and_routing() {
     }
     // After a drain, calls fail fast with NoResponders.
     let drained = reqs
-        .serve("drained", unary_fn(|r: Request| async move { Ok(r.message) }))
+        .serve(
+            "drained",
+            unary_fn(|r: Request| async move { Ok(r.message) }),
+        )
         .await
         .expect("serve");
-    reqs.call("drained", "x").await.expect("served before the drain");
+    reqs.call("drained", "x")
+        .await
+        .expect("served before the drain");
     assert_eq!(drained.drain(Duration::from_secs(1)).await, 0);
     let started = Instant::now();
     let err = reqs
