@@ -24,6 +24,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Body, Headers, Message};
 use crate::subject::validate_name;
 
+/// Header added to a dead-lettered job: the name of the queue it came from.
+pub const DEAD_LETTER_QUEUE_HEADER: &str = "plane-dead-letter-queue";
+/// Header added to a dead-lettered job: how many times it was delivered.
+pub const DEAD_LETTER_DELIVERIES_HEADER: &str = "plane-dead-letter-deliveries";
+
 /// How jobs are distributed.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum QueueMode {

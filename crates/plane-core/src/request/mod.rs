@@ -113,7 +113,8 @@ pub enum Cancel {
 #[non_exhaustive]
 #[derive(Debug, Clone)]
 pub struct Call {
-    /// Unique id of this call (a UUIDv7).
+    /// Unique id of this call (a UUIDv7), assigned afresh each time the call
+    /// is sent, so a cloned `Call` sent twice is two distinct calls.
     pub id: RequestId,
     /// Endpoint name.
     pub endpoint: String,
@@ -356,6 +357,7 @@ impl Requests {
     }
 
     async fn start(&self, mut call: Call, op: &'static str) -> Result<Replies> {
+        call.id = RequestId::new_v7();
         let caps = self.backend.capabilities();
         validate_name("endpoint", &call.endpoint).map_err(|e| e.with_op(op))?;
         let route_supported = match call.route {
