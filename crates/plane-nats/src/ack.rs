@@ -19,7 +19,7 @@ use async_nats::jetstream::message::{AckKind, Acker};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use plane_core::events::{DEAD_LETTER_DELIVERIES_HEADER, DEAD_LETTER_SUBJECT_HEADER};
+use plane_core::events::DEAD_LETTER_DELIVERIES_HEADER;
 use plane_core::{Error, ErrorKind, Result};
 use tokio::time::Instant;
 
@@ -31,6 +31,9 @@ pub(crate) struct DeadLetter {
     pub subject: String,
     /// Whether the destination is a stream (wait for its ack) or a core subject.
     pub durable: bool,
+    /// Header naming where the message came from, and its value (`None`:
+    /// the message's own subject).
+    pub source: (&'static str, Option<String>),
 }
 
 /// The message a dead letter would carry.
@@ -112,7 +115,11 @@ async fn dead_letter(s: &State) -> Result<()> {
         return Ok(());
     };
     let mut headers = original.headers.clone().unwrap_or_default();
-    headers.insert(DEAD_LETTER_SUBJECT_HEADER, original.subject.as_str());
+    let (source_header, source) = &dl.source;
+    headers.insert(
+        *source_header,
+        source.as_deref().unwrap_or(original.subject.as_str()),
+    );
     headers.insert(DEAD_LETTER_DELIVERIES_HEADER, original.attempt.to_string());
     headers.insert(
         "Nats-Msg-Id",

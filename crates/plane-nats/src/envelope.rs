@@ -26,6 +26,90 @@ pub const ERROR_KIND: &str = "plane-error-kind";
 /// Message of an `error` frame.
 pub const ERROR_MESSAGE: &str = "plane-error-message";
 
+/// Marks a header whose value is percent-encoded (it held a line break,
+/// which NATS headers cannot carry). `%v` never ends an encoded name
+/// otherwise, since `%` in a name is always followed by two hex digits.
+const ENCODED_VALUE: &str = "%v";
+
+fn pct(out: &mut String, b: u8) {
+    out.push_str(&format!("%{b:02X}"));
+}
+
+/// A header name NATS accepts: visible ASCII except `:`; `%` and every other
+/// byte are percent-encoded, so any UTF-8 name round-trips.
+pub(crate) fn encode_name(name: &str) -> String {
+    if name
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b':' && b != b'%')
+    {
+        return name.to_owned();
+    }
+    let mut out = String::with_capacity(name.len() + 8);
+    for b in name.bytes() {
+        if b.is_ascii_graphic() && b != b':' && b != b'%' {
+            out.push(b as char);
+        } else {
+            pct(&mut out, b);
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The plane header name and value of a NATS header. Names that do not
+/// decode (a plain client's `%` that is no escape) are kept as they are.
+fn decode_header(name: &str, value: &str) -> (String, String) {
+    let (name, value) = match name.strip_suffix(ENCODED_VALUE) {
+        Some(n) => (n, percent_decode(value).unwrap_or_else(|| value.to_owned())),
+        None => (name, value.to_owned()),
+    };
+    let name = if name.contains('%') {
+        percent_decode(name).unwrap_or_else(|| name.to_owned())
+    } else {
+        name.to_owned()
+    };
+    (name, value)
+}
+
+/// Insert a plane header into a NATS header map, escaping what NATS cannot
+/// carry.
+pub(crate) fn insert(map: &mut HeaderMap, name: &str, value: &str) {
+    let name = encode_name(name);
+    if value.contains(['\r', '\n']) {
+        map.insert(format!("{name}{ENCODED_VALUE}"), escape_value(value));
+    } else {
+        map.insert(name, value);
+    }
+}
+
+/// `value` with `%`, CR and LF percent-encoded, other characters kept.
+fn escape_value(value: &str) -> String {
+    let mut v = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        match c {
+            '\r' | '\n' | '%' => pct(&mut v, c as u8),
+            c => v.push(c),
+        }
+    }
+    v
+}
+
 /// Headers the NATS server or the JetStream API set, never shown to plane users.
 fn is_transport_header(name: &str) -> bool {
     name.starts_with("Nats-")
@@ -42,10 +126,10 @@ fn is_transport_header(name: &str) -> bool {
 pub(crate) fn encode(message: &Message, extra: &[(&str, &str)]) -> (HeaderMap, Bytes) {
     let mut map = HeaderMap::new();
     for (n, v) in message.headers.iter() {
-        map.insert(n, v);
+        insert(&mut map, n, v);
     }
     for (n, v) in extra {
-        map.insert(*n, *v);
+        insert(&mut map, n, v);
     }
     let parts = message.body.parts();
     if parts.len() != 1 {
@@ -75,7 +159,8 @@ pub(crate) fn decode(
                 continue;
             }
             if let Some(v) = values.first() {
-                out.insert(name, v.as_str());
+                let (name, value) = decode_header(name, v.as_str());
+                out.insert(name, value);
             }
         }
     }
@@ -147,6 +232,31 @@ mod tests {
         let (h, p) = encode(&one, &[]);
         assert!(get(Some(&h), PARTS).is_none());
         assert_eq!(&p[..], b"hi");
+    }
+
+    #[test]
+    fn any_header_round_trips() {
+        let m = Message::new(
+            Headers::new()
+                .with("x-ünïcode", "välue with spaces")
+                .with("a:b c%d", "100%")
+                .with("multi", "line\r\none %41")
+                .with("plain", "as is"),
+            "x",
+        );
+        let (h, p) = encode(&m, &[]);
+        assert_eq!(get(Some(&h), "plain"), Some("as is"));
+        // NATS header maps do not keep order; names and values round-trip.
+        let back = decode(Some(&h), p, &[]).expect("decodes");
+        assert_eq!(back.headers.len(), m.headers.len());
+        for (n, v) in m.headers.iter() {
+            assert_eq!(back.headers.get(n), Some(v), "{n}");
+        }
+        // A plain client's header with a stray `%` is kept as sent.
+        let mut raw = HeaderMap::new();
+        raw.insert("x%zz", "5%");
+        let got = decode(Some(&raw), Bytes::new(), &[]).expect("decodes");
+        assert_eq!(got.headers.get("x%zz"), Some("5%"));
     }
 
     #[test]

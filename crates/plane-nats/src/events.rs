@@ -17,7 +17,7 @@ use plane_core::ack::AckHandle;
 use plane_core::events::{
     ConsumerConfig, DeliverPolicy, Delivery, DeliveryTransport, Event, EventsBackend,
     EventsCapabilities, Origin, PublishAck, StreamConfig, SubscribeOptions, SubscriptionTransport,
-    PUBLISHER_HEADER, SEQUENCE_HEADER,
+    DEAD_LETTER_SUBJECT_HEADER, PUBLISHER_HEADER, SEQUENCE_HEADER,
 };
 use plane_core::{Error, ErrorKind, Result};
 use tokio::sync::mpsc;
@@ -231,6 +231,7 @@ impl EventsBackend for NatsEvents {
             js: self.js.clone(),
             subject,
             durable: false,
+            source: (DEAD_LETTER_SUBJECT_HEADER, None),
         });
         let (tx, rx) = mpsc::channel(config.max_in_flight.clamp(1, 256));
         tokio::spawn(pump(

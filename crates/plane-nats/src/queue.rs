@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use plane_core::ack::AckHandle;
 use plane_core::queue::{
     DynQueueBackend, Job, QueueBackend, QueueCapabilities, QueueConfig, QueueMode, QueuesBackend,
+    DEAD_LETTER_QUEUE_HEADER,
 };
 use plane_core::{Error, ErrorKind, Message, Result};
 
@@ -105,6 +106,7 @@ impl NatsQueues {
                 js: self.js.clone(),
                 subject: self.subject(q),
                 durable: true,
+                source: (DEAD_LETTER_QUEUE_HEADER, Some(name.to_owned())),
             }),
             nack_delay: self.caps.nack_delay,
         }))
