@@ -262,13 +262,11 @@ async fn request_tour(requests: &plane::Requests, discovery: &Discovery, id: &st
         ),
     );
     let mut watch = discovery.watch(&echo).await?;
-    if let Ok(Some(Ok(DiscoveryEvent::Added(i)))) =
-        tokio::time::timeout(Duration::from_secs(5), watch.next()).await
-    {
-        step(
-            "discovery",
-            format!("watch reports instance {} at {}", i.id, i.address),
-        );
+    match tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
+        Ok(Some(DiscoveryEvent::Added(i))) => {
+            step("discovery", format!("watch reports instance {} at {}", i.id, i.address))
+        }
+        other => return Err(unexpected(&format!("discovery watch gave {other:?}"))),
     }
 
     let reply = requests.call(&echo, "hello").await?;
