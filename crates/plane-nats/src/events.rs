@@ -248,6 +248,7 @@ impl EventsBackend for NatsEvents {
 /// Pull from `consumer` into `tx` until the subscription is closed,
 /// re-establishing the pull after transport errors (a broker restart).
 async fn pump(
+    client: Client,
     consumer: consumer::PullConsumer,
     tx: mpsc::Sender<Result<Delivery>>,
     config: ConsumerConfig,
@@ -275,9 +276,22 @@ async fn pump(
                 }
             }
         };
+        // A broker restart loses the server's pull request; rather than
+        // wait for the client library to miss heartbeats, pull anew as soon
+        // as the connection is back.
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut was_down = false;
         loop {
             let next = tokio::select! {
                 n = messages.next() => n,
+                _ = tick.tick() => {
+                    let up = client.connection_state() == async_nats::connection::State::Connected;
+                    if up && was_down {
+                        continue 'outer;
+                    }
+                    was_down = !up;
+                    continue;
+                }
                 _ = tx.closed() => return,
             };
             match next {

@@ -396,18 +396,35 @@ impl KvBucketBackend for NatsBucket {
     }
 
     async fn history(&self, key: &str) -> Result<Vec<Entry>> {
-        self.scan(key, consumer::DeliverPolicy::All, false).await
+        let entries = self.scan(key, consumer::DeliverPolicy::All, false).await?;
+        if entries.is_empty() {
+            return Err(Error::new(ErrorKind::NotFound, "key has no history"));
+        }
+        Ok(entries)
     }
 
     async fn watch(&self, options: WatchOptions) -> Result<Box<dyn WatchTransport>> {
-        let (deliver, snapshot) = match options.from {
-            WatchFrom::Snapshot => (consumer::DeliverPolicy::LastPerSubject, true),
-            WatchFrom::New => (consumer::DeliverPolicy::New, false),
+        let (deliver, snapshot, last) = match options.from {
+            WatchFrom::Snapshot => (consumer::DeliverPolicy::LastPerSubject, true, None),
+            WatchFrom::New => {
+                // Remember where "new" began, so a resumed watch starts there.
+                let info = self
+                    .stream
+                    .get_info()
+                    .await
+                    .map_err(|e| crate::error::js("kv watch", e))?;
+                (
+                    consumer::DeliverPolicy::New,
+                    false,
+                    Some(info.state.last_sequence),
+                )
+            }
             WatchFrom::Revision(r) => (
                 consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: r.max(1),
                 },
                 false,
+                Some(r.saturating_sub(1)),
             ),
         };
         let (messages, pending) = self.ordered(&options.filter, deliver, false).await?;
@@ -417,51 +434,115 @@ impl KvBucketBackend for NatsBucket {
             stream: self.stream.clone(),
             prefix: self.prefix.clone(),
         };
-        tokio::spawn(async move {
-            let mut messages = messages;
-            let mut caught_up = pending == 0;
-            if caught_up && tx.send(Ok(WatchEvent::CaughtUp)).await.is_err() {
-                return;
-            }
-            loop {
-                let next = tokio::select! {
-                    n = messages.next() => n,
-                    _ = tx.closed() => return,
-                };
-                let msg = match next {
-                    None => return,
-                    // The ordered consumer recreates itself after transport
-                    // errors (a broker restart) and resumes where it was.
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "kv watch error");
-                        continue;
-                    }
-                    Some(Ok(msg)) => msg,
-                };
-                let (entry, left) = match bucket.entry_of(&msg) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        if tx.send(Err(e)).await.is_err() {
-                            return;
+        let pump = WatchPump {
+            bucket,
+            filter: options.filter,
+            deliver,
+            snapshot,
+            last,
+            tx,
+        };
+        tokio::spawn(pump.run(messages, pending));
+        Ok(Box::new(Watcher { rx }))
+    }
+}
+
+/// Feeds one watch: entries, the caught-up marker, and a lossless resume
+/// after the connection comes back (a broker restart loses the server's
+/// ephemeral consumer; waiting for the client library to notice the silence
+/// would take many seconds).
+struct WatchPump {
+    bucket: NatsBucket,
+    filter: String,
+    deliver: consumer::DeliverPolicy,
+    snapshot: bool,
+    /// Stream sequence of the last entry delivered (or where the watch began).
+    last: Option<u64>,
+    tx: mpsc::Sender<Result<WatchEvent>>,
+}
+
+impl WatchPump {
+    async fn run(mut self, mut messages: consumer::pull::Ordered, pending: u64) {
+        let client = self.bucket.js.client();
+        let mut caught_up = pending == 0;
+        if caught_up && self.tx.send(Ok(WatchEvent::CaughtUp)).await.is_err() {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut was_down = false;
+        loop {
+            let next = tokio::select! {
+                n = messages.next() => n,
+                _ = tick.tick() => {
+                    let up = client.connection_state() == async_nats::connection::State::Connected;
+                    if up && was_down {
+                        match self.resume().await {
+                            Ok((m, p)) => {
+                                messages = m;
+                                if self.last.is_none() {
+                                    // Nothing seen yet: a fresh snapshot, and
+                                    // a fresh caught-up marker after it.
+                                    caught_up = p == 0;
+                                    if caught_up && self.tx.send(Ok(WatchEvent::CaughtUp)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                was_down = false;
+                            }
+                            Err(e) => tracing::debug!(error = %e, "kv watch resume failed, retrying"),
                         }
-                        continue;
+                    } else if !up {
+                        was_down = true;
                     }
-                };
-                // The snapshot is the live keys' latest values; markers of
-                // keys deleted before the watch started are not news.
-                let skip = snapshot && !caught_up && entry.op != Op::Put;
-                if !skip && tx.send(Ok(WatchEvent::Entry(entry))).await.is_err() {
-                    return;
+                    continue;
                 }
-                if !caught_up && left == 0 {
-                    caught_up = true;
-                    if tx.send(Ok(WatchEvent::CaughtUp)).await.is_err() {
+                _ = self.tx.closed() => return,
+            };
+            let msg = match next {
+                None => return,
+                // The ordered consumer also recreates itself after errors.
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "kv watch error");
+                    continue;
+                }
+                Some(Ok(msg)) => msg,
+            };
+            let (entry, left) = match self.bucket.entry_of(&msg) {
+                Ok(v) => v,
+                Err(e) => {
+                    if self.tx.send(Err(e)).await.is_err() {
                         return;
                     }
+                    continue;
+                }
+            };
+            if self.last.is_some_and(|l| entry.revision <= l) {
+                continue; // seen before a resume
+            }
+            self.last = Some(entry.revision);
+            // The snapshot is the live keys' latest values; markers of keys
+            // deleted before the watch started are not news.
+            let skip = self.snapshot && !caught_up && entry.op != Op::Put;
+            if !skip && self.tx.send(Ok(WatchEvent::Entry(entry))).await.is_err() {
+                return;
+            }
+            if !caught_up && left == 0 {
+                caught_up = true;
+                if self.tx.send(Ok(WatchEvent::CaughtUp)).await.is_err() {
+                    return;
                 }
             }
-        });
-        Ok(Box::new(Watcher { rx }))
+        }
+    }
+
+    async fn resume(&self) -> Result<(consumer::pull::Ordered, u64)> {
+        let deliver = match self.last {
+            Some(l) => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: l + 1,
+            },
+            None => self.deliver.clone(),
+        };
+        self.bucket.ordered(&self.filter, deliver, false).await
     }
 }
 
