@@ -235,6 +235,7 @@ impl EventsBackend for NatsEvents {
         });
         let (tx, rx) = mpsc::channel(config.max_in_flight.clamp(1, 256));
         tokio::spawn(pump(
+            self.client.clone(),
             consumer,
             tx,
             config,
