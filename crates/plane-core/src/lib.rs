@@ -43,6 +43,7 @@ pub mod kv;
 pub mod mem;
 pub mod message;
 pub mod objects;
+pub mod offload;
 pub mod queue;
 pub mod registry;
 pub mod request;
