@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{Client, HeaderMap};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use plane_core::ack::AckHandle;
 use plane_core::events::{
     ConsumerConfig, DeliverPolicy, Delivery, DeliveryTransport, Event, EventsBackend,
@@ -134,19 +134,25 @@ impl EventsBackend for NatsEvents {
         // memory stays bounded.
         tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    msg = sub.next() => {
-                        let Some(msg) = msg else { return };
-                        let event = event_of(msg.subject.as_str(), msg.headers.as_ref(), msg.payload);
-                        match tx.try_send(event) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(_)) => {
-                                counter.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(mpsc::error::TrySendError::Closed(_)) => return,
-                        }
-                    }
+                let first = tokio::select! {
+                    msg = sub.next() => msg,
                     _ = tx.closed() => return,
+                };
+                let Some(first) = first else { return };
+                // Take the whole backlog the client holds at once: events
+                // that arrived while the buffer was full are dropped now,
+                // not trickled in as the reader frees slots.
+                let mut next = Some(first);
+                while let Some(msg) = next {
+                    let event = event_of(msg.subject.as_str(), msg.headers.as_ref(), msg.payload);
+                    match tx.try_send(event) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                    next = sub.next().now_or_never().flatten();
                 }
             }
         });
