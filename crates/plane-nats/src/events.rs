@@ -252,8 +252,15 @@ impl EventsBackend for NatsEvents {
     }
 }
 
-/// Pull from `consumer` into `tx` until the subscription is closed,
-/// re-establishing the pull after transport errors (a broker restart).
+/// How long one pull request stays open at the server. A closed
+/// subscription lingers at most this long, handing back (nak) what its last
+/// pull still brings instead of leaving it to the ack wait.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+/// Pull from `consumer` into `tx` until the subscription is closed, one
+/// bounded pull request after another; re-pull at once after a reconnect (a
+/// broker restart forgets pull requests, and waiting for the client library
+/// to miss heartbeats would take many seconds).
 async fn pump(
     client: Client,
     consumer: consumer::PullConsumer,
@@ -262,19 +269,19 @@ async fn pump(
     dead_letter: Option<DeadLetter>,
     nack_delay: bool,
 ) {
-    let batch = config.max_in_flight.clamp(1, 256);
+    let batch_size = config.max_in_flight.clamp(1, 256);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
     'outer: loop {
-        let messages = tokio::select! {
-            m = consumer
-                .stream()
-                .max_messages_per_batch(batch)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages() => m,
+        let batch = tokio::select! {
+            b = consumer
+                .batch()
+                .max_messages(batch_size)
+                .expires(PULL_EXPIRES)
+                .messages() => b,
             _ = tx.closed() => return,
         };
-        let mut messages = match messages {
-            Ok(m) => m,
+        let mut batch = match batch {
+            Ok(b) => b,
             Err(e) => {
                 tracing::debug!(error = %e, "pull consumer unavailable, retrying");
                 tokio::select! {
@@ -283,38 +290,48 @@ async fn pump(
                 }
             }
         };
-        // A broker restart loses the server's pull request; rather than
-        // wait for the client library to miss heartbeats, pull anew as soon
-        // as the connection is back.
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut closing = false;
         let mut was_down = false;
         loop {
             let next = tokio::select! {
-                n = messages.next() => n,
+                n = batch.next() => n,
                 _ = tick.tick() => {
                     let up = client.connection_state() == async_nats::connection::State::Connected;
                     if up && was_down {
+                        if closing {
+                            return;
+                        }
                         continue 'outer;
                     }
                     was_down = !up;
                     continue;
                 }
-                _ = tx.closed() => return,
-            };
-            match next {
-                None => continue 'outer,
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "pull consumer error");
+                _ = tx.closed(), if !closing => {
+                    closing = true;
                     continue;
                 }
+            };
+            match next {
+                None if closing => return,
+                None => continue 'outer,
+                Some(Err(e)) => tracing::debug!(error = %e, "pull consumer error"),
+                Some(Ok(msg)) if closing => hand_back(msg).await,
                 Some(Ok(msg)) => {
                     let delivery = delivery_of(msg, &config, dead_letter.as_ref(), nack_delay);
-                    if tx.send(delivery).await.is_err() {
-                        return;
+                    if let Err(mpsc::error::SendError(Ok(d))) = tx.send(delivery).await {
+                        closing = true;
+                        let _ = d.nack(None).await;
                     }
                 }
             }
         }
+    }
+}
+
+/// Give a delivery nobody will process back to the consumer at once.
+async fn hand_back(msg: jetstream::Message) {
+    if let Err(e) = msg.ack_with(jetstream::AckKind::Nak(None)).await {
+        tracing::debug!(error = %e, "handing back a delivery failed");
     }
 }
 
@@ -396,11 +413,15 @@ impl DeliveryTransport for Consumer {
     }
 
     fn close(&mut self) {
-        // Deliveries already buffered were never handed out: dropping them
-        // leaves them unacknowledged, so they come back after the ack wait.
+        // Deliveries already buffered were never handed out: hand them back
+        // so another subscriber gets them now, not after the ack wait.
         self.rx.close();
         while let Ok(d) = self.rx.try_recv() {
-            drop(d);
+            if let (Ok(d), Ok(rt)) = (d, tokio::runtime::Handle::try_current()) {
+                rt.spawn(async move {
+                    let _ = d.nack(None).await;
+                });
+            }
         }
     }
 }

@@ -540,7 +540,7 @@ impl WatchPump {
             Some(l) => consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: l + 1,
             },
-            None => self.deliver.clone(),
+            None => self.deliver,
         };
         self.bucket.ordered(&self.filter, deliver, false).await
     }
