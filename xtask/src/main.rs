@@ -18,6 +18,7 @@ use serde::Deserialize;
 const BACKENDS: &[(&str, &str, &str)] = &[
     // (name, package, integration test)
     ("mem", "plane-conformance", "mem"),
+    ("fs", "plane-fs-objstore", "conformance"),
 ];
 
 fn main() -> ExitCode {

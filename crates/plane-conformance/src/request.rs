@@ -45,6 +45,7 @@ pub fn cases() -> Vec<Case> {
         case!("request", stopped_endpoint_not_routed),
         case!("request", responder_restart_recovers),
         case!("request", unsupported_ops_refused),
+        case!("request", trace_context_propagates),
     ]
 }
 
@@ -1167,6 +1168,67 @@ async fn unsupported_ops_refused(cx: &Ctx<'_>) -> CaseResult {
     }
     // `cancellation` has no operation to refuse: stop and kill are requests
     // a backend without it cannot deliver, so the cases needing it skip.
+    drop(server);
+    Ok(())
+}
+
+/// A `traceparent` sent by the caller reaches the handler intact (trace id and
+/// parent span id), with its `tracestate`; a call without one still carries a
+/// valid, fresh trace context, so a trace crosses processes on every backend.
+async fn trace_context_propagates(cx: &Ctx<'_>) -> CaseResult {
+    let requests = cx.requests()?;
+    let ep = cx.name("traced");
+    // What the handler saw: (traceparent, tracestate) of its trace context.
+    type Seen = Vec<(Option<String>, Option<String>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let log = seen.clone();
+    let server = requests
+        .serve(
+            &ep,
+            unary_fn(move |req: Request| {
+                let ctx = req.trace_context();
+                log.lock().unwrap_or_else(|p| p.into_inner()).push((
+                    ctx.map(|c| c.traceparent()),
+                    ctx.and_then(|c| c.tracestate().map(str::to_owned)),
+                ));
+                async { Ok("traced") }
+            }),
+        )
+        .await?;
+    let last = |seen: &Mutex<Vec<_>>| seen.lock().unwrap_or_else(|p| p.into_inner()).pop();
+
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let call = Call::new(&ep, "x")
+        .header("traceparent", traceparent)
+        .header("tracestate", "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE");
+    within(EVENTUALLY, "a traced call", requests.call_with(call)).await??;
+    let Some((tp, ts)) = last(&seen) else {
+        return Err(Verdict::Fail("handler saw no call".into()));
+    };
+    check_eq!(
+        tp.as_deref(),
+        Some(traceparent),
+        "traceparent the handler saw"
+    );
+    check_eq!(
+        ts.as_deref(),
+        Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),
+        "tracestate the handler saw"
+    );
+
+    within(EVENTUALLY, "an untraced call", requests.call(&ep, "y")).await??;
+    let Some((tp, _)) = last(&seen) else {
+        return Err(Verdict::Fail("handler saw no call".into()));
+    };
+    let Some(tp) = tp else {
+        return Err(Verdict::Fail(
+            "a call without a traceparent reached the handler without a trace context".into(),
+        ));
+    };
+    check!(
+        !tp.contains("0af7651916cd43dd8448eb211c80319c"),
+        "a new call must not reuse another call's trace id: {tp}"
+    );
     drop(server);
     Ok(())
 }

@@ -29,8 +29,12 @@ use serde::{Deserialize, Serialize};
 use crate::ack::AckHandle;
 pub use crate::capabilities::EventsCapabilities;
 use crate::error::{Error, ErrorKind, Result};
+pub use crate::health::ConnectionState;
 use crate::message::{Body, Message};
+use crate::metrics::{self as m, Labels};
+use crate::policy::RetryPolicy;
 use crate::subject::{validate_name, validate_pattern, validate_subject};
+use crate::trace::TraceContext;
 
 /// Header carrying the publisher id (32 hex digits) on transports that map
 /// plane metadata onto headers.
@@ -332,6 +336,10 @@ pub trait DeliveryTransport: Send + 'static {
 pub struct Subscription {
     transport: Box<dyn SubscriptionTransport>,
     closed: bool,
+    /// Events already received when [`drain`](Subscription::drain) was
+    /// called, still to be yielded.
+    drained: std::collections::VecDeque<Result<Event>>,
+    labels: Option<Labels>,
 }
 
 impl Subscription {
@@ -340,7 +348,24 @@ impl Subscription {
         Subscription {
             transport,
             closed: false,
+            drained: std::collections::VecDeque::new(),
+            labels: None,
         }
+    }
+
+    /// Stop receiving new events but keep the ones already received: the
+    /// subscription unsubscribes now, and the stream yields what was buffered
+    /// for it, then ends. Memory stays bounded by the subscription's capacity.
+    pub fn drain(&mut self) {
+        if self.closed {
+            return;
+        }
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        while let Poll::Ready(Some(item)) = self.transport.poll_event(&mut cx) {
+            self.drained.push_back(item);
+        }
+        self.close();
     }
 
     /// Unsubscribe; the stream then ends. Idempotent, and other subscriptions
@@ -357,10 +382,24 @@ impl Stream for Subscription {
     type Item = Result<Event>;
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.closed {
-            return Poll::Ready(None);
+        let item = if this.closed {
+            this.drained.pop_front()
+        } else {
+            match this.transport.poll_event(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(item) => item,
+            }
+        };
+        if let Some(labels) = &this.labels {
+            match &item {
+                Some(Ok(event)) => received(labels, "at_most_once", event),
+                Some(Err(e)) if e.kind() == ErrorKind::Overloaded => {
+                    ::metrics::counter!(m::EVENTS_DROPPED, labels.get()).increment(1);
+                }
+                _ => {}
+            }
         }
-        this.transport.poll_event(cx)
+        Poll::Ready(item)
     }
 }
 
@@ -370,10 +409,27 @@ impl Drop for Subscription {
     }
 }
 
+/// Count one received event.
+fn received(labels: &Labels, mode: &'static str, event: &Event) {
+    let with_mode = labels.and("mode", mode);
+    ::metrics::counter!(m::EVENTS_RECEIVED, with_mode.clone()).increment(1);
+    ::metrics::counter!(m::EVENTS_BYTES_RECEIVED, with_mode)
+        .increment(event.message.payload_len() as u64);
+    if event
+        .message
+        .headers
+        .get(DEAD_LETTER_SUBJECT_HEADER)
+        .is_some()
+    {
+        ::metrics::counter!(m::EVENTS_DEAD_LETTERS, labels.get()).increment(1);
+    }
+}
+
 /// A durable consumer subscription: a stream of deliveries to acknowledge.
 pub struct DurableSubscription {
     transport: Box<dyn DeliveryTransport>,
     closed: bool,
+    labels: Option<Labels>,
 }
 
 impl DurableSubscription {
@@ -382,6 +438,7 @@ impl DurableSubscription {
         DurableSubscription {
             transport,
             closed: false,
+            labels: None,
         }
     }
 
@@ -402,7 +459,14 @@ impl Stream for DurableSubscription {
         if this.closed {
             return Poll::Ready(None);
         }
-        this.transport.poll_delivery(cx)
+        let item = this.transport.poll_delivery(cx);
+        if let (Some(labels), Poll::Ready(Some(Ok(delivery)))) = (&this.labels, &item) {
+            received(labels, "durable", &delivery.event);
+            if delivery.attempt > 1 {
+                ::metrics::counter!(m::EVENTS_REDELIVERED, labels.get()).increment(1);
+            }
+        }
+        item
     }
 }
 
@@ -418,6 +482,11 @@ pub trait EventsBackend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Declared capabilities.
     fn capabilities(&self) -> &EventsCapabilities;
+    /// The transport's connection state, for health checks. Cheap, no I/O.
+    /// Defaults to `Up` (right for backends without a connection).
+    fn connection_state(&self) -> ConnectionState {
+        ConnectionState::Up
+    }
     /// Publish at most once. The subject is valid and the origin set.
     fn publish(&self, event: Event) -> impl Future<Output = Result<()>> + Send;
     /// Subscribe at most once. Options are validated against the capabilities.
@@ -448,6 +517,7 @@ pub trait EventsBackend: Send + Sync + 'static {
 pub trait DynEventsBackend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn capabilities(&self) -> &EventsCapabilities;
+    fn connection_state(&self) -> ConnectionState;
     fn publish(&self, event: Event) -> BoxFuture<'_, Result<()>>;
     fn subscribe(
         &self,
@@ -469,6 +539,9 @@ impl<T: EventsBackend> DynEventsBackend for T {
     }
     fn capabilities(&self) -> &EventsCapabilities {
         EventsBackend::capabilities(self)
+    }
+    fn connection_state(&self) -> ConnectionState {
+        EventsBackend::connection_state(self)
     }
     fn publish(&self, event: Event) -> BoxFuture<'_, Result<()>> {
         Box::pin(EventsBackend::publish(self, event))
@@ -526,6 +599,7 @@ impl PublisherState {
 pub struct Events {
     backend: Arc<dyn DynEventsBackend>,
     publisher: Arc<PublisherState>,
+    retry: RetryPolicy,
 }
 
 impl std::fmt::Debug for Events {
@@ -548,7 +622,42 @@ impl Events {
         Events {
             backend,
             publisher: PublisherState::fresh(),
+            retry: RetryPolicy::none(),
         }
+    }
+
+    /// A handle whose publishes are retried under `retry` (none unless set).
+    ///
+    /// A retried at-most-once publish re-sends the same event — same publisher
+    /// id and sequence — so subscribers recognise a duplicate. A retried
+    /// durable publish reuses its message id (one is generated when the caller
+    /// gave none and the backend declares `dedup`), so the stream's duplicate
+    /// window stores it once.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The backend's connection state.
+    pub fn connection_state(&self) -> ConnectionState {
+        self.backend.connection_state()
+    }
+
+    fn labels(&self) -> Labels {
+        Labels::new().with("backend", self.backend.name())
+    }
+
+    fn published<T>(&self, mode: &'static str, result: &Result<T>, len: usize) {
+        let labels = self.labels();
+        let mut with = labels.and("mode", mode);
+        ::metrics::counter!(m::EVENTS_BYTES_SENT, with.clone()).increment(len as u64);
+        with.push(::metrics::Label::new("outcome", m::outcome(result)));
+        ::metrics::counter!(m::EVENTS_PUBLISHED, with).increment(1);
+    }
+
+    fn on_retry(&self, mode: &'static str, error: &Error, retry: u32) {
+        ::metrics::counter!(m::EVENTS_RETRIES, self.labels().and("mode", mode)).increment(1);
+        tracing::debug!(error = %error, retry, "retrying publish");
     }
 
     /// The backend's declared capabilities.
@@ -571,10 +680,11 @@ impl Events {
         Events {
             backend: self.backend.clone(),
             publisher: PublisherState::fresh(),
+            retry: self.retry.clone(),
         }
     }
 
-    fn event(&self, subject: &str, message: Message, op: &'static str) -> Result<Event> {
+    fn event(&self, subject: &str, mut message: Message, op: &'static str) -> Result<Event> {
         validate_subject(subject).map_err(|e| e.with_op(op))?;
         let len = message.payload_len();
         let max = self.capabilities().max_payload;
@@ -586,6 +696,9 @@ impl Events {
             .with_op(op)
             .with_backend(self.backend.name()));
         }
+        // Only within a trace: a fresh trace per event would be noise. Added
+        // after the limit check, like every plane control header.
+        TraceContext::outgoing(&mut message.headers, false);
         Ok(Event {
             subject: subject.to_owned(),
             message,
@@ -593,13 +706,22 @@ impl Events {
         })
     }
 
-    /// Publish at most once.
+    /// Publish at most once. Within a trace context
+    /// ([`TraceContext::current`]) the event carries it.
     pub async fn publish(&self, subject: &str, message: impl Into<Message>) -> Result<()> {
-        let event = self.event(subject, message.into(), "events.publish")?;
-        self.backend.publish(event).await.map_err(|e| {
-            e.with_op("events.publish")
-                .with_backend(self.backend.name())
-        })
+        let op = "events.publish";
+        let event = self.event(subject, message.into(), op)?;
+        let len = event.message.payload_len();
+        self.retry
+            .run(
+                |_| async {
+                    let r = self.backend.publish(event.clone()).await;
+                    self.published("at_most_once", &r, len);
+                    r.map_err(|e| e.with_op(op).with_backend(self.backend.name()))
+                },
+                |e, n| self.on_retry("at_most_once", e, n),
+            )
+            .await
     }
 
     /// Subscribe at most once to `pattern`, as a broadcast subscriber.
@@ -632,7 +754,9 @@ impl Events {
             .subscribe(options)
             .await
             .map_err(|e| e.with_op(op).with_backend(self.backend.name()))?;
-        Ok(Subscription::new(t))
+        let mut sub = Subscription::new(t);
+        sub.labels = Some(self.labels());
+        Ok(sub)
     }
 
     fn require_durable(&self, op: &'static str) -> Result<()> {
@@ -690,10 +814,29 @@ impl Events {
             return Err(Error::unsupported("dedup").with_op(op));
         }
         let event = self.event(subject, message.into(), op)?;
-        self.backend
-            .publish_durable(event, msg_id.map(str::to_owned))
+        let len = event.message.payload_len();
+        // Every attempt carries the same id, so a retry after a lost ack is
+        // recognised by the stream's duplicate window.
+        let msg_id = match msg_id {
+            Some(id) => Some(id.to_owned()),
+            None if self.retry.retries() && self.capabilities().dedup => {
+                Some(uuid::Uuid::now_v7().simple().to_string())
+            }
+            None => None,
+        };
+        self.retry
+            .run(
+                |_| async {
+                    let r = self
+                        .backend
+                        .publish_durable(event.clone(), msg_id.clone())
+                        .await;
+                    self.published("durable", &r, len);
+                    r.map_err(|e| e.with_op(op).with_backend(self.backend.name()))
+                },
+                |e, n| self.on_retry("durable", e, n),
+            )
             .await
-            .map_err(|e| e.with_op(op).with_backend(self.backend.name()))
     }
 
     /// Consume a stream through a durable consumer.
@@ -724,7 +867,9 @@ impl Events {
             .consume(config)
             .await
             .map_err(|e| e.with_op(op).with_backend(self.backend.name()))?;
-        Ok(DurableSubscription::new(t))
+        let mut sub = DurableSubscription::new(t);
+        sub.labels = Some(self.labels());
+        Ok(sub)
     }
 }
 
@@ -733,5 +878,28 @@ impl Event {
     /// The event body.
     pub fn body(&self) -> &Body {
         &self.message.body
+    }
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use futures_util::StreamExt;
+
+    use crate::mem::{Hub, MemConfig};
+
+    #[tokio::test]
+    async fn a_drained_subscription_yields_what_it_had_then_ends() {
+        let events = Hub::new().events(&MemConfig::default());
+        let mut sub = events.subscribe("drain.>").await.unwrap();
+        for i in 0..3 {
+            events.publish("drain.x", format!("e{i}")).await.unwrap();
+        }
+        sub.drain();
+        events.publish("drain.x", "after").await.unwrap();
+        let mut got = Vec::new();
+        while let Some(item) = sub.next().await {
+            got.push(item.unwrap().body().to_bytes());
+        }
+        assert_eq!(got, vec!["e0", "e1", "e2"]);
     }
 }

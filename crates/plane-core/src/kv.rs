@@ -238,6 +238,9 @@ pub trait KvBucketBackend: Send + Sync + 'static {
     /// Live keys matching `filter`, sorted.
     fn keys(&self, filter: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// Retained entries of `key`, oldest first, markers included.
+    ///
+    /// # Errors
+    /// `NotFound` when nothing is retained for `key` (never written).
     fn history(&self, key: &str) -> impl Future<Output = Result<Vec<Entry>>> + Send;
     /// Watch keys matching the filter.
     fn watch(

@@ -18,11 +18,17 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use tokio::sync::{watch, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+
 use crate::ack::AckHandle;
 pub use crate::capabilities::QueueCapabilities;
 use crate::error::{Error, ErrorKind, Result};
+pub use crate::health::ConnectionState;
 use crate::message::{Body, Headers, Message};
+use crate::metrics::{self as m, Labels};
 use crate::subject::validate_name;
+use crate::trace::TraceContext;
 
 /// Header added to a dead-lettered job: the name of the queue it came from.
 pub const DEAD_LETTER_QUEUE_HEADER: &str = "plane-dead-letter-queue";
@@ -109,6 +115,8 @@ pub struct Job {
     /// 1 for the first delivery, then one more per redelivery.
     pub attempt: u32,
     ack: AckHandle,
+    /// Metric labels and receipt time, set by the handle that received it.
+    observed: Option<(Labels, std::time::Instant)>,
 }
 
 impl Job {
@@ -119,7 +127,33 @@ impl Job {
             message,
             attempt,
             ack,
+            observed: None,
         }
+    }
+
+    fn observe(mut self, labels: &Labels) -> Self {
+        ::metrics::counter!(m::QUEUE_RECEIVED, labels.get()).increment(1);
+        if self.attempt > 1 {
+            ::metrics::counter!(m::QUEUE_REDELIVERED, labels.get()).increment(1);
+        }
+        if self.message.headers.get(DEAD_LETTER_QUEUE_HEADER).is_some() {
+            ::metrics::counter!(m::QUEUE_DEAD_LETTERS, labels.get()).increment(1);
+        }
+        self.observed = Some((labels.clone(), std::time::Instant::now()));
+        self
+    }
+
+    fn settled(&self, name: &'static str, result: &Result<()>) {
+        if let (Some((labels, at)), Ok(())) = (&self.observed, result) {
+            ::metrics::counter!(name, labels.get()).increment(1);
+            ::metrics::histogram!(m::QUEUE_JOB_DURATION, labels.get())
+                .record(at.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The trace context the job was enqueued with, if any.
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        TraceContext::from_headers(&self.message.headers)
     }
 
     /// The job's body.
@@ -134,12 +168,16 @@ impl Job {
 
     /// Done: remove the job. A second ack or nack fails with `AlreadyAcked`.
     pub async fn ack(&self) -> Result<()> {
-        self.ack.ack().await
+        let r = self.ack.ack().await;
+        self.settled(m::QUEUE_ACKED, &r);
+        r
     }
 
     /// Hand the job back, to be delivered again after `delay` if given.
     pub async fn nack(&self, delay: Option<Duration>) -> Result<()> {
-        self.ack.nack(delay).await
+        let r = self.ack.nack(delay).await;
+        self.settled(m::QUEUE_NACKED, &r);
+        r
     }
 
     /// Still working: restart the ack wait.
@@ -207,6 +245,11 @@ pub trait QueuesBackend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Declared capabilities.
     fn capabilities(&self) -> &QueueCapabilities;
+    /// The transport's connection state, for health checks. Cheap, no I/O.
+    /// Defaults to `Up` (right for backends without a connection).
+    fn connection_state(&self) -> ConnectionState {
+        ConnectionState::Up
+    }
     /// Create a queue, or open an existing one of that name as it is.
     fn create_queue(
         &self,
@@ -226,6 +269,7 @@ pub trait QueuesBackend: Send + Sync + 'static {
 pub trait DynQueuesBackend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn capabilities(&self) -> &QueueCapabilities;
+    fn connection_state(&self) -> ConnectionState;
     fn create_queue(&self, config: QueueConfig) -> BoxFuture<'_, Result<Arc<dyn DynQueueBackend>>>;
     fn open_queue<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<dyn DynQueueBackend>>>;
     fn delete_queue<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>>;
@@ -237,6 +281,9 @@ impl<T: QueuesBackend> DynQueuesBackend for T {
     }
     fn capabilities(&self) -> &QueueCapabilities {
         QueuesBackend::capabilities(self)
+    }
+    fn connection_state(&self) -> ConnectionState {
+        QueuesBackend::connection_state(self)
     }
     fn create_queue(&self, config: QueueConfig) -> BoxFuture<'_, Result<Arc<dyn DynQueueBackend>>> {
         Box::pin(QueuesBackend::create_queue(self, config))
@@ -282,6 +329,11 @@ impl Queues {
     /// The backend's name.
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()
+    }
+
+    /// The backend's connection state.
+    pub fn connection_state(&self) -> ConnectionState {
+        self.backend.connection_state()
     }
 
     /// Create a queue (or open an existing one of that name as it is).
@@ -350,6 +402,9 @@ impl Queues {
 
     fn handle(&self, name: &str, inner: Arc<dyn DynQueueBackend>) -> WorkQueue {
         WorkQueue {
+            labels: Labels::new()
+                .with("backend", self.backend.name())
+                .with("queue", name.to_owned()),
             name: name.into(),
             inner,
             queues: self.clone(),
@@ -360,6 +415,7 @@ impl Queues {
 /// One queue. Cheap to clone.
 #[derive(Clone)]
 pub struct WorkQueue {
+    labels: Labels,
     name: Arc<str>,
     inner: Arc<dyn DynQueueBackend>,
     queues: Queues,
@@ -384,9 +440,19 @@ impl WorkQueue {
         move |e| e.with_op(op).with_backend(self.queues.backend_name())
     }
 
-    /// Append a job; returns its id.
+    /// Append a job; returns its id. Within a trace context
+    /// ([`TraceContext::current`]) the job carries it.
     pub async fn enqueue(&self, message: impl Into<Message>) -> Result<u64> {
-        let message = message.into();
+        let result = self.enqueue_inner(message.into()).await;
+        ::metrics::counter!(
+            m::QUEUE_ENQUEUED,
+            self.labels.and("outcome", m::outcome(&result))
+        )
+        .increment(1);
+        result
+    }
+
+    async fn enqueue_inner(&self, mut message: Message) -> Result<u64> {
         let max = self.queues.capabilities().max_payload;
         let len = message.payload_len();
         if len > max {
@@ -396,6 +462,9 @@ impl WorkQueue {
             )
             .with_op("queue.enqueue"));
         }
+        // Checked first: plane's trace headers must not make a job of
+        // exactly the limit fail (backends leave room for control headers).
+        TraceContext::outgoing(&mut message.headers, false);
         self.inner
             .enqueue(message)
             .await
@@ -404,19 +473,56 @@ impl WorkQueue {
 
     /// The next job, waiting up to `wait`; `Ok(None)` if none arrived in time.
     pub async fn receive(&self, wait: Duration) -> Result<Option<Job>> {
-        self.inner
+        let job = self
+            .inner
             .receive(None, wait)
             .await
-            .map_err(self.fail("queue.receive"))
+            .map_err(self.fail("queue.receive"))?;
+        Ok(job.map(|j| j.observe(&self.labels)))
     }
 
     /// The next job for broadcast consumer `consumer`, waiting up to `wait`.
     pub async fn receive_as(&self, consumer: &str, wait: Duration) -> Result<Option<Job>> {
         validate_name("consumer", consumer).map_err(self.fail("queue.receive"))?;
-        self.inner
+        let job = self
+            .inner
             .receive(Some(consumer), wait)
             .await
-            .map_err(self.fail("queue.receive"))
+            .map_err(self.fail("queue.receive"))?;
+        Ok(job.map(|j| j.observe(&self.labels)))
+    }
+
+    /// Process jobs with `handler`, up to `concurrency` at once, until the
+    /// returned [`Worker`] is drained or dropped. A job is acked when its
+    /// handler returns `Ok` and nacked (for redelivery) when it returns `Err`;
+    /// a handler may settle the job itself instead (the worker then ignores
+    /// `AlreadyAcked`). Each job runs in a `plane.job` span, within the trace
+    /// context it was enqueued with.
+    ///
+    /// # Errors
+    /// `InvalidConfig` when `concurrency` is 0.
+    pub fn run_worker<F, Fut>(&self, concurrency: usize, handler: F) -> Result<Worker>
+    where
+        F: Fn(Arc<Job>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        if concurrency == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "concurrency must be at least 1",
+            ));
+        }
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(worker_loop(
+            self.clone(),
+            concurrency,
+            Arc::new(handler),
+            stopped,
+        ));
+        Ok(Worker {
+            stop,
+            task: Some(task),
+        })
     }
 
     /// Remove every pending job; returns how many.
@@ -433,5 +539,219 @@ impl WorkQueue {
             return Err(Error::unsupported("depth").with_op("queue.depth"));
         }
         self.inner.depth().await.map_err(self.fail("queue.depth"))
+    }
+}
+
+/// How long one receive waits before the worker loop looks again; it also
+/// stops waiting at once when the worker is drained.
+const WORKER_POLL: Duration = Duration::from_secs(1);
+
+async fn worker_loop<F, Fut>(
+    queue: WorkQueue,
+    concurrency: usize,
+    handler: Arc<F>,
+    mut stopped: watch::Receiver<bool>,
+) -> JoinSet<()>
+where
+    F: Fn(Arc<Job>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut jobs = JoinSet::new();
+    loop {
+        while jobs.try_join_next().is_some() {}
+        // Take a slot before receiving, so no job waits unprocessed (and
+        // burns its ack wait) while every slot is busy.
+        let slot = tokio::select! {
+            biased;
+            _ = stopped.wait_for(|s| *s) => return jobs,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return jobs,
+            },
+        };
+        let received = tokio::select! {
+            biased;
+            _ = stopped.wait_for(|s| *s) => return jobs,
+            r = queue.receive(WORKER_POLL) => r,
+        };
+        let job = match received {
+            Ok(Some(job)) => Arc::new(job),
+            Ok(None) => continue,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(queue = queue.name(), error = %e, "worker receive failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(queue = queue.name(), error = %e, "worker stops receiving");
+                return jobs;
+            }
+        };
+        let span = tracing::info_span!(
+            "plane.job",
+            queue = queue.name(),
+            job = job.id,
+            attempt = job.attempt,
+            trace_id = job.trace_context().map(|t| t.trace_id()),
+        );
+        let handler = handler.clone();
+        let run = async move {
+            let _slot = slot;
+            let outcome = match job.trace_context() {
+                Some(ctx) => ctx.child().scope(handler(job.clone())).await,
+                None => handler(job.clone()).await,
+            };
+            let settled = match outcome {
+                Ok(()) => job.ack().await,
+                Err(e) => {
+                    tracing::debug!(error = %e, "job failed; handing it back");
+                    job.nack(None).await
+                }
+            };
+            match settled {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyAcked => {}
+                Err(e) => tracing::warn!(error = %e, "could not settle a job"),
+            }
+        };
+        jobs.spawn(tracing::Instrument::instrument(run, span));
+    }
+}
+
+/// A running queue worker (see [`WorkQueue::run_worker`]). Dropping it stops
+/// receiving and aborts jobs in process, as a crashed worker would: their
+/// jobs are not acked and come back after the ack wait.
+#[derive(Debug)]
+pub struct Worker {
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<JoinSet<()>>>,
+}
+
+impl Worker {
+    /// Stop receiving, let jobs in process finish (and be settled) for up
+    /// to `grace`, then abort the rest, whose jobs are not acked and so are
+    /// delivered again after their ack wait. Returns how many were aborted.
+    pub async fn drain(mut self, grace: Duration) -> usize {
+        let _ = self.stop.send(true);
+        let Some(task) = self.task.take() else {
+            return 0;
+        };
+        let mut jobs = match task.await {
+            Ok(jobs) => jobs,
+            Err(_) => return 0,
+        };
+        let _ =
+            tokio::time::timeout(grace, async { while jobs.join_next().await.is_some() {} }).await;
+        let left = jobs.len();
+        jobs.shutdown().await;
+        left
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Aborting the loop drops its job set, which aborts every job.
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod worker_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::mem::{Hub, MemConfig};
+
+    async fn queue(name: &str) -> WorkQueue {
+        Hub::new()
+            .queues(&MemConfig::default())
+            .create_queue(QueueConfig::new(name).ack_wait(Duration::from_millis(200)))
+            .await
+            .unwrap()
+    }
+
+    async fn until(cond: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !cond() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("condition within 5 s");
+    }
+
+    #[tokio::test]
+    async fn a_drained_worker_finishes_jobs_in_process_and_takes_no_more() {
+        let q = queue("drain").await;
+        for body in ["a", "b", "c"] {
+            q.enqueue(body).await.unwrap();
+        }
+        let started = Arc::new(AtomicUsize::new(0));
+        let s = started.clone();
+        let worker = q
+            .run_worker(2, move |_job| {
+                s.fetch_add(1, Ordering::SeqCst);
+                async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok(())
+                }
+            })
+            .unwrap();
+        until(|| started.load(Ordering::SeqCst) == 2).await;
+        assert_eq!(worker.drain(Duration::from_secs(5)).await, 0);
+        assert_eq!(started.load(Ordering::SeqCst), 2, "no job after the drain");
+        assert_eq!(q.depth().await.unwrap(), 1, "both finished jobs were acked");
+        let left = q.receive(Duration::from_secs(1)).await.unwrap().unwrap();
+        assert_eq!(left.body().to_bytes(), "c");
+        assert_eq!(left.attempt, 1, "the third job was never taken");
+        left.ack().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn jobs_unfinished_at_the_end_of_the_grace_come_back() {
+        let q = queue("stuck").await;
+        q.enqueue("forever").await.unwrap();
+        let started = Arc::new(AtomicUsize::new(0));
+        let s = started.clone();
+        let worker = q
+            .run_worker(1, move |_job| {
+                s.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<Result<()>>()
+            })
+            .unwrap();
+        until(|| started.load(Ordering::SeqCst) == 1).await;
+        assert_eq!(worker.drain(Duration::from_millis(20)).await, 1);
+        let again = q.receive(Duration::from_secs(5)).await.unwrap().unwrap();
+        assert_eq!(again.attempt, 2, "redelivered after its ack wait");
+        again.ack().await.unwrap();
+        assert!(q.run_worker(0, |_job| async { Ok(()) }).is_err());
+    }
+
+    #[tokio::test]
+    async fn failed_jobs_are_handed_back() {
+        let q = queue("fails").await;
+        q.enqueue("x").await.unwrap();
+        let attempts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let a = attempts.clone();
+        let worker = q
+            .run_worker(1, move |job| {
+                a.lock().unwrap().push(job.attempt);
+                let fail = job.attempt == 1;
+                async move {
+                    if fail {
+                        Err(Error::new(ErrorKind::Other, "first try fails"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .unwrap();
+        until(|| attempts.lock().unwrap().len() == 2).await;
+        assert_eq!(worker.drain(Duration::from_secs(5)).await, 0);
+        assert_eq!(*attempts.lock().unwrap(), vec![1, 2]);
+        assert_eq!(q.depth().await.unwrap(), 0);
     }
 }

@@ -24,9 +24,10 @@ use plane::discovery::{Discovery, DiscoveryConfig, DiscoveryEvent, Instance};
 use plane::events::{ConsumerConfig, StreamConfig};
 use plane::kv::{BucketConfig, WatchEvent};
 use plane::objects::{Digester, ObjectMeta};
+use plane::offload::Offload;
 use plane::queue::QueueConfig;
 use plane::request::{handler_fn, unary_fn, Call, Request, Responder};
-use plane::{Error, ErrorKind, Result};
+use plane::{Error, ErrorKind, Message, Result};
 
 struct Urls {
     requests: String,
@@ -155,6 +156,7 @@ async fn tour(urls: &Urls) -> Result<()> {
     request_tour(&requests, &discovery, &id).await?;
     events_tour(&events, &id).await?;
     objects_tour(&objects, &id).await?;
+    offload_tour(&requests, &objects, &id).await?;
     queue_tour(&queues, &id).await?;
     kv.delete_bucket(&format!("tour_discovery_{id}")).await?;
     Ok(())
@@ -263,9 +265,10 @@ async fn request_tour(requests: &plane::Requests, discovery: &Discovery, id: &st
     );
     let mut watch = discovery.watch(&echo).await?;
     match tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
-        Ok(Some(DiscoveryEvent::Added(i))) => {
-            step("discovery", format!("watch reports instance {} at {}", i.id, i.address))
-        }
+        Ok(Some(DiscoveryEvent::Added(i))) => step(
+            "discovery",
+            format!("watch reports instance {} at {}", i.id, i.address),
+        ),
         other => return Err(unexpected(&format!("discovery watch gave {other:?}"))),
     }
 
@@ -475,6 +478,60 @@ async fn objects_tour(objects: &plane::Objects, id: &str) -> Result<()> {
     bucket.delete("weights/tour.bin").await?;
     bucket.delete("cards/tour.json").await?;
     objects.delete_bucket(&name).await?;
+    Ok(())
+}
+
+/// Payloads above a threshold travel through the objects plane; only a small
+/// handle crosses the request plane, so no broker payload limit is hit.
+async fn offload_tour(
+    requests: &plane::Requests,
+    objects: &plane::Objects,
+    id: &str,
+) -> Result<()> {
+    let bucket_name = format!("tour_payloads_{id}");
+    let offload = Offload::new(objects.create_bucket(&bucket_name).await?, 256 * 1024);
+    let ingest = format!("tour-ingest-{id}");
+    let server_side = offload.clone();
+    let server = requests
+        .serve(
+            &ingest,
+            unary_fn(move |req: Request| {
+                let offload = server_side.clone();
+                async move {
+                    let full = offload.resolve(req.message).await?;
+                    let digest = Digester::of(&full.body.to_bytes());
+                    Ok(format!("{} bytes, {}", full.body.len(), &digest[..19]))
+                }
+            }),
+        )
+        .await?;
+    let payload = Bytes::from(vec![7u8; 3 * 1024 * 1024]);
+    let message = offload.offload(Message::from(payload.clone())).await?;
+    step(
+        "offload",
+        format!(
+            "a {} byte payload travels as a {} byte handle ({})",
+            payload.len(),
+            message.payload_len(),
+            message
+                .headers
+                .get(plane::offload::OBJECT_REF)
+                .unwrap_or("?")
+        ),
+    );
+    let reply = requests
+        .call_with(Call::new(&ingest, message.body.clone()).headers(message.headers.clone()))
+        .await?;
+    step(
+        "offload",
+        format!(
+            "the handler fetched it back: {}",
+            String::from_utf8_lossy(&reply.body.to_bytes())
+        ),
+    );
+    offload.discard(&message).await?;
+    drop(server);
+    objects.delete_bucket(&bucket_name).await?;
     Ok(())
 }
 

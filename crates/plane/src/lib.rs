@@ -22,6 +22,18 @@
 pub use plane_core::*;
 
 /// A registry with every backend compiled into this build.
+///
+/// | feature | schemes |
+/// |---|---|
+/// | (always) | `mem://` |
+/// | `fs` (default) | `file://`; `s3://`, `gs://`, `az://`, `https://` with `fs-aws`, `fs-gcp`, `fs-azure`, `fs-http` |
 pub fn registry() -> Registry {
-    Registry::with_defaults()
+    #[allow(unused_mut)]
+    let mut registry = Registry::with_defaults();
+    #[cfg(feature = "fs")]
+    plane_fs_objstore::register(&mut registry);
+    registry
 }
+
+#[cfg(feature = "fs")]
+pub use plane_fs_objstore as fs;

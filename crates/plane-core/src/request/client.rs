@@ -7,11 +7,24 @@ use std::time::Duration;
 
 use futures_core::Stream;
 use futures_util::future::poll_fn;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 
 use super::{Cancel, Frame, ReplyTransport};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
+use crate::metrics::{self as m, Labels};
+use crate::policy::OnError;
+
+/// What one call attempt reports when it ends, and the client slot it holds.
+pub(crate) struct CallMeta {
+    /// `endpoint` and `backend` labels.
+    pub(crate) labels: Labels,
+    pub(crate) started: std::time::Instant,
+    /// The handle's in-flight slot, released when the call ends.
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    pub(crate) on_error: OnError,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -35,6 +48,10 @@ pub struct Replies {
     deadline: Option<Pin<Box<Sleep>>>,
     /// A reply read while awaiting the prologue of a streamed call, handed out first.
     pending: Option<Message>,
+    meta: CallMeta,
+    /// Whether a reply was handed to the reader (for [`OnError::Continue`]).
+    delivered: bool,
+    suppressed: Option<Error>,
 }
 
 impl std::fmt::Debug for Replies {
@@ -46,13 +63,52 @@ impl std::fmt::Debug for Replies {
 }
 
 impl Replies {
-    pub(crate) fn new(transport: Box<dyn ReplyTransport>, timeout: Option<Duration>) -> Self {
+    pub(crate) fn new(
+        transport: Box<dyn ReplyTransport>,
+        timeout: Option<Duration>,
+        meta: CallMeta,
+    ) -> Self {
+        ::metrics::gauge!(m::CLIENT_IN_FLIGHT, meta.labels.get()).increment(1.0);
         Replies {
             transport,
             state: State::Open,
             deadline: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
             pending: None,
+            meta,
+            delivered: false,
+            suppressed: None,
         }
+    }
+
+    /// The error a best-effort ([`OnError::Continue`]) call swallowed to end
+    /// its stream cleanly after some replies, if any.
+    pub fn suppressed_error(&self) -> Option<&Error> {
+        self.suppressed.as_ref()
+    }
+
+    /// End the stream: record the outcome once and give the slot back.
+    fn finish(&mut self, outcome: std::result::Result<(), ErrorKind>) {
+        if self.state == State::Done {
+            return;
+        }
+        self.state = State::Done;
+        let labels = &self.meta.labels;
+        let name = match outcome {
+            Ok(()) => "ok",
+            Err(kind) => {
+                ::metrics::counter!(m::CLIENT_ERRORS, labels.and("kind", kind.as_str()))
+                    .increment(1);
+                if kind == ErrorKind::Timeout {
+                    ::metrics::counter!(m::CLIENT_TIMEOUTS, labels.get()).increment(1);
+                }
+                kind.as_str()
+            }
+        };
+        ::metrics::counter!(m::CLIENT_REQUESTS, labels.and("outcome", name)).increment(1);
+        ::metrics::histogram!(m::CLIENT_DURATION, labels.get())
+            .record(self.meta.started.elapsed().as_secs_f64());
+        ::metrics::gauge!(m::CLIENT_IN_FLIGHT, labels.get()).decrement(1.0);
+        self.meta.permit = None;
     }
 
     /// Whether the stream has ended (end marker, error, or kill).
@@ -77,7 +133,7 @@ impl Replies {
     fn kill_in_place(&mut self) {
         if self.state != State::Done {
             self.transport.cancel(Cancel::Kill);
-            self.state = State::Done;
+            self.finish(Err(ErrorKind::Cancelled));
         }
     }
 
@@ -97,13 +153,9 @@ impl Replies {
             }
             Some(Ok(Frame::Last(m))) => {
                 self.pending = Some(m);
-                self.state = State::Done;
                 Ok(())
             }
-            Some(Ok(Frame::End)) => {
-                self.state = State::Done;
-                Ok(())
-            }
+            Some(Ok(Frame::End)) => Ok(()),
             Some(Err(e)) => Err(e),
             None => Ok(()),
         }
@@ -117,7 +169,8 @@ impl Replies {
         }
         if let Some(deadline) = self.deadline.as_mut() {
             if deadline.as_mut().poll(cx).is_ready() {
-                self.kill_in_place();
+                self.transport.cancel(Cancel::Kill);
+                self.finish(Err(ErrorKind::Timeout));
                 return Poll::Ready(Some(Err(Error::new(
                     ErrorKind::Timeout,
                     "no complete reply before the deadline",
@@ -130,17 +183,21 @@ impl Replies {
         };
         match item {
             Some(Ok(frame)) => {
+                if let Frame::Data(msg) | Frame::Last(msg) = &frame {
+                    ::metrics::counter!(m::CLIENT_BYTES_RECEIVED, self.meta.labels.get())
+                        .increment(msg.payload_len() as u64);
+                }
                 if matches!(frame, Frame::Last(_) | Frame::End) {
-                    self.state = State::Done;
+                    self.finish(Ok(()));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
-                self.state = State::Done;
+                self.finish(Err(e.kind()));
                 Poll::Ready(Some(Err(e)))
             }
             None => {
-                self.state = State::Done;
+                self.finish(Err(ErrorKind::Disconnected));
                 Poll::Ready(Some(Err(Error::new(
                     ErrorKind::Disconnected,
                     "reply stream ended without its end marker",
@@ -151,6 +208,7 @@ impl Replies {
 
     fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message>>> {
         if let Some(m) = self.pending.take() {
+            self.delivered = true;
             return Poll::Ready(Some(Ok(m)));
         }
         loop {
@@ -159,7 +217,19 @@ impl Replies {
                 Poll::Ready(None) | Poll::Ready(Some(Ok(Frame::End))) => Poll::Ready(None),
                 // A late or duplicate prologue carries nothing for the reader.
                 Poll::Ready(Some(Ok(Frame::Accepted))) => continue,
-                Poll::Ready(Some(Ok(Frame::Data(m) | Frame::Last(m)))) => Poll::Ready(Some(Ok(m))),
+                Poll::Ready(Some(Ok(Frame::Data(m) | Frame::Last(m)))) => {
+                    self.delivered = true;
+                    Poll::Ready(Some(Ok(m)))
+                }
+                Poll::Ready(Some(Err(e)))
+                    if self.delivered && self.meta.on_error == OnError::Continue =>
+                {
+                    // Best effort: the caller keeps what arrived and the
+                    // stream ends cleanly; the error stays observable.
+                    tracing::warn!(error = %e, "best-effort stream ended by an error");
+                    self.suppressed = Some(e);
+                    Poll::Ready(None)
+                }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             };
         }

@@ -26,14 +26,19 @@
 
 mod balance;
 mod client;
+mod idempotency;
+#[cfg(test)]
+mod policy_tests;
 mod server;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use tracing::Instrument;
 
 pub use balance::Balancer;
 pub use client::Replies;
@@ -43,9 +48,14 @@ pub use server::{
 
 pub use crate::capabilities::RequestCapabilities;
 use crate::error::{Error, ErrorKind, Result};
+pub use crate::health::ConnectionState;
 use crate::message::{names, Body, Headers, Message};
+use crate::metrics::{self, Labels};
+use crate::policy::{CallPolicy, InFlightLimit, Limiter, OnError};
 use crate::subject::validate_name;
+use crate::trace::TraceContext;
 pub use crate::wire::RequestId;
+use client::CallMeta;
 
 /// Identifies one serving instance of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -199,6 +209,11 @@ pub trait RequestBackend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Declared capabilities.
     fn capabilities(&self) -> &RequestCapabilities;
+    /// The transport's connection state, for health checks. Cheap, no I/O.
+    /// Defaults to `Up` (right for backends without a connection).
+    fn connection_state(&self) -> ConnectionState {
+        ConnectionState::Up
+    }
     /// Send `call` and return the transport its frames arrive on.
     ///
     /// # Behavior
@@ -225,6 +240,8 @@ pub trait DynRequestBackend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// See [`RequestBackend::capabilities`].
     fn capabilities(&self) -> &RequestCapabilities;
+    /// See [`RequestBackend::connection_state`].
+    fn connection_state(&self) -> ConnectionState;
     /// See [`RequestBackend::call`].
     fn call(&self, call: Call) -> BoxFuture<'_, Result<Box<dyn ReplyTransport>>>;
     /// See [`RequestBackend::serve`].
@@ -243,6 +260,9 @@ impl<T: RequestBackend> DynRequestBackend for T {
     fn capabilities(&self) -> &RequestCapabilities {
         RequestBackend::capabilities(self)
     }
+    fn connection_state(&self) -> ConnectionState {
+        RequestBackend::connection_state(self)
+    }
     fn call(&self, call: Call) -> BoxFuture<'_, Result<Box<dyn ReplyTransport>>> {
         Box::pin(RequestBackend::call(self, call))
     }
@@ -256,18 +276,33 @@ impl<T: RequestBackend> DynRequestBackend for T {
     }
 }
 
+/// Call policies of a handle: the default and per-endpoint overrides.
+#[derive(Debug, Clone, Default)]
+struct Policies {
+    default: CallPolicy,
+    endpoints: HashMap<String, CallPolicy>,
+}
+
 /// The request plane handle applications hold. Cheap to clone.
+///
+/// A handle carries its client policies (see [`crate::policy`]): a
+/// [`CallPolicy`] (retries, on-error) with per-endpoint overrides, and an
+/// optional [`InFlightLimit`] that clones share.
 #[derive(Clone)]
 pub struct Requests {
     backend: Arc<dyn DynRequestBackend>,
     default_timeout: Option<Duration>,
     default_route: Route,
+    policies: Arc<Policies>,
+    limiter: Option<Arc<Limiter>>,
 }
 
 impl std::fmt::Debug for Requests {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Requests")
             .field("backend", &self.backend.name())
+            .field("policy", &self.policies.default)
+            .field("limit", &self.limiter)
             .finish()
     }
 }
@@ -284,10 +319,13 @@ impl Requests {
             backend,
             default_timeout: Some(Duration::from_secs(30)),
             default_route: Route::RoundRobin,
+            policies: Arc::default(),
+            limiter: None,
         }
     }
 
-    /// A handle whose calls default to `timeout` (30 s unless set).
+    /// A handle whose calls default to `timeout` (30 s unless set). With
+    /// retries, the timeout applies to each attempt.
     pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.default_timeout = timeout;
         self
@@ -300,6 +338,55 @@ impl Requests {
         self
     }
 
+    /// A handle whose calls follow `policy` (no retries unless set), except
+    /// for endpoints with their own.
+    ///
+    /// ```
+    /// use plane_core::policy::{CallPolicy, RetryPolicy};
+    /// # async fn demo(requests: plane_core::Requests) {
+    /// let requests = requests
+    ///     .with_policy(CallPolicy::retry(RetryPolicy::exponential(3)))
+    ///     .with_endpoint_policy("charge-card", CallPolicy::end());
+    /// # }
+    /// ```
+    pub fn with_policy(mut self, policy: CallPolicy) -> Self {
+        Arc::make_mut(&mut self.policies).default = policy;
+        self
+    }
+
+    /// A handle whose calls to `endpoint` follow `policy`.
+    pub fn with_endpoint_policy(mut self, endpoint: impl Into<String>, policy: CallPolicy) -> Self {
+        Arc::make_mut(&mut self.policies)
+            .endpoints
+            .insert(endpoint.into(), policy);
+        self
+    }
+
+    /// The policy calls to `endpoint` follow.
+    pub fn policy_for(&self, endpoint: &str) -> &CallPolicy {
+        self.policies
+            .endpoints
+            .get(endpoint)
+            .unwrap_or(&self.policies.default)
+    }
+
+    /// A handle (and its future clones) with at most `limit.max_in_flight`
+    /// calls in flight together; see [`Overflow`](crate::policy::Overflow).
+    /// A call holds its slot until its reply stream ends or is dropped.
+    ///
+    /// # Errors
+    /// `InvalidConfig` when `max_in_flight` is 0.
+    pub fn with_in_flight_limit(mut self, limit: InFlightLimit) -> Result<Self> {
+        self.limiter = Some(Arc::new(Limiter::new(limit)?));
+        Ok(self)
+    }
+
+    /// Calls holding a slot of this handle's in-flight limit, and calls
+    /// waiting for one; `None` without a limit.
+    pub fn in_flight_slots(&self) -> Option<(usize, usize)> {
+        self.limiter.as_ref().map(|l| (l.in_flight(), l.waiting()))
+    }
+
     /// The backend's declared capabilities.
     pub fn capabilities(&self) -> &RequestCapabilities {
         self.backend.capabilities()
@@ -308,6 +395,11 @@ impl Requests {
     /// The backend's name.
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()
+    }
+
+    /// The backend's connection state.
+    pub fn connection_state(&self) -> ConnectionState {
+        self.backend.connection_state()
     }
 
     /// Unary call with the handle's defaults; returns the reply body.
@@ -319,10 +411,30 @@ impl Requests {
     /// Unary call with explicit options; returns the reply with its headers.
     ///
     /// A handler that streams several replies to a unary call yields its first
-    /// reply here; the rest of its stream is cancelled.
+    /// reply here; the rest of its stream is cancelled. Retryable failures are
+    /// retried per the endpoint's [`CallPolicy`], every attempt carrying the
+    /// same idempotency key.
     pub async fn call_with(&self, mut call: Call) -> Result<Message> {
+        let op = "request.call";
         call.stream = false;
-        let mut replies = self.start(call, "request.call").await?;
+        let policy = self.policy_for(&call.endpoint).clone();
+        let span = self.prepare(&mut call, &policy, op)?;
+        let retry = policy.effective_retry();
+        let labels = self.labels(&call.endpoint);
+        async {
+            retry
+                .run(
+                    |_| self.unary_once(call.clone(), policy.on_error, op),
+                    |e, n| self.on_retry(&labels, e, n),
+                )
+                .await
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn unary_once(&self, call: Call, on_error: OnError, op: &'static str) -> Result<Message> {
+        let mut replies = self.start(call, on_error, op).await?;
         let first = replies.next_reply().await;
         let reply = match first {
             Some(Ok(reply)) => reply,
@@ -330,7 +442,7 @@ impl Requests {
             None => {
                 return Err(
                     Error::new(ErrorKind::Other, "endpoint ended the call without a reply")
-                        .with_op("request.call"),
+                        .with_op(op),
                 )
             }
         };
@@ -346,18 +458,56 @@ impl Requests {
 
     /// Streamed call: returns once the server admitted the call (or refused it
     /// with a typed error), then yields replies until the end marker.
+    ///
+    /// Under [`OnError::Retry`] a refusal or failure before admission is
+    /// retried; errors after replies flowed are not (they would repeat them).
     pub async fn stream(&self, mut call: Call) -> Result<Replies> {
+        let op = "request.stream";
         if !self.capabilities().streaming {
-            return Err(Error::unsupported("streaming").with_op("request.stream"));
+            return Err(Error::unsupported("streaming").with_op(op));
         }
         call.stream = true;
-        let mut replies = self.start(call, "request.stream").await?;
-        replies.await_prologue().await?;
-        Ok(replies)
+        let policy = self.policy_for(&call.endpoint).clone();
+        let span = self.prepare(&mut call, &policy, op)?;
+        let retry = policy.effective_retry();
+        let labels = self.labels(&call.endpoint);
+        async {
+            retry
+                .run(
+                    |_| async {
+                        let mut replies = self.start(call.clone(), policy.on_error, op).await?;
+                        replies.await_prologue().await?;
+                        Ok(replies)
+                    },
+                    |e, n| self.on_retry(&labels, e, n),
+                )
+                .await
+        }
+        .instrument(span)
+        .await
     }
 
-    async fn start(&self, mut call: Call, op: &'static str) -> Result<Replies> {
-        call.id = RequestId::new_v7();
+    fn labels(&self, endpoint: &str) -> Labels {
+        Labels::new()
+            .with("endpoint", endpoint.to_owned())
+            .with("backend", self.backend.name())
+    }
+
+    fn on_retry(&self, labels: &Labels, error: &Error, retry: u32) {
+        ::metrics::counter!(metrics::CLIENT_RETRIES, labels.get()).increment(1);
+        tracing::debug!(error = %error, retry, "retrying call");
+    }
+
+    /// Checks and headers shared by every attempt of one logical call:
+    /// validation, capabilities and the payload limit (on what the caller
+    /// sent), then the default timeout, trace context and idempotency key.
+    /// Returns the call's span.
+    fn prepare(
+        &self,
+        call: &mut Call,
+        policy: &CallPolicy,
+        op: &'static str,
+    ) -> Result<tracing::Span> {
         let caps = self.backend.capabilities();
         validate_name("endpoint", &call.endpoint).map_err(|e| e.with_op(op))?;
         let route_supported = match call.route {
@@ -387,21 +537,87 @@ impl Requests {
         if call.timeout.is_none() {
             call.timeout = self.default_timeout;
         }
+        let trace = TraceContext::outgoing(&mut call.message.headers, true);
+        // A key is only worth its bytes (and the server's cache entry) when
+        // the call may be repeated.
+        if policy.effective_retry().retries()
+            && call.message.headers.get(names::IDEMPOTENCY_KEY).is_none()
+        {
+            call.message.headers.insert(
+                names::IDEMPOTENCY_KEY,
+                uuid::Uuid::now_v7().simple().to_string(),
+            );
+        }
+        Ok(tracing::debug_span!(
+            "plane.call",
+            endpoint = %call.endpoint,
+            backend = self.backend.name(),
+            stream = call.stream,
+            trace_id = trace.as_ref().map(|t| t.trace_id()),
+            span_id = trace.as_ref().map(|t| t.span_id()),
+        ))
+    }
+
+    /// Send one attempt: take a slot, stamp a fresh id and the time budget.
+    async fn start(&self, mut call: Call, on_error: OnError, op: &'static str) -> Result<Replies> {
+        let permit = match &self.limiter {
+            Some(limiter) => Some(
+                limiter
+                    .acquire()
+                    .await
+                    .map_err(|e| e.with_op(op).with_backend(self.backend.name()))?,
+            ),
+            None => None,
+        };
+        call.id = RequestId::new_v7();
         if let Some(t) = call.timeout {
             call.message
                 .headers
                 .insert(names::TIMEOUT_MS, t.as_millis().to_string());
         }
+        let labels = self.labels(&call.endpoint);
+        ::metrics::counter!(metrics::CLIENT_BYTES_SENT, labels.get())
+            .increment(call.message.payload_len() as u64);
+        tracing::debug!(request_id = %call.id, "sending call");
         let timeout = call.timeout;
         let backend = self.backend.name();
-        let transport = match timeout {
+        let meta = CallMeta {
+            labels,
+            started: std::time::Instant::now(),
+            permit,
+            on_error,
+        };
+        let sent = match timeout {
             Some(t) => tokio::time::timeout(t, self.backend.call(call))
                 .await
-                .map_err(|_| Error::new(ErrorKind::Timeout, "call timed out while sending"))?,
+                .unwrap_or_else(|_| {
+                    Err(Error::new(
+                        ErrorKind::Timeout,
+                        "call timed out while sending",
+                    ))
+                }),
             None => self.backend.call(call).await,
+        };
+        match sent {
+            Ok(transport) => Ok(Replies::new(transport, timeout, meta)),
+            Err(e) => {
+                let labels = &meta.labels;
+                ::metrics::counter!(
+                    metrics::CLIENT_REQUESTS,
+                    labels.and("outcome", e.kind().as_str())
+                )
+                .increment(1);
+                ::metrics::counter!(
+                    metrics::CLIENT_ERRORS,
+                    labels.and("kind", e.kind().as_str())
+                )
+                .increment(1);
+                if e.kind() == ErrorKind::Timeout {
+                    ::metrics::counter!(metrics::CLIENT_TIMEOUTS, labels.get()).increment(1);
+                }
+                Err(e.with_op(op).with_backend(backend))
+            }
         }
-        .map_err(|e| e.with_op(op).with_backend(backend))?;
-        Ok(Replies::new(transport, timeout))
     }
 
     /// Serve `endpoint` with `handler` and default options.
@@ -429,8 +645,9 @@ impl Requests {
             endpoint,
             instance,
             Arc::new(handler),
-            options.max_in_flight,
+            &options,
             self.capabilities().max_payload,
+            self.backend.name(),
         );
         let transport = self
             .backend

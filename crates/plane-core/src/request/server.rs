@@ -17,10 +17,14 @@ use futures_util::FutureExt;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
+use super::idempotency::{Answer, Cache, Claim, Owner};
 use super::{Frame, InstanceId, ReplySink, RequestId, ServeTransport};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{names, Body, Headers, Message};
+use crate::metrics::{self as m, Labels};
+use crate::trace::TraceContext;
 
 /// Options for serving an endpoint.
 #[non_exhaustive]
@@ -31,6 +35,14 @@ pub struct ServeOptions {
     pub max_in_flight: usize,
     /// Instance id to serve as; random when `None`.
     pub instance: Option<InstanceId>,
+    /// How long this instance remembers the answer of a unary call that
+    /// carried an idempotency key, to repeat it to a retry instead of running
+    /// the handler again. Default 2 minutes.
+    pub idempotency_window: Duration,
+    /// Answers remembered at once, oldest evicted first; 0 turns
+    /// deduplication off. Memory is bounded by this × the largest reply.
+    /// Default 1024.
+    pub idempotency_max_entries: usize,
 }
 
 impl Default for ServeOptions {
@@ -38,6 +50,8 @@ impl Default for ServeOptions {
         ServeOptions {
             max_in_flight: 1024,
             instance: None,
+            idempotency_window: Duration::from_secs(120),
+            idempotency_max_entries: 1024,
         }
     }
 }
@@ -52,6 +66,20 @@ impl ServeOptions {
     /// Set [`instance`](ServeOptions::instance).
     pub fn instance(mut self, id: InstanceId) -> Self {
         self.instance = Some(id);
+        self
+    }
+
+    /// Set [`idempotency_window`](ServeOptions::idempotency_window) and
+    /// [`idempotency_max_entries`](ServeOptions::idempotency_max_entries).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use plane_core::request::ServeOptions;
+    /// let options = ServeOptions::default().idempotency(Duration::from_secs(30), 10_000);
+    /// ```
+    pub fn idempotency(mut self, window: Duration, max_entries: usize) -> Self {
+        self.idempotency_window = window;
+        self.idempotency_max_entries = max_entries;
         self
     }
 }
@@ -95,6 +123,7 @@ pub struct Request {
     /// When the caller stops waiting, if it set a timeout.
     pub deadline: Option<Instant>,
     stop: Arc<StopState>,
+    trace: Option<TraceContext>,
 }
 
 impl Request {
@@ -106,6 +135,19 @@ impl Request {
     /// Request body.
     pub fn body(&self) -> &Body {
         &self.message.body
+    }
+
+    /// The caller's trace context (from `traceparent` / `tracestate`), if it
+    /// sent a valid one. The handler itself runs in a child of it, so calls
+    /// it makes continue the trace.
+    pub fn trace_context(&self) -> Option<&TraceContext> {
+        self.trace.as_ref()
+    }
+
+    /// The caller's idempotency key, if it sent one: the same for every retry
+    /// of one logical call, for handlers that deduplicate in shared state.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.message.headers.get(names::IDEMPOTENCY_KEY)
     }
 
     /// Whether the caller asked for a graceful stop.
@@ -134,6 +176,10 @@ impl std::fmt::Debug for Request {
 pub struct Responder {
     sink: Arc<dyn ReplySink>,
     max_payload: usize,
+    /// Set once a reply went out this way: such a call's answer is a stream,
+    /// which the idempotency cache does not repeat.
+    used: Arc<AtomicBool>,
+    labels: Labels,
 }
 
 impl Responder {
@@ -155,6 +201,8 @@ impl Responder {
                 ),
             ));
         }
+        self.used.store(true, Ordering::Release);
+        ::metrics::counter!(m::SERVER_BYTES_SENT, self.labels.get()).increment(len as u64);
         self.sink.send(Frame::Data(reply)).await
     }
 }
@@ -265,6 +313,9 @@ struct Control {
 
 struct Shared {
     endpoint: Arc<str>,
+    backend: &'static str,
+    labels: Labels,
+    idempotency: Option<Arc<Cache>>,
     instance: InstanceId,
     handler: Arc<dyn Handler>,
     max_in_flight: usize,
@@ -296,6 +347,7 @@ impl Drop for Slot {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.id);
+        ::metrics::gauge!(m::SERVER_IN_FLIGHT, self.shared.labels.get()).decrement(1.0);
         if self.shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.shared.idle.notify_waiters();
         }
@@ -307,15 +359,24 @@ impl Dispatcher {
         endpoint: &str,
         instance: InstanceId,
         handler: Arc<dyn Handler>,
-        max_in_flight: usize,
+        options: &ServeOptions,
         max_payload: usize,
+        backend: &'static str,
     ) -> Self {
+        let endpoint: Arc<str> = Arc::from(endpoint);
         Dispatcher {
             shared: Arc::new(Shared {
-                endpoint: Arc::from(endpoint),
+                labels: Labels::new()
+                    .with("endpoint", endpoint.clone())
+                    .with("backend", backend),
+                endpoint,
+                backend,
+                idempotency: (options.idempotency_max_entries > 0).then(|| {
+                    Cache::new(options.idempotency_window, options.idempotency_max_entries)
+                }),
                 instance,
                 handler,
-                max_in_flight,
+                max_in_flight: options.max_in_flight,
                 max_payload,
                 in_flight: AtomicUsize::new(0),
                 accepting: AtomicBool::new(true),
@@ -349,15 +410,45 @@ impl Dispatcher {
     /// that cannot be admitted is refused in-band with a typed error
     /// (`Overloaded` when full, `NoResponders` when draining, `InvalidArgument`
     /// for malformed control headers). Must be called within a tokio runtime.
+    ///
+    /// A unary call whose idempotency key was answered within the window is
+    /// answered again from the cache, without admission and without running
+    /// the handler; one whose key is being handled right now waits for that
+    /// call and then gets its answer (see [`ServeOptions::idempotency`]).
     pub fn dispatch(&self, incoming: Incoming, sink: Arc<dyn ReplySink>) {
         let shared = &self.shared;
+        let labels = &shared.labels;
+        ::metrics::counter!(m::SERVER_BYTES_RECEIVED, labels.get())
+            .increment(incoming.message.payload_len() as u64);
         let refuse = |error: Error| {
+            count_outcome(labels, Err(error.kind()));
             let sink = sink.clone();
             tokio::spawn(async move {
                 // The caller may already be gone; there is nobody else to tell.
                 let _ = sink.send_error(error).await;
             });
         };
+        // Streams are not repeated from the cache: their answer is the whole
+        // stream, and a retried stream is only ever one that got no reply.
+        let idempotency = match (&shared.idempotency, incoming.stream) {
+            (Some(cache), false) => incoming
+                .message
+                .headers
+                .get(names::IDEMPOTENCY_KEY)
+                .map(|key| (cache.clone(), key.to_owned())),
+            _ => None,
+        };
+        if let Some((cache, key)) = &idempotency {
+            if let Some(answer) = cache.lookup(key) {
+                ::metrics::counter!(m::SERVER_REPLAYS, labels.get()).increment(1);
+                tracing::debug!(endpoint = %shared.endpoint, request_id = %incoming.id, "answered a repeated idempotency key from the cache");
+                let labels = labels.clone();
+                tokio::spawn(async move {
+                    let _ = send_answer(&*sink, answer, &labels).await;
+                });
+                return;
+            }
+        }
         if !shared.accepting.load(Ordering::Acquire) {
             return refuse(Error::new(
                 ErrorKind::NoResponders,
@@ -374,6 +465,7 @@ impl Dispatcher {
                 ),
             ));
         }
+        ::metrics::gauge!(m::SERVER_IN_FLIGHT, labels.get()).increment(1.0);
         let slot = Slot {
             shared: shared.clone(),
             id: incoming.id,
@@ -396,6 +488,17 @@ impl Dispatcher {
                 }
             },
         };
+        let trace = TraceContext::from_headers(&message.headers);
+        let span = tracing::info_span!(
+            "plane.handle",
+            endpoint = %shared.endpoint,
+            backend = shared.backend,
+            instance = %shared.instance,
+            request_id = %id,
+            stream,
+            trace_id = trace.as_ref().map(|t| t.trace_id()),
+            parent_span_id = trace.as_ref().map(|t| t.span_id()),
+        );
         let stop = Arc::new(StopState::default());
         shared
             .calls
@@ -416,52 +519,127 @@ impl Dispatcher {
             message,
             deadline,
             stop,
+            trace: trace.clone(),
         };
+        let used = Arc::new(AtomicBool::new(false));
         let responder = Responder {
             sink: sink.clone(),
             max_payload: shared.max_payload,
+            used: used.clone(),
+            labels: labels.clone(),
         };
         let handler = shared.handler.clone();
         let max_payload = shared.max_payload;
-        let task = tokio::spawn(async move {
-            let _slot = slot;
-            if stream && sink.send(Frame::Accepted).await.is_err() {
-                return;
-            }
-            let run = AssertUnwindSafe(handler.handle(request, responder)).catch_unwind();
-            let outcome = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, run).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Ok(Err(Error::new(
-                        ErrorKind::Timeout,
-                        "handler exceeded the deadline",
-                    ))),
-                },
-                None => run.await,
-            };
-            // The caller may have gone; failures to reply are not errors here.
-            let _ = match outcome {
-                // A final reply is held to the same limit as the replies a
-                // `Responder` sends; the caller learns why instead of the
-                // transport failing (or, in memory, passing it silently).
-                Ok(Ok(Some(reply))) if reply.payload_len() > max_payload => {
-                    let len = reply.payload_len();
-                    sink.send_error(Error::new(
-                        ErrorKind::PayloadTooLarge,
-                        format!("reply of {len} bytes exceeds the limit of {max_payload}"),
-                    ))
-                    .await
+        let labels = labels.clone();
+        let task = tokio::spawn(
+            async move {
+                let _slot = slot;
+                let started = std::time::Instant::now();
+                if stream && sink.send(Frame::Accepted).await.is_err() {
+                    count_outcome(&labels, Err(ErrorKind::Cancelled));
+                    return;
                 }
-                Ok(Ok(Some(reply))) => sink.send(Frame::Last(reply)).await,
-                Ok(Ok(None)) => sink.send(Frame::End).await,
-                Ok(Err(e)) => sink.send_error(e).await,
-                Err(_panic) => {
-                    tracing::error!("request handler panicked");
-                    sink.send_error(Error::new(ErrorKind::Other, "handler panicked"))
+                let work = async move {
+                    let mut owner = None;
+                    if let Some((cache, key)) = idempotency {
+                        loop {
+                            match cache.claim(&key) {
+                                Claim::Cached(answer) => return Run::Replayed(answer),
+                                // The running call's end resolves this, however it ends.
+                                Claim::Wait(mut done) => {
+                                    let _ = done.changed().await;
+                                }
+                                Claim::Owner(o) => {
+                                    owner = Some(o);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let run = AssertUnwindSafe(handler.handle(request, responder)).catch_unwind();
+                    // Calls the handler makes continue the caller's trace.
+                    let outcome = match trace {
+                        Some(ctx) => ctx.child().scope(run).await,
+                        None => run.await,
+                    };
+                    Run::Handled(outcome, owner)
+                };
+                let run = match deadline {
+                    Some(d) => tokio::time::timeout_at(d, work)
                         .await
-                }
-            };
-        });
+                        .unwrap_or(Run::DeadlineExceeded),
+                    None => work.await,
+                };
+                // The caller may have gone; failures to reply are not errors here.
+                let _ = match run {
+                    Run::Replayed(answer) => {
+                        ::metrics::counter!(m::SERVER_REPLAYS, labels.get()).increment(1);
+                        send_answer(&*sink, answer, &labels).await
+                    }
+                    Run::DeadlineExceeded => {
+                        ::metrics::counter!(m::SERVER_TIMEOUTS, labels.get()).increment(1);
+                        count_outcome(&labels, Err(ErrorKind::Timeout));
+                        sink.send_error(Error::new(
+                            ErrorKind::Timeout,
+                            "handler exceeded the deadline",
+                        ))
+                        .await
+                    }
+                    Run::Handled(outcome, mut owner) => {
+                        let streamed = used.load(Ordering::Acquire);
+                        let answer = match outcome {
+                            // A final reply is held to the same limit as the replies a
+                            // `Responder` sends; the caller learns why instead of the
+                            // transport failing (or, in memory, passing it silently).
+                            Ok(Ok(Some(reply))) if reply.payload_len() > max_payload => {
+                                let len = reply.payload_len();
+                                Err(Error::new(
+                                    ErrorKind::PayloadTooLarge,
+                                    format!(
+                                        "reply of {len} bytes exceeds the limit of {max_payload}"
+                                    ),
+                                ))
+                            }
+                            Ok(Ok(reply)) => Ok(reply),
+                            Ok(Err(e)) => Err(e),
+                            Err(_panic) => {
+                                tracing::error!("request handler panicked");
+                                if let Some(owner) = owner.take() {
+                                    owner.complete(None);
+                                }
+                                Err(Error::new(ErrorKind::Other, "handler panicked"))
+                            }
+                        };
+                        if let Some(owner) = owner {
+                            // Remember only a complete, repeatable answer: not a
+                            // stream, not a condition of the moment that a retry
+                            // should get the chance to overcome.
+                            let keep = match &answer {
+                                _ if streamed => None,
+                                Ok(Some(reply)) => Some(Answer::Reply(reply.clone())),
+                                Ok(None) => None,
+                                Err(e) if e.is_retryable() => None,
+                                Err(e) => Some(Answer::error(e)),
+                            };
+                            owner.complete(keep);
+                        }
+                        count_outcome(&labels, answer.as_ref().map(|_| ()).map_err(Error::kind));
+                        match answer {
+                            Ok(Some(reply)) => {
+                                ::metrics::counter!(m::SERVER_BYTES_SENT, labels.get())
+                                    .increment(reply.payload_len() as u64);
+                                sink.send(Frame::Last(reply)).await
+                            }
+                            Ok(None) => sink.send(Frame::End).await,
+                            Err(e) => sink.send_error(e).await,
+                        }
+                    }
+                };
+                ::metrics::histogram!(m::SERVER_DURATION, labels.get())
+                    .record(started.elapsed().as_secs_f64());
+            }
+            .instrument(span),
+        );
         if let Some(control) = shared
             .calls
             .lock()
@@ -528,6 +706,42 @@ impl Dispatcher {
 
     fn lock_calls(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, Control>> {
         self.shared.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How one admitted call's work ended.
+enum Run {
+    /// A repeated idempotency key, answered with the first call's answer.
+    Replayed(Answer),
+    /// The handler ran (or panicked); the key's owner, if the call had one.
+    Handled(
+        std::result::Result<Result<Option<Message>>, Box<dyn std::any::Any + Send>>,
+        Option<Owner>,
+    ),
+    /// The caller's deadline passed first.
+    DeadlineExceeded,
+}
+
+fn count_outcome(labels: &Labels, outcome: std::result::Result<(), ErrorKind>) {
+    let name = match outcome {
+        Ok(()) => "ok",
+        Err(kind) => {
+            ::metrics::counter!(m::SERVER_ERRORS, labels.and("kind", kind.as_str())).increment(1);
+            kind.as_str()
+        }
+    };
+    ::metrics::counter!(m::SERVER_REQUESTS, labels.and("outcome", name)).increment(1);
+}
+
+async fn send_answer(sink: &dyn ReplySink, answer: Answer, labels: &Labels) -> Result<()> {
+    ::metrics::counter!(m::SERVER_REQUESTS, labels.and("outcome", answer.outcome())).increment(1);
+    match answer {
+        Answer::Reply(reply) => {
+            ::metrics::counter!(m::SERVER_BYTES_SENT, labels.get())
+                .increment(reply.payload_len() as u64);
+            sink.send(Frame::Last(reply)).await
+        }
+        Answer::Error(kind, message) => sink.send_error(Error::new(kind, message)).await,
     }
 }
 

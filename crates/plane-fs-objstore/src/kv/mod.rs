@@ -248,11 +248,13 @@ impl KvBucketBackend for DirKvBucket {
 
     async fn history(&self, key: &str) -> Result<Vec<Entry>> {
         let state = self.read().await?;
-        Ok(state
-            .keys
-            .get(key)
-            .map(|h| h.iter().map(|r| r.entry()).collect())
-            .unwrap_or_default())
+        match state.keys.get(key) {
+            Some(h) if !h.is_empty() => Ok(h.iter().map(|r| r.entry()).collect()),
+            _ => Err(Error::new(
+                ErrorKind::NotFound,
+                "key has no retained history",
+            )),
+        }
     }
 
     async fn watch(&self, options: WatchOptions) -> Result<Box<dyn WatchTransport>> {

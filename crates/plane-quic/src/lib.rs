@@ -1,0 +1,250 @@
+//! plane-quic: plane's brokerless request plane over QUIC (quinn + rustls).
+//!
+//! Callers talk straight to the process serving an endpoint: servers register
+//! their address (and certificate fingerprint) in the
+//! [discovery](plane_core::discovery) plane, on any kv backend; callers list
+//! and watch it, balance calls across instances and open one QUIC stream per
+//! call on a connection shared by all calls between two processes. See
+//! [`request`] for the protocol and [`tls`] for certificates.
+//!
+//! # URL
+//!
+//! ```text
+//! quic://HOST:PORT?discovery=<percent-encoded kv URL>[&key=value...]
+//! ```
+//!
+//! `HOST:PORT` is the UDP address to bind (`0.0.0.0:0`, `127.0.0.1:4433`);
+//! port 0 picks a free port. `discovery` is required: the URL of the kv
+//! plane that holds the discovery records, percent-encoded
+//! (`mem%3A%2F%2Fdev`, `nats%3A%2F%2Fhost%3A4222`).
+//!
+//! | query key | meaning | default |
+//! |---|---|---|
+//! | `discovery` | kv URL of the discovery plane (required) | — |
+//! | `bucket` | discovery bucket | `plane_discovery` |
+//! | `lease_ms` | discovery lease of served instances | 10000 |
+//! | `advertise` | `host:port` published for this endpoint | the bound address (loopback if bound to every interface) |
+//! | `cert`, `key` | PEM certificate chain and private key | a self-signed certificate generated at start-up |
+//! | `ca` | PEM CA roots to verify servers with, instead of pinning the fingerprint they publish | pinning |
+//! | `client_ca` | PEM CA roots; when set the server requires client certificates issued by it (mutual TLS), and callers present `cert` | no client authentication |
+//! | `server_name` | TLS name of this server's certificate, published for callers | `plane` |
+//! | `max_payload` | largest request or reply payload in bytes | 8 MiB |
+//! | `idle_timeout_ms` | a connection silent this long is lost (keep-alives every third of it) | 6000 |
+//! | `connect_timeout_ms` | longest wait for a QUIC handshake | 3000 |
+//! | `stream_window` | bytes a call's receiver takes ahead of its reader (how far a handler runs ahead of a stalled caller) | 65536 |
+//!
+//! Unknown keys are refused with `InvalidConfig`.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> plane_core::Result<()> {
+//! use plane_core::request::{unary_fn, Request};
+//!
+//! let mut registry = plane_core::Registry::with_defaults();
+//! plane_quic::register(&mut registry);
+//! let requests = registry
+//!     .requests("quic://127.0.0.1:0?discovery=mem%3A%2F%2Fdev")
+//!     .await?;
+//! let _server = requests
+//!     .serve("echo", unary_fn(|req: Request| async move { Ok(req.message) }))
+//!     .await?;
+//! assert_eq!(requests.call("echo", "hi").await?.to_bytes(), "hi");
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod request;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use plane_core::discovery::{Discovery, DiscoveryConfig};
+use plane_core::registry::{Connector, QueryParams, Registry};
+use plane_core::request::RequestCapabilities;
+use plane_core::{Error, ErrorKind, Requests, Result};
+use url::Url;
+
+pub use request::QuicRequests;
+
+/// The backend name used in errors and reports.
+pub const NAME: &str = "quic";
+
+/// Configuration of a QUIC plane, usually read from a `quic://` URL.
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub struct QuicConfig {
+    /// UDP address to bind.
+    pub bind: SocketAddr,
+    /// Address published in discovery; `None` publishes the bound address.
+    pub advertise: Option<String>,
+    /// kv URL of the discovery plane.
+    pub discovery: String,
+    /// Discovery bucket and lease.
+    pub discovery_config: DiscoveryConfig,
+    /// PEM certificate chain; generated when `None`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// CA roots to verify servers with; `None` pins published fingerprints.
+    pub ca: Option<PathBuf>,
+    /// CA roots client certificates must be issued by (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// TLS name of this server's certificate.
+    pub server_name: String,
+    /// Largest request or reply payload.
+    pub max_payload: usize,
+    /// Silence after which a connection is lost.
+    pub idle_timeout: Duration,
+    /// Longest wait for a handshake.
+    pub connect_timeout: Duration,
+    /// Concurrent streams (calls) a peer may open on one connection.
+    pub max_streams: u32,
+    /// Bytes a call's receiver accepts ahead of its reader (QUIC stream
+    /// flow-control window): how far a handler runs ahead of a stalled
+    /// caller, and the throughput cap of one call per round trip.
+    pub stream_window: u32,
+}
+
+impl QuicConfig {
+    /// Bind `bind` and use the kv plane at `discovery` for discovery.
+    pub fn new(bind: SocketAddr, discovery: impl Into<String>) -> Self {
+        QuicConfig {
+            bind,
+            advertise: None,
+            discovery: discovery.into(),
+            discovery_config: DiscoveryConfig::default(),
+            cert: None,
+            key: None,
+            ca: None,
+            client_ca: None,
+            server_name: tls::DEFAULT_SERVER_NAME.to_owned(),
+            max_payload: 8 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(6),
+            connect_timeout: Duration::from_secs(3),
+            max_streams: 4096,
+            stream_window: 64 * 1024,
+        }
+    }
+
+    /// Read the configuration from a `quic://` URL (see the crate docs).
+    ///
+    /// # Errors
+    /// `InvalidConfig` for a missing host or port, a missing `discovery`, or
+    /// an unknown or invalid query key.
+    pub fn from_url(url: &Url) -> Result<Self> {
+        let host = url
+            .host_str()
+            .ok_or_else(|| Error::new(ErrorKind::InvalidConfig, "quic url needs a host to bind"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = url.port().unwrap_or(0);
+        let ip: std::net::IpAddr = host.parse().map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("quic url host `{host}` is not an IP address to bind"),
+            )
+        })?;
+        let mut q = QueryParams::new(url)?;
+        let discovery = q.take_str("discovery").ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                "quic url needs `discovery=<percent-encoded kv url>`",
+            )
+        })?;
+        let mut c = QuicConfig::new(SocketAddr::new(ip, port), discovery);
+        if let Some(b) = q.take_str("bucket") {
+            c.discovery_config = c.discovery_config.bucket(b);
+        }
+        if let Some(l) = q.take_millis("lease_ms")? {
+            c.discovery_config = c.discovery_config.lease(l);
+        }
+        c.advertise = q.take_str("advertise");
+        c.cert = q.take_str("cert").map(PathBuf::from);
+        c.key = q.take_str("key").map(PathBuf::from);
+        c.ca = q.take_str("ca").map(PathBuf::from);
+        c.client_ca = q.take_str("client_ca").map(PathBuf::from);
+        if let Some(n) = q.take_str("server_name") {
+            c.server_name = n;
+        }
+        if let Some(m) = q.take("max_payload")? {
+            c.max_payload = m;
+        }
+        if let Some(t) = q.take_millis("idle_timeout_ms")? {
+            c.idle_timeout = t;
+        }
+        if let Some(t) = q.take_millis("connect_timeout_ms")? {
+            c.connect_timeout = t;
+        }
+        if let Some(w) = q.take("stream_window")? {
+            c.stream_window = w;
+        }
+        q.finish()?;
+        if c.max_payload == 0
+            || c.idle_timeout.is_zero()
+            || c.connect_timeout.is_zero()
+            || c.stream_window == 0
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "max_payload, idle_timeout_ms, connect_timeout_ms and stream_window must be positive",
+            ));
+        }
+        Ok(c)
+    }
+
+    /// Open the discovery plane this configuration names.
+    ///
+    /// # Errors
+    /// Whatever building the kv plane or opening the bucket fails with.
+    pub async fn discovery(&self, registry: &Registry) -> Result<Discovery> {
+        let kv = registry.kv(&self.discovery).await?;
+        Discovery::open(&kv, self.discovery_config.clone()).await
+    }
+}
+
+pub(crate) fn request_capabilities(max_payload: usize) -> RequestCapabilities {
+    let mut c = RequestCapabilities::default();
+    c.streaming = true;
+    c.cancellation = true;
+    c.round_robin = true;
+    c.random = true;
+    c.power_of_two = true;
+    c.direct = true;
+    c.max_payload = max_payload;
+    c
+}
+
+/// The `quic://` connector.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct QuicConnector;
+
+impl Connector for QuicConnector {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn schemes(&self) -> &'static [&'static str] {
+        &["quic"]
+    }
+
+    fn requests<'a>(
+        &'a self,
+        url: &'a Url,
+        registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Requests>> {
+        Box::pin(async move {
+            let config = QuicConfig::from_url(url)?;
+            let discovery = config.discovery(registry).await?;
+            Ok(Requests::new(QuicRequests::connect(config, discovery)?))
+        })
+    }
+}
+
+/// Add the `quic://` scheme to `registry`.
+pub fn register(registry: &mut Registry) {
+    registry.register(QuicConnector);
+}

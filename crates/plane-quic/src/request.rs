@@ -1,0 +1,808 @@
+//! The QUIC request plane: one quinn endpoint per handle, serving every
+//! endpoint instance registered through it and calling peers found through
+//! discovery.
+//!
+//! # Streams
+//!
+//! Each call is one bidirectional QUIC stream on a connection shared by every
+//! call between the same two processes. The caller writes the request
+//! envelope (and later, perhaps, a `stop` envelope); the server writes the
+//! reply frames and finishes the stream after the end marker or an error.
+//! Envelopes are length-delimited (`wire::encode_framed`'s format); the body
+//! parts are handed to quinn as they are, without being copied into one
+//! buffer.
+//!
+//! # Cancellation
+//!
+//! A graceful stop is a `stop` envelope on the call's stream. A kill resets
+//! the caller's side of the stream and asks the server to stop sending (QUIC
+//! `RESET_STREAM` + `STOP_SENDING`); the server treats a reset stream, a
+//! `kill` envelope, or a lost connection as a kill of the handler, and a
+//! handler that goes away without its end marker resets its side, which the
+//! caller reports as `Disconnected`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use plane_core::discovery::{Discovery, Instance, Registration};
+use plane_core::peer::{
+    self, call_envelope, check_limits, decode_inbound, decode_reply, frame_envelope, Endpoints,
+    InFlight, Inbound, PeerDirectory, Reply,
+};
+use plane_core::request::{
+    Call, Cancel, Dispatcher, Frame, InstanceId, ReplySink, ReplyTransport, RequestBackend,
+    RequestCapabilities, ServeTransport,
+};
+use plane_core::wire::{self, Envelope, FrameDecoder, Limits, RequestId};
+use plane_core::{Error, ErrorKind, Result};
+use quinn::VarInt;
+use tokio::sync::OnceCell;
+
+use crate::tls::{self, Identity, ServerTrust};
+use crate::QuicConfig;
+
+/// Application error code of a stream reset because the call was killed.
+const KILLED: VarInt = VarInt::from_u32(1);
+/// Application error code of a stream reset because the handler went away.
+const ABANDONED: VarInt = VarInt::from_u32(2);
+/// Application error code when an endpoint is closed.
+const CLOSED: VarInt = VarInt::from_u32(3);
+/// Bytes read from a stream per poll.
+const READ_CHUNK: usize = 16 * 1024;
+
+fn connection_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::new(ErrorKind::Connection, format!("{what}: {e}")).with_source(e)
+}
+
+fn write_error(e: quinn::WriteError) -> Error {
+    match e {
+        quinn::WriteError::Stopped(_) => {
+            Error::new(ErrorKind::Cancelled, "the caller cancelled the call").with_source(e)
+        }
+        quinn::WriteError::ConnectionLost(_) => {
+            Error::new(ErrorKind::Disconnected, "the peer connection was lost").with_source(e)
+        }
+        other => Error::new(ErrorKind::Closed, "stream closed").with_source(other),
+    }
+}
+
+/// Write one envelope as a length-delimited frame, handing the body's parts
+/// to quinn without copying them.
+async fn write_envelope(send: &mut quinn::SendStream, env: &Envelope) -> Result<()> {
+    let mut chunks = wire::encode_parts(env);
+    let len: usize = chunks.iter().map(Bytes::len).sum();
+    let prefix = u32::try_from(len).map_err(|_| {
+        Error::new(
+            ErrorKind::PayloadTooLarge,
+            "frame longer than a u32 length prefix",
+        )
+    })?;
+    chunks.insert(0, Bytes::copy_from_slice(&prefix.to_be_bytes()));
+    send.write_all_chunks(&mut chunks)
+        .await
+        .map_err(write_error)
+}
+
+/// Reads envelopes off a QUIC receive stream.
+struct EnvelopeReader {
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+}
+
+impl EnvelopeReader {
+    fn new(recv: quinn::RecvStream, limits: Limits) -> Self {
+        EnvelopeReader {
+            recv,
+            decoder: FrameDecoder::with_limits(limits),
+        }
+    }
+
+    /// The next envelope; `Ok(None)` at the end of the stream (clean or not:
+    /// a reset or lost connection ends it too).
+    fn poll_envelope(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::result::Result<Option<Envelope>, wire::WireError>> {
+        loop {
+            if let Some(env) = self.decoder.next_frame()? {
+                return Poll::Ready(Ok(Some(env)));
+            }
+            let mut buf = [0u8; READ_CHUNK];
+            match ready!(self.recv.poll_read(cx, &mut buf)) {
+                Ok(0) | Err(_) => return Poll::Ready(Ok(None)),
+                Ok(n) => self.decoder.push(&buf[..n]),
+            }
+        }
+    }
+
+    async fn next(&mut self) -> std::result::Result<Option<Envelope>, wire::WireError> {
+        std::future::poll_fn(|cx| self.poll_envelope(cx)).await
+    }
+}
+
+/// The QUIC request plane. Build it with [`QuicRequests::connect`] (or
+/// through the registry with a `quic://` URL) and wrap it in
+/// [`plane_core::Requests`].
+#[derive(Clone)]
+pub struct QuicRequests {
+    node: Arc<Node>,
+}
+
+impl std::fmt::Debug for QuicRequests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicRequests")
+            .field("local_addr", &self.local_addr().ok())
+            .finish()
+    }
+}
+
+/// A peer process: its address and the certificate fingerprint it publishes.
+type ConnectionKey = (SocketAddr, String);
+
+struct Node {
+    config: QuicConfig,
+    identity: Identity,
+    ca: Option<Arc<rustls::RootCertStore>>,
+    server_config: quinn::ServerConfig,
+    endpoint: RwLock<quinn::Endpoint>,
+    endpoints: Endpoints,
+    served: Mutex<HashMap<(String, InstanceId), Option<Registration>>>,
+    directory: PeerDirectory,
+    connections: Mutex<HashMap<ConnectionKey, Arc<OnceCell<quinn::Connection>>>>,
+    client_configs: Mutex<HashMap<String, quinn::ClientConfig>>,
+    limits: Limits,
+    capabilities: RequestCapabilities,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.endpoint
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .close(CLOSED, b"closed");
+    }
+}
+
+fn transport_config(config: &QuicConfig) -> Result<Arc<quinn::TransportConfig>> {
+    let mut t = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|e| {
+        Error::new(ErrorKind::InvalidConfig, format!("idle_timeout: {e}")).with_source(e)
+    })?;
+    t.max_idle_timeout(Some(idle));
+    t.keep_alive_interval(Some(config.idle_timeout / 3));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams));
+    t.max_concurrent_uni_streams(VarInt::from_u32(config.max_streams));
+    // The per-stream window is what a stalled reader lets a handler run
+    // ahead by; keep it small so memory stays bounded per call.
+    t.stream_receive_window(VarInt::from_u32(config.stream_window));
+    Ok(Arc::new(t))
+}
+
+fn bind(config: &QuicConfig, server_config: quinn::ServerConfig) -> Result<quinn::Endpoint> {
+    quinn::Endpoint::server(server_config, config.bind).map_err(|e| {
+        Error::new(
+            ErrorKind::Connection,
+            format!("cannot bind a QUIC endpoint on {}: {e}", config.bind),
+        )
+        .with_source(e)
+    })
+}
+
+impl QuicRequests {
+    /// Bind a QUIC endpoint as `config` says and find peers through `discovery`.
+    ///
+    /// # Errors
+    /// `InvalidConfig` for unusable TLS material, `Connection` when the
+    /// address cannot be bound.
+    pub fn connect(config: QuicConfig, discovery: Discovery) -> Result<Self> {
+        let identity = match (&config.cert, &config.key) {
+            (Some(cert), Some(key)) => Identity::load(cert, key)?,
+            (None, None) => Identity::generate(std::slice::from_ref(&config.server_name))?,
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    "`cert` and `key` must be given together",
+                ))
+            }
+        };
+        let ca = config
+            .ca
+            .as_deref()
+            .map(tls::load_roots)
+            .transpose()?
+            .map(Arc::new);
+        let client_ca = config
+            .client_ca
+            .as_deref()
+            .map(tls::load_roots)
+            .transpose()?;
+        let rustls_server = tls::server_config(&identity, client_ca.as_ref())?;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls_server)
+            .map_err(|e| Error::new(ErrorKind::InvalidConfig, format!("tls: {e}")))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server_config.transport_config(transport_config(&config)?);
+        let endpoint = bind(&config, server_config.clone())?;
+        let limits = Limits::default().with_max_frame_bytes(
+            config
+                .max_payload
+                .saturating_add(wire::MAX_HEADER_BYTES)
+                .min(u32::MAX as usize),
+        );
+        let capabilities = crate::request_capabilities(config.max_payload);
+        let node = Arc::new(Node {
+            directory: PeerDirectory::new(discovery, Default::default()),
+            identity,
+            ca,
+            server_config,
+            endpoint: RwLock::new(endpoint.clone()),
+            endpoints: Endpoints::new(),
+            served: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
+            client_configs: Mutex::new(HashMap::new()),
+            limits,
+            capabilities,
+            config,
+        });
+        tokio::spawn(accept_loop(endpoint, node.endpoints.clone(), limits));
+        Ok(QuicRequests { node })
+    }
+
+    /// The address the endpoint is bound to.
+    ///
+    /// # Errors
+    /// `Connection` if the socket is gone.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.node.local_addr()
+    }
+
+    /// SHA-256 fingerprint of this endpoint's certificate, as published in
+    /// discovery.
+    pub fn fingerprint(&self) -> String {
+        self.node.identity.fingerprint()
+    }
+
+    /// Open a stream to this endpoint itself, write `bytes` as they are (not
+    /// an envelope), and return everything the server answers on it, up to
+    /// 64 KiB. A diagnostic for checking that a peer survives garbage.
+    ///
+    /// # Errors
+    /// `Connection` if the endpoint cannot be reached.
+    pub async fn send_raw(&self, bytes: &[u8]) -> Result<Vec<u8>> {
+        let node = &self.node;
+        let me = Instance::new("raw", InstanceId(0), node.advertised()?)
+            .with_metadata(tls::FINGERPRINT_METADATA, node.identity.fingerprint())
+            .with_metadata(tls::SERVER_NAME_METADATA, node.config.server_name.clone());
+        let (_conn, mut send, mut recv) = node.open(me).await?;
+        send.write_all(bytes)
+            .await
+            .map_err(|e| connection_error("cannot write", e))?;
+        let _ = send.finish();
+        recv.read_to_end(64 * 1024)
+            .await
+            .map_err(|e| connection_error("cannot read the answer", e))
+    }
+
+    /// Restart the serving side as a crashed and restarted process would:
+    /// close the endpoint (every connection and call in flight is lost), bind
+    /// a new one (on a new port when the configured port is 0) and
+    /// re-register every served instance at the new address. Callers find it
+    /// through discovery.
+    ///
+    /// # Errors
+    /// `Connection` if the new endpoint cannot be bound; discovery errors.
+    pub async fn restart(&self) -> Result<()> {
+        let node = &self.node;
+        let old = node
+            .endpoint
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        old.close(CLOSED, b"restart");
+        old.wait_idle().await;
+        let endpoint = bind(&node.config, node.server_config.clone())?;
+        *node.endpoint.write().unwrap_or_else(|p| p.into_inner()) = endpoint.clone();
+        node.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        tokio::spawn(accept_loop(endpoint, node.endpoints.clone(), node.limits));
+        let keys: Vec<(String, InstanceId)> = node
+            .served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for key in keys {
+            let old = node
+                .served
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(&key)
+                .and_then(Option::take);
+            if let Some(old) = old {
+                old.deregister().await?;
+            }
+            let registration = node.register(&key.0, key.1).await?;
+            let leftover = {
+                let mut served = node.served.lock().unwrap_or_else(|p| p.into_inner());
+                match served.get_mut(&key) {
+                    Some(slot) => {
+                        *slot = Some(registration);
+                        None
+                    }
+                    // Closed while we re-registered: undo.
+                    None => Some(registration),
+                }
+            };
+            if let Some(r) = leftover {
+                r.deregister().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Node {
+    fn local_addr(&self) -> Result<SocketAddr> {
+        self.endpoint
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .local_addr()
+            .map_err(|e| connection_error("endpoint address", e))
+    }
+
+    /// The address published in discovery.
+    fn advertised(&self) -> Result<String> {
+        if let Some(a) = &self.config.advertise {
+            return Ok(a.clone());
+        }
+        let mut addr = self.local_addr()?;
+        if addr.ip().is_unspecified() {
+            // Bound to every interface: loopback is the one address sure to
+            // reach it; multi-host deployments set `advertise`.
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        Ok(addr.to_string())
+    }
+
+    async fn register(&self, endpoint: &str, instance: InstanceId) -> Result<Registration> {
+        let record = Instance::new(endpoint, instance, self.advertised()?)
+            .with_metadata(tls::FINGERPRINT_METADATA, self.identity.fingerprint())
+            .with_metadata(tls::SERVER_NAME_METADATA, self.config.server_name.clone());
+        self.directory.discovery().register(record).await
+    }
+
+    fn client_config(&self, instance: &Instance) -> Result<quinn::ClientConfig> {
+        let (key, trust) = match &self.ca {
+            Some(roots) => ("ca".to_owned(), ServerTrust::Ca(roots.clone())),
+            None => {
+                let fp = instance
+                    .metadata
+                    .get(tls::FINGERPRINT_METADATA)
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Connection,
+                            format!(
+                                "instance {} publishes no certificate fingerprint to pin",
+                                instance.id
+                            ),
+                        )
+                    })?;
+                (fp.clone(), ServerTrust::Pinned(fp.clone()))
+            }
+        };
+        let mut cache = self
+            .client_configs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.get(&key) {
+            return Ok(c.clone());
+        }
+        let rustls_client =
+            tls::client_config(&trust, &self.identity, self.config.client_ca.is_some())?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_client)
+            .map_err(|e| Error::new(ErrorKind::InvalidConfig, format!("tls: {e}")))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(transport_config(&self.config)?);
+        cache.insert(key, client.clone());
+        Ok(client)
+    }
+
+    async fn resolve(address: &str) -> Result<SocketAddr> {
+        if let Ok(a) = address.parse() {
+            return Ok(a);
+        }
+        tokio::net::lookup_host(address)
+            .await
+            .map_err(|e| connection_error(&format!("cannot resolve `{address}`"), e))?
+            .next()
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Connection,
+                    format!("`{address}` resolves to nothing"),
+                )
+            })
+    }
+
+    /// The shared connection to `instance`'s process, connecting if needed.
+    async fn connection(&self, instance: &Instance, fresh: bool) -> Result<quinn::Connection> {
+        let addr = Self::resolve(&instance.address).await?;
+        let fp = instance
+            .metadata
+            .get(tls::FINGERPRINT_METADATA)
+            .cloned()
+            .unwrap_or_default();
+        let key = (addr, fp);
+        let cell = {
+            let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+            let stale = conns
+                .get(&key)
+                .is_some_and(|c| fresh || c.get().is_some_and(|c| c.close_reason().is_some()));
+            if stale {
+                conns.remove(&key);
+            }
+            conns.entry(key.clone()).or_default().clone()
+        };
+        let result = cell
+            .get_or_try_init(|| async {
+                let client = self.client_config(instance)?;
+                let name = instance
+                    .metadata
+                    .get(tls::SERVER_NAME_METADATA)
+                    .map_or(tls::DEFAULT_SERVER_NAME, String::as_str);
+                let endpoint = self
+                    .endpoint
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let connecting = endpoint
+                    .connect_with(client, addr, name)
+                    .map_err(|e| connection_error(&format!("cannot connect to {addr}"), e))?;
+                tokio::time::timeout(self.config.connect_timeout, connecting)
+                    .await
+                    .map_err(|_| {
+                        Error::new(
+                            ErrorKind::Connection,
+                            format!("connecting to {addr} timed out"),
+                        )
+                    })?
+                    .map_err(|e| connection_error(&format!("cannot connect to {addr}"), e))
+            })
+            .await
+            .cloned();
+        if result.is_err() {
+            // Let the next call try again rather than inherit the failure.
+            let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+            if conns.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                conns.remove(&key);
+            }
+        }
+        result
+    }
+
+    /// Open a call's stream to `instance`, replacing a cached connection
+    /// that turns out to be dead.
+    async fn open(
+        &self,
+        instance: Instance,
+    ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
+        let conn = self.connection(&instance, false).await?;
+        match conn.open_bi().await {
+            Ok((s, r)) => Ok((conn, s, r)),
+            Err(_) => {
+                let conn = self.connection(&instance, true).await?;
+                let (s, r) = conn
+                    .open_bi()
+                    .await
+                    .map_err(|e| connection_error("cannot open a stream", e))?;
+                Ok((conn, s, r))
+            }
+        }
+    }
+}
+
+impl RequestBackend for QuicRequests {
+    fn name(&self) -> &'static str {
+        crate::NAME
+    }
+
+    fn capabilities(&self) -> &RequestCapabilities {
+        &self.node.capabilities
+    }
+
+    async fn call(&self, call: Call) -> Result<Box<dyn ReplyTransport>> {
+        let node = &self.node;
+        let id = call.id;
+        // Refuse an oversized call before connecting, let alone sending.
+        check_limits(&call_envelope(call.clone(), InstanceId(0)), &node.limits)?;
+        let endpoint = call.endpoint.clone();
+        let ((conn, mut send, recv), instance, in_flight) = node
+            .directory
+            .connect(&endpoint, call.route, |instance| node.open(instance))
+            .await?;
+        let env = call_envelope(call, instance.id);
+        write_envelope(&mut send, &env).await.map_err(|e| {
+            Error::new(ErrorKind::Disconnected, "the call could not be sent").with_source(e)
+        })?;
+        Ok(Box::new(QuicReply {
+            id,
+            reader: EnvelopeReader::new(recv, node.limits),
+            send: Arc::new(tokio::sync::Mutex::new(Some(send))),
+            _conn: conn,
+            _in_flight: in_flight,
+        }))
+    }
+
+    async fn serve(
+        &self,
+        endpoint: &str,
+        instance: InstanceId,
+        dispatcher: Dispatcher,
+    ) -> Result<Box<dyn ServeTransport>> {
+        let node = &self.node;
+        let key = (endpoint.to_owned(), instance);
+        node.endpoints.insert(dispatcher);
+        let registration = match node.register(endpoint, instance).await {
+            Ok(r) => r,
+            Err(e) => {
+                node.endpoints.remove(endpoint, instance);
+                return Err(e);
+            }
+        };
+        node.served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), Some(registration));
+        Ok(Box::new(QuicServed {
+            node: Arc::downgrade(node),
+            key,
+        }))
+    }
+}
+
+struct QuicServed {
+    node: std::sync::Weak<Node>,
+    key: (String, InstanceId),
+}
+
+impl ServeTransport for QuicServed {
+    fn close(&self) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        node.endpoints.remove(&self.key.0, self.key.1);
+        let registration = node
+            .served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key)
+            .flatten();
+        if let Some(r) = registration {
+            // Remove the record now rather than when its lease runs out, so
+            // callers stop picking this instance at once.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = r.deregister().await {
+                        tracing::warn!(error = %e, "cannot deregister a closed endpoint instance");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The caller's side of one call's stream.
+struct QuicReply {
+    id: RequestId,
+    reader: EnvelopeReader,
+    send: Arc<tokio::sync::Mutex<Option<quinn::SendStream>>>,
+    _conn: quinn::Connection,
+    _in_flight: InFlight,
+}
+
+impl ReplyTransport for QuicReply {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame>>> {
+        loop {
+            let env = match ready!(self.reader.poll_envelope(cx)) {
+                Ok(Some(env)) => env,
+                Ok(None) => return Poll::Ready(None),
+                Err(e) => return Poll::Ready(Some(Err(peer::malformed(e)))),
+            };
+            if env.id != self.id && env.kind != wire::FrameKind::Error {
+                return Poll::Ready(Some(Err(Error::new(
+                    ErrorKind::Decode,
+                    "reply frame for another call on this stream",
+                ))));
+            }
+            return Poll::Ready(match decode_reply(env) {
+                Ok(Reply::Frame(f)) => Some(Ok(f)),
+                Ok(Reply::Error(e)) => Some(Err(e)),
+                Ok(Reply::Heartbeat) => continue,
+                Err(e) => Some(Err(e)),
+            });
+        }
+    }
+
+    fn cancel(&mut self, how: Cancel) {
+        let send = self.send.clone();
+        match how {
+            Cancel::Stop => {
+                let env = peer::cancel_envelope(self.id, Cancel::Stop);
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        if let Some(s) = send.lock().await.as_mut() {
+                            // The call may be over already; nothing to stop then.
+                            let _ = write_envelope(s, &env).await;
+                        }
+                    });
+                }
+            }
+            Cancel::Kill => {
+                // Both directions at once: the server reads the reset as a
+                // kill, and stops sending what nobody will read.
+                let _ = self.reader.recv.stop(KILLED);
+                let reset_now = match send.try_lock() {
+                    Ok(mut s) => {
+                        if let Some(mut s) = s.take() {
+                            let _ = s.reset(KILLED);
+                        }
+                        true
+                    }
+                    Err(_) => false,
+                };
+                if !reset_now {
+                    // A stop is being written right now: reset after it.
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(async move {
+                            if let Some(mut s) = send.lock().await.take() {
+                                let _ = s.reset(KILLED);
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, endpoints: Endpoints, limits: Limits) {
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(serve_connection(incoming, endpoints.clone(), limits));
+    }
+}
+
+async fn serve_connection(incoming: quinn::Incoming, endpoints: Endpoints, limits: Limits) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "QUIC handshake failed");
+            return;
+        }
+    };
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        tokio::spawn(serve_stream(send, recv, endpoints.clone(), limits));
+    }
+}
+
+/// Refuse a stream with a typed error and finish it.
+async fn refuse(mut send: quinn::SendStream, id: RequestId, error: Error) {
+    if write_envelope(&mut send, &Envelope::error(id, &error))
+        .await
+        .is_ok()
+    {
+        let _ = send.finish();
+    }
+}
+
+async fn serve_stream(
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    endpoints: Endpoints,
+    limits: Limits,
+) {
+    let mut reader = EnvelopeReader::new(recv, limits);
+    let env = match reader.next().await {
+        Ok(Some(env)) => env,
+        Ok(None) => return,
+        Err(e) => {
+            let error = match e {
+                wire::WireError::FrameTooLarge { .. } => {
+                    Error::new(ErrorKind::PayloadTooLarge, format!("frame refused: {e}"))
+                }
+                e => peer::malformed(e),
+            };
+            tracing::debug!(error = %error, "malformed request frame refused");
+            return refuse(send, RequestId::default(), error).await;
+        }
+    };
+    let id = env.id;
+    let routed = match decode_inbound(env) {
+        Ok(Inbound::Call(c)) => c,
+        Ok(_) => {
+            let e = Error::new(
+                ErrorKind::Decode,
+                "a call's stream must open with a request",
+            );
+            return refuse(send, id, e).await;
+        }
+        Err(e) => return refuse(send, id, e).await,
+    };
+    let dispatcher = match endpoints.route(&routed) {
+        Ok(d) => d,
+        Err(e) => return refuse(send, id, e).await,
+    };
+    let sink = Arc::new(QuicSink {
+        id,
+        send: tokio::sync::Mutex::new(Some(send)),
+    });
+    dispatcher.dispatch(routed.incoming, sink);
+    // Follow the caller's side for stop and kill. However it ends — a kill
+    // envelope, a reset, a lost connection, or the caller finishing its side
+    // after the reply — the handler is killed; for a call that is already
+    // over that does nothing.
+    while let Ok(Some(env)) = reader.next().await {
+        match decode_inbound(env) {
+            Ok(Inbound::Cancel(_, Cancel::Stop)) => dispatcher.stop(id),
+            Ok(Inbound::Heartbeat(_)) => {}
+            Ok(Inbound::Cancel(_, Cancel::Kill)) | Ok(Inbound::Call(_)) | Err(_) => break,
+        }
+    }
+    dispatcher.kill(id);
+}
+
+/// The server's side of one call's stream, owned by the dispatcher.
+struct QuicSink {
+    id: RequestId,
+    send: tokio::sync::Mutex<Option<quinn::SendStream>>,
+}
+
+impl QuicSink {
+    async fn write(&self, env: Envelope, last: bool) -> Result<()> {
+        let mut guard = self.send.lock().await;
+        let Some(send) = guard.as_mut() else {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                "the reply stream is finished",
+            ));
+        };
+        write_envelope(send, &env).await?;
+        if last {
+            if let Some(mut s) = guard.take() {
+                let _ = s.finish();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ReplySink for QuicSink {
+    fn send(&self, frame: Frame) -> BoxFuture<'_, Result<()>> {
+        let last = matches!(frame, Frame::Last(_) | Frame::End);
+        let env = frame_envelope(self.id, frame);
+        Box::pin(self.write(env, last))
+    }
+
+    fn send_error(&self, error: Error) -> BoxFuture<'_, Result<()>> {
+        let env = Envelope::error(self.id, &error);
+        Box::pin(self.write(env, true))
+    }
+}
+
+impl Drop for QuicSink {
+    fn drop(&mut self) {
+        // A handler that went away without its end marker (killed, server
+        // shut down) must not look like a clean end: reset, don't finish.
+        if let Some(mut s) = self.send.get_mut().take() {
+            let _ = s.reset(ABANDONED);
+        }
+    }
+}

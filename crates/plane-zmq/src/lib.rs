@@ -1,0 +1,243 @@
+//! plane-zmq: plane's brokerless request plane over ZeroMQ (libzmq).
+//!
+//! Callers talk straight to the process serving an endpoint: a server binds
+//! one ROUTER socket for every endpoint instance it serves and registers its
+//! address in the [discovery](plane_core::discovery) plane, on any kv
+//! backend; callers list and watch it, balance calls across instances and
+//! send them on one DEALER per peer process. See [`request`] for the
+//! protocol, liveness and backpressure.
+//!
+//! libzmq is built from source by `zmq-sys` (a C++ compiler is needed, no
+//! system package). Unix only (the socket is driven through its `ZMQ_FD`).
+//!
+//! # URL
+//!
+//! ```text
+//! zmq+tcp://HOST:PORT?discovery=<percent-encoded kv URL>[&key=value...]
+//! zmq+ipc:///path/to/socket?discovery=...
+//! ```
+//!
+//! `HOST:PORT` is the TCP address the ROUTER binds (`127.0.0.1:0` picks a
+//! free port; `0.0.0.0:5555`). `zmq+ipc` binds a Unix-domain socket at the
+//! path. `discovery` is required: the URL of the kv plane holding discovery
+//! records, percent-encoded (`mem%3A%2F%2Fdev`).
+//!
+//! | query key | meaning | default |
+//! |---|---|---|
+//! | `discovery` | kv URL of the discovery plane (required) | — |
+//! | `bucket` | discovery bucket | `plane_discovery` |
+//! | `lease_ms` | discovery lease of served instances | 10000 |
+//! | `advertise` | ZeroMQ address published (`tcp://10.0.0.7:5555`) | the bound address (loopback if bound to every interface) |
+//! | `max_payload` | largest request or reply payload in bytes | 8 MiB |
+//! | `hwm` | high-water mark of every socket, in messages | 1000 |
+//! | `heartbeat_ms` | interval of the server's per-call heartbeats | 500 |
+//! | `idle_timeout_ms` | a call the server says nothing about for this long is `Disconnected` | 3000 |
+//! | `connect_timeout_ms` | longest wait for a connection to a peer | 3000 |
+//!
+//! Unknown keys are refused with `InvalidConfig`.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> plane_core::Result<()> {
+//! use plane_core::request::{unary_fn, Request};
+//!
+//! let mut registry = plane_core::Registry::with_defaults();
+//! plane_zmq::register(&mut registry);
+//! let requests = registry
+//!     .requests("zmq+tcp://127.0.0.1:0?discovery=mem%3A%2F%2Fdev")
+//!     .await?;
+//! let _server = requests
+//!     .serve("echo", unary_fn(|req: Request| async move { Ok(req.message) }))
+//!     .await?;
+//! assert_eq!(requests.call("echo", "hi").await?.to_bytes(), "hi");
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod request;
+mod socket;
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use plane_core::discovery::{Discovery, DiscoveryConfig};
+use plane_core::registry::{Connector, QueryParams, Registry};
+use plane_core::request::RequestCapabilities;
+use plane_core::{Error, ErrorKind, Requests, Result};
+use url::Url;
+
+pub use request::ZmqRequests;
+
+/// The backend name used in errors and reports.
+pub const NAME: &str = "zmq";
+
+/// Configuration of a ZeroMQ plane, usually read from a `zmq+tcp://` URL.
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub struct ZmqConfig {
+    /// ZeroMQ address the ROUTER binds (`tcp://127.0.0.1:0`, `ipc:///tmp/x`).
+    pub bind: String,
+    /// Address published in discovery; `None` publishes the bound address.
+    pub advertise: Option<String>,
+    /// kv URL of the discovery plane.
+    pub discovery: String,
+    /// Discovery bucket and lease.
+    pub discovery_config: DiscoveryConfig,
+    /// Largest request or reply payload.
+    pub max_payload: usize,
+    /// High-water mark of every socket, in messages.
+    pub hwm: i32,
+    /// Interval of the server's per-call heartbeats.
+    pub heartbeat: Duration,
+    /// Silence after which a call is `Disconnected`.
+    pub idle_timeout: Duration,
+    /// Longest wait for a connection to a peer.
+    pub connect_timeout: Duration,
+}
+
+impl ZmqConfig {
+    /// Bind `bind` (a ZeroMQ address) and use the kv plane at `discovery`.
+    pub fn new(bind: impl Into<String>, discovery: impl Into<String>) -> Self {
+        ZmqConfig {
+            bind: bind.into(),
+            advertise: None,
+            discovery: discovery.into(),
+            discovery_config: DiscoveryConfig::default(),
+            max_payload: 8 * 1024 * 1024,
+            hwm: 1000,
+            heartbeat: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+
+    /// Read the configuration from a `zmq+tcp://` or `zmq+ipc://` URL (see
+    /// the crate docs).
+    ///
+    /// # Errors
+    /// `InvalidConfig` for a missing address or `discovery`, or an unknown or
+    /// invalid query key.
+    pub fn from_url(url: &Url) -> Result<Self> {
+        let bind = match url.scheme() {
+            "zmq+tcp" => {
+                let host = url.host_str().ok_or_else(|| {
+                    Error::new(ErrorKind::InvalidConfig, "zmq+tcp url needs a host to bind")
+                })?;
+                format!("tcp://{host}:{}", url.port().unwrap_or(0))
+            }
+            "zmq+ipc" => {
+                if url.path().is_empty() || url.path() == "/" {
+                    return Err(Error::new(
+                        ErrorKind::InvalidConfig,
+                        "zmq+ipc url needs a socket path",
+                    ));
+                }
+                format!("ipc://{}", url.path())
+            }
+            other => {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("`{other}` is not a zmq scheme"),
+                ))
+            }
+        };
+        let mut q = QueryParams::new(url)?;
+        let discovery = q.take_str("discovery").ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                "zmq url needs `discovery=<percent-encoded kv url>`",
+            )
+        })?;
+        let mut c = ZmqConfig::new(bind, discovery);
+        if let Some(b) = q.take_str("bucket") {
+            c.discovery_config = c.discovery_config.bucket(b);
+        }
+        if let Some(l) = q.take_millis("lease_ms")? {
+            c.discovery_config = c.discovery_config.lease(l);
+        }
+        c.advertise = q.take_str("advertise");
+        if let Some(m) = q.take("max_payload")? {
+            c.max_payload = m;
+        }
+        if let Some(h) = q.take("hwm")? {
+            c.hwm = h;
+        }
+        if let Some(t) = q.take_millis("heartbeat_ms")? {
+            c.heartbeat = t;
+        }
+        if let Some(t) = q.take_millis("idle_timeout_ms")? {
+            c.idle_timeout = t;
+        }
+        if let Some(t) = q.take_millis("connect_timeout_ms")? {
+            c.connect_timeout = t;
+        }
+        q.finish()?;
+        if c.max_payload == 0
+            || c.hwm <= 0
+            || c.heartbeat.is_zero()
+            || c.idle_timeout <= c.heartbeat
+            || c.connect_timeout.is_zero()
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "max_payload, hwm, heartbeat_ms and connect_timeout_ms must be positive, \
+                 and idle_timeout_ms longer than heartbeat_ms",
+            ));
+        }
+        Ok(c)
+    }
+
+    /// Open the discovery plane this configuration names.
+    ///
+    /// # Errors
+    /// Whatever building the kv plane or opening the bucket fails with.
+    pub async fn discovery(&self, registry: &Registry) -> Result<Discovery> {
+        let kv = registry.kv(&self.discovery).await?;
+        Discovery::open(&kv, self.discovery_config.clone()).await
+    }
+}
+
+pub(crate) fn request_capabilities(max_payload: usize) -> RequestCapabilities {
+    let mut c = RequestCapabilities::default();
+    c.streaming = true;
+    c.cancellation = true;
+    c.round_robin = true;
+    c.random = true;
+    c.power_of_two = true;
+    c.direct = true;
+    c.max_payload = max_payload;
+    c
+}
+
+/// The `zmq+tcp://` and `zmq+ipc://` connector.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ZmqConnector;
+
+impl Connector for ZmqConnector {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn schemes(&self) -> &'static [&'static str] {
+        &["zmq+tcp", "zmq+ipc"]
+    }
+
+    fn requests<'a>(
+        &'a self,
+        url: &'a Url,
+        registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Requests>> {
+        Box::pin(async move {
+            let config = ZmqConfig::from_url(url)?;
+            let discovery = config.discovery(registry).await?;
+            Ok(Requests::new(ZmqRequests::connect(config, discovery)?))
+        })
+    }
+}
+
+/// Add the `zmq+tcp://` and `zmq+ipc://` schemes to `registry`.
+pub fn register(registry: &mut Registry) {
+    registry.register(ZmqConnector);
+}

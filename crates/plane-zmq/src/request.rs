@@ -1,0 +1,954 @@
+//! The ZeroMQ request plane: a ROUTER serving every endpoint instance
+//! registered through a handle, and one DEALER per peer process for calls.
+//!
+//! # Messages
+//!
+//! Each message is one wire envelope in the multipart form
+//! (`wire::encode_parts`: the head as the first frame, then one frame per
+//! body part). The ROUTER prefixes the caller's routing identity, as ZeroMQ
+//! does. Calls are multiplexed on a DEALER by request id.
+//!
+//! # Liveness
+//!
+//! ZeroMQ hides disconnects, so the server sends a `heartbeat` envelope for
+//! every call in flight every [`ZmqConfig::heartbeat`]; a caller that hears
+//! nothing about a call for [`ZmqConfig::idle_timeout`] ends it, which the
+//! plane reports as `Disconnected`. The ROUTER runs with
+//! `ZMQ_ROUTER_MANDATORY`, so a reply or heartbeat to a caller that
+//! disconnected fails, and the server kills that caller's handlers.
+//!
+//! # Backpressure
+//!
+//! Per-call reply buffers, the socket queues (high-water marks) and the
+//! handle's internal channels are bounded; when a caller stops reading, the
+//! server's sends wait. The cost is head-of-line blocking: the other calls
+//! between the same two processes wait too.
+//!
+//! libzmq sets `TCP_NODELAY` on every TCP connection it makes, so small
+//! replies are not delayed by Nagle's algorithm.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use plane_core::discovery::{Discovery, Instance, Registration};
+use plane_core::peer::{
+    self, call_envelope, check_limits, decode_inbound, decode_reply, frame_envelope, Endpoints,
+    InFlight, Inbound, PeerDirectory, Reply,
+};
+use plane_core::request::{
+    Call, Cancel, Dispatcher, Frame, InstanceId, ReplySink, ReplyTransport, RequestBackend,
+    RequestCapabilities, ServeTransport,
+};
+use plane_core::wire::{self, Envelope, Limits, RequestId};
+use plane_core::{Error, ErrorKind, Result};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::socket::{zmq_error, AsyncSocket, Sent};
+use crate::ZmqConfig;
+
+/// Frames buffered per call on the caller's side.
+const CALL_BUFFER: usize = 64;
+/// Messages waiting for a socket task.
+const SOCKET_QUEUE: usize = 1024;
+/// Data frames a server may send on one call ahead of the caller's reader;
+/// the caller grants more with `ack` envelopes carrying [`CREDIT_HEADER`] as
+/// its reader consumes them. Sockets and TCP buffers alone would let a
+/// handler run megabytes ahead of a stalled reader.
+const WINDOW: usize = 256;
+/// Header of an `ack` envelope: how many more data frames the caller accepts.
+pub const CREDIT_HEADER: &str = "plane-credit";
+/// Pause before retrying a send that hit a high-water mark.
+const RETRY: Duration = Duration::from_millis(1);
+
+/// The ZeroMQ request plane. Build it with [`ZmqRequests::connect`] (or
+/// through the registry with a `zmq+tcp://` URL) and wrap it in
+/// [`plane_core::Requests`].
+#[derive(Clone)]
+pub struct ZmqRequests {
+    node: Arc<Node>,
+}
+
+impl std::fmt::Debug for ZmqRequests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZmqRequests")
+            .field("address", &self.address())
+            .finish()
+    }
+}
+
+struct RouterHandle {
+    address: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RouterHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Node {
+    config: ZmqConfig,
+    context: zmq::Context,
+    router: Mutex<RouterHandle>,
+    endpoints: Endpoints,
+    served: Mutex<HashMap<(String, InstanceId), Option<Registration>>>,
+    directory: PeerDirectory,
+    dealers: Mutex<HashMap<String, DealerHandle>>,
+    limits: Limits,
+    capabilities: RequestCapabilities,
+}
+
+fn socket(
+    context: &zmq::Context,
+    kind: zmq::SocketType,
+    config: &ZmqConfig,
+) -> Result<zmq::Socket> {
+    let s = context
+        .socket(kind)
+        .map_err(|e| zmq_error("cannot create a zmq socket", e))?;
+    let set = |r: zmq::Result<()>| r.map_err(|e| zmq_error("cannot set a zmq socket option", e));
+    // Never block process exit on unsent messages.
+    set(s.set_linger(0))?;
+    set(s.set_sndhwm(config.hwm))?;
+    set(s.set_rcvhwm(config.hwm))?;
+    // libzmq refuses (and disconnects) a peer sending a larger frame, so a
+    // hostile peer cannot make it allocate without bound.
+    set(s.set_maxmsgsize(
+        i64::try_from(config.max_payload + wire::MAX_HEADER_BYTES).unwrap_or(i64::MAX),
+    ))?;
+    Ok(s)
+}
+
+impl ZmqRequests {
+    /// Bind a ROUTER as `config` says and find peers through `discovery`.
+    ///
+    /// # Errors
+    /// `Connection` when the address cannot be bound.
+    pub fn connect(config: ZmqConfig, discovery: Discovery) -> Result<Self> {
+        let context = zmq::Context::new();
+        let limits = Limits::default().with_max_frame_bytes(
+            config
+                .max_payload
+                .saturating_add(wire::MAX_HEADER_BYTES)
+                .min(u32::MAX as usize),
+        );
+        let endpoints = Endpoints::new();
+        let router = start_router(&context, &config, endpoints.clone(), limits)?;
+        let capabilities = crate::request_capabilities(config.max_payload);
+        Ok(ZmqRequests {
+            node: Arc::new(Node {
+                directory: PeerDirectory::new(discovery, Default::default()),
+                context,
+                router: Mutex::new(router),
+                endpoints,
+                served: Mutex::new(HashMap::new()),
+                dealers: Mutex::new(HashMap::new()),
+                limits,
+                capabilities,
+                config,
+            }),
+        })
+    }
+
+    /// The address the ROUTER is bound to (`tcp://127.0.0.1:PORT`).
+    pub fn address(&self) -> String {
+        self.node.lock_router().address.clone()
+    }
+
+    /// Send `parts` as one multipart message, as they are, from a fresh
+    /// DEALER to this handle's ROUTER, and return the first answer (or `None`
+    /// after `wait`). A diagnostic for checking that a peer survives garbage.
+    ///
+    /// # Errors
+    /// `Connection` if the socket cannot be created or connected.
+    pub async fn send_raw(&self, parts: &[Bytes], wait: Duration) -> Result<Option<Vec<Bytes>>> {
+        let node = &self.node;
+        let s = socket(&node.context, zmq::DEALER, &node.config)?;
+        s.connect(&self.address())
+            .map_err(|e| zmq_error("cannot connect", e))?;
+        let s = AsyncSocket::new(&node.context, s)?;
+        let deadline = Instant::now() + wait;
+        let mut sent = false;
+        loop {
+            if !sent {
+                sent = matches!(s.try_send(parts)?, Sent::Done);
+            }
+            if let Some(answer) = s.try_recv()? {
+                return Ok(Some(answer));
+            }
+            tokio::select! {
+                _ = s.changed() => {}
+                _ = tokio::time::sleep(RETRY * 10), if !sent => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+            }
+        }
+    }
+
+    /// Restart the serving side as a crashed and restarted process would:
+    /// close the ROUTER (calls in flight are lost), bind a new one (on a new
+    /// port when the configured port is 0) and re-register every served
+    /// instance at the new address.
+    ///
+    /// # Errors
+    /// `Connection` if the new socket cannot be bound; discovery errors.
+    pub async fn restart(&self) -> Result<()> {
+        let node = &self.node;
+        let fresh = start_router(
+            &node.context,
+            &node.config,
+            node.endpoints.clone(),
+            node.limits,
+        )?;
+        // Dropping the old handle aborts its task, which closes its socket.
+        drop(std::mem::replace(&mut *node.lock_router(), fresh));
+        node.dealers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let keys: Vec<(String, InstanceId)> = node
+            .served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for key in keys {
+            let old = node
+                .served
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(&key)
+                .and_then(Option::take);
+            if let Some(old) = old {
+                old.deregister().await?;
+            }
+            let registration = node.register(&key.0, key.1).await?;
+            let leftover = {
+                let mut served = node.served.lock().unwrap_or_else(|p| p.into_inner());
+                match served.get_mut(&key) {
+                    Some(slot) => {
+                        *slot = Some(registration);
+                        None
+                    }
+                    // Closed while we re-registered: undo.
+                    None => Some(registration),
+                }
+            };
+            if let Some(r) = leftover {
+                r.deregister().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Node {
+    fn lock_router(&self) -> std::sync::MutexGuard<'_, RouterHandle> {
+        self.router.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn register(&self, endpoint: &str, instance: InstanceId) -> Result<Registration> {
+        let address = self.lock_router().address.clone();
+        self.directory
+            .discovery()
+            .register(Instance::new(endpoint, instance, address))
+            .await
+    }
+
+    /// The DEALER for `address`, created on first use.
+    fn dealer(&self, address: &str, fresh: bool) -> Result<DealerHandle> {
+        let mut dealers = self.dealers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = dealers.get(address) {
+            if !fresh && !d.tx.is_closed() {
+                return Ok(d.clone());
+            }
+        }
+        let s = socket(&self.context, zmq::DEALER, &self.config)?;
+        // Queue only to completed connections, so a peer that is gone is
+        // noticed (the send would block) instead of filling a queue.
+        s.set_immediate(true)
+            .map_err(|e| zmq_error("cannot set a zmq socket option", e))?;
+        s.connect(address)
+            .map_err(|e| zmq_error(&format!("cannot connect to {address}"), e))?;
+        let s = AsyncSocket::new(&self.context, s)?;
+        let (tx, rx) = mpsc::channel(SOCKET_QUEUE);
+        tokio::spawn(dealer_loop(
+            s,
+            rx,
+            self.limits,
+            self.config.idle_timeout,
+            self.config.heartbeat,
+            self.config.connect_timeout,
+        ));
+        let handle = DealerHandle { tx };
+        dealers.insert(address.to_owned(), handle.clone());
+        Ok(handle)
+    }
+
+    /// Start a call on `instance`: queue the request on its DEALER and wait
+    /// until libzmq took it (a connection exists).
+    async fn start(
+        &self,
+        instance: Instance,
+        call: &Call,
+    ) -> Result<(DealerHandle, mpsc::Receiver<Result<Frame>>)> {
+        let dealer = self.dealer(&instance.address, false)?;
+        let env = call_envelope(call.clone(), instance.id);
+        let (reply_tx, reply_rx) = mpsc::channel(CALL_BUFFER);
+        let (sent_tx, sent_rx) = oneshot::channel();
+        let start = DealerCmd::Start {
+            id: call.id,
+            parts: wire::encode_parts(&env),
+            replies: reply_tx,
+            sent: sent_tx,
+        };
+        let gone = || {
+            Error::new(
+                ErrorKind::Connection,
+                format!("peer {} is unreachable", instance.address),
+            )
+        };
+        dealer.tx.send(start).await.map_err(|_| gone())?;
+        match sent_rx.await {
+            Ok(Ok(())) => Ok((dealer, reply_rx)),
+            Ok(Err(e)) => {
+                // The peer did not take the message in time: forget this
+                // DEALER so the next call connects afresh.
+                let mut dealers = self.dealers.lock().unwrap_or_else(|p| p.into_inner());
+                if dealers
+                    .get(&instance.address)
+                    .is_some_and(|d| d.tx.same_channel(&dealer.tx))
+                {
+                    dealers.remove(&instance.address);
+                }
+                Err(e)
+            }
+            Err(_) => Err(gone()),
+        }
+    }
+}
+
+impl RequestBackend for ZmqRequests {
+    fn name(&self) -> &'static str {
+        crate::NAME
+    }
+
+    fn capabilities(&self) -> &RequestCapabilities {
+        &self.node.capabilities
+    }
+
+    async fn call(&self, call: Call) -> Result<Box<dyn ReplyTransport>> {
+        let node = &self.node;
+        check_limits(&call_envelope(call.clone(), InstanceId(0)), &node.limits)?;
+        let id = call.id;
+        let ((dealer, replies), _instance, in_flight) = node
+            .directory
+            .connect(&call.endpoint, call.route, |instance| {
+                node.start(instance, &call)
+            })
+            .await?;
+        Ok(Box::new(ZmqReply {
+            id,
+            consumed: 0,
+            replies,
+            dealer,
+            _in_flight: in_flight,
+        }))
+    }
+
+    async fn serve(
+        &self,
+        endpoint: &str,
+        instance: InstanceId,
+        dispatcher: Dispatcher,
+    ) -> Result<Box<dyn ServeTransport>> {
+        let node = &self.node;
+        let key = (endpoint.to_owned(), instance);
+        node.endpoints.insert(dispatcher);
+        let registration = match node.register(endpoint, instance).await {
+            Ok(r) => r,
+            Err(e) => {
+                node.endpoints.remove(endpoint, instance);
+                return Err(e);
+            }
+        };
+        node.served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), Some(registration));
+        Ok(Box::new(ZmqServed {
+            node: Arc::downgrade(node),
+            key,
+        }))
+    }
+}
+
+struct ZmqServed {
+    node: std::sync::Weak<Node>,
+    key: (String, InstanceId),
+}
+
+impl ServeTransport for ZmqServed {
+    fn close(&self) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        node.endpoints.remove(&self.key.0, self.key.1);
+        let registration = node
+            .served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key)
+            .flatten();
+        if let Some(r) = registration {
+            // Remove the record now rather than when its lease runs out.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = r.deregister().await {
+                        tracing::warn!(error = %e, "cannot deregister a closed endpoint instance");
+                    }
+                });
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- caller side
+
+#[derive(Clone)]
+struct DealerHandle {
+    tx: mpsc::Sender<DealerCmd>,
+}
+
+enum DealerCmd {
+    /// Send a call's request; report on `sent` whether libzmq took it.
+    Start {
+        id: RequestId,
+        parts: Vec<Bytes>,
+        replies: mpsc::Sender<Result<Frame>>,
+        sent: oneshot::Sender<Result<()>>,
+    },
+    /// Send a stop or kill; a kill also forgets the call.
+    Cancel(RequestId, Cancel),
+    /// Grant the server more data frames for a call.
+    Credit(RequestId, usize),
+}
+
+struct CallState {
+    replies: mpsc::Sender<Result<Frame>>,
+    heard: Instant,
+}
+
+/// Owns one DEALER: sends requests and cancellations, routes replies to
+/// their calls by request id, and ends calls whose server went silent.
+async fn dealer_loop(
+    socket: AsyncSocket,
+    mut rx: mpsc::Receiver<DealerCmd>,
+    limits: Limits,
+    idle_timeout: Duration,
+    heartbeat: Duration,
+    connect_timeout: Duration,
+) {
+    let mut calls: HashMap<RequestId, CallState> = HashMap::new();
+    // A message libzmq could not take yet, with when it was first tried.
+    let mut pending: Option<(DealerCmd, Instant)> = None;
+    let mut tick = tokio::time::interval(heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Deliver everything that arrived.
+        loop {
+            let parts = match socket.try_recv() {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "zmq dealer failed");
+                    return;
+                }
+            };
+            let env = match wire::decode_parts_with(&parts, &limits) {
+                Ok(env) => env,
+                Err(e) => {
+                    tracing::debug!(error = %e, "malformed reply frame dropped");
+                    continue;
+                }
+            };
+            let id = env.id;
+            let Some(state) = calls.get_mut(&id) else {
+                continue;
+            };
+            state.heard = Instant::now();
+            let item = match decode_reply(env) {
+                Ok(Reply::Heartbeat) => continue,
+                Ok(Reply::Frame(f)) => Ok(f),
+                Ok(Reply::Error(e)) => Err(e),
+                Err(e) => Err(e),
+            };
+            let end = !matches!(item, Ok(Frame::Accepted | Frame::Data(_)));
+            // Waiting here is the backpressure of a slow reader (and blocks
+            // the other calls on this DEALER meanwhile).
+            let replies = state.replies.clone();
+            let delivered = replies.send(item).await.is_ok();
+            if end || !delivered {
+                calls.remove(&id);
+            }
+        }
+        // Hand libzmq what is waiting.
+        if let Some((cmd, since)) = pending.take() {
+            match try_dealer_send(&socket, cmd, &mut calls) {
+                Ok(None) => {}
+                Ok(Some(cmd)) => {
+                    if since.elapsed() >= connect_timeout {
+                        fail_start(cmd, connect_timeout);
+                    } else {
+                        pending = Some((cmd, since));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "zmq dealer failed");
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            _ = socket.changed() => {}
+            cmd = rx.recv(), if pending.is_none() => match cmd {
+                Some(cmd) => pending = Some((cmd, Instant::now())),
+                None if calls.is_empty() => return,
+                None => {}
+            },
+            _ = tokio::time::sleep(RETRY), if pending.is_some() => {}
+            _ = tick.tick() => {
+                // A server that says nothing about a call for this long is
+                // gone (ZeroMQ would not tell): end the call, which the
+                // caller sees as Disconnected.
+                calls.retain(|_, s| s.heard.elapsed() < idle_timeout && !s.replies.is_closed());
+                if rx.is_closed() && calls.is_empty() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Try to send `cmd`; gives it back when libzmq cannot take it yet.
+fn try_dealer_send(
+    socket: &AsyncSocket,
+    cmd: DealerCmd,
+    calls: &mut HashMap<RequestId, CallState>,
+) -> Result<Option<DealerCmd>> {
+    match cmd {
+        DealerCmd::Start {
+            id,
+            parts,
+            replies,
+            sent,
+        } => match socket.try_send(&parts)? {
+            Sent::Done => {
+                calls.insert(
+                    id,
+                    CallState {
+                        replies,
+                        heard: Instant::now(),
+                    },
+                );
+                let _ = sent.send(Ok(()));
+                Ok(None)
+            }
+            Sent::WouldBlock | Sent::Unreachable => Ok(Some(DealerCmd::Start {
+                id,
+                parts,
+                replies,
+                sent,
+            })),
+        },
+        DealerCmd::Credit(id, n) => {
+            let env = Envelope::new(wire::FrameKind::Ack, id)
+                .with_headers(plane_core::Headers::new().with(CREDIT_HEADER, n.to_string()));
+            match socket.try_send(&wire::encode_parts(&env))? {
+                Sent::Done | Sent::Unreachable => Ok(None),
+                Sent::WouldBlock => Ok(Some(DealerCmd::Credit(id, n))),
+            }
+        }
+        DealerCmd::Cancel(id, how) => {
+            if how == Cancel::Kill {
+                calls.remove(&id);
+            }
+            let parts = wire::encode_parts(&peer::cancel_envelope(id, how));
+            match socket.try_send(&parts)? {
+                Sent::Done | Sent::Unreachable => Ok(None),
+                Sent::WouldBlock => Ok(Some(DealerCmd::Cancel(id, how))),
+            }
+        }
+    }
+}
+
+fn fail_start(cmd: DealerCmd, waited: Duration) {
+    match cmd {
+        DealerCmd::Start { sent, .. } => {
+            let _ = sent.send(Err(Error::new(
+                ErrorKind::Connection,
+                format!("no connection to the peer within {waited:?}"),
+            )));
+        }
+        // The server is unreachable; it kills the handler itself once it
+        // notices the caller is gone, or the call ends by its deadline.
+        DealerCmd::Cancel(..) | DealerCmd::Credit(..) => {}
+    }
+}
+
+/// The caller's side of one call.
+struct ZmqReply {
+    id: RequestId,
+    /// Data frames read since credit was last granted.
+    consumed: usize,
+    replies: mpsc::Receiver<Result<Frame>>,
+    dealer: DealerHandle,
+    _in_flight: InFlight,
+}
+
+impl ReplyTransport for ZmqReply {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame>>> {
+        let item = std::task::ready!(self.replies.poll_recv(cx));
+        if let Some(Ok(Frame::Data(_))) = &item {
+            self.consumed += 1;
+            if self.consumed >= WINDOW / 2 {
+                // Credit lost to a full queue is granted with the next batch.
+                if self
+                    .dealer
+                    .tx
+                    .try_send(DealerCmd::Credit(self.id, self.consumed))
+                    .is_ok()
+                {
+                    self.consumed = 0;
+                }
+            }
+        }
+        Poll::Ready(item)
+    }
+
+    fn cancel(&mut self, how: Cancel) {
+        // Never blocks: with the DEALER's queue full the cancellation is
+        // dropped, and the server learns of it when the call's replies go
+        // nowhere or its deadline passes.
+        if self
+            .dealer
+            .tx
+            .try_send(DealerCmd::Cancel(self.id, how))
+            .is_err()
+        {
+            tracing::debug!(id = %self.id, "cancellation dropped: dealer queue full");
+        }
+        if how == Cancel::Kill {
+            self.replies.close();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- server side
+
+/// A message for the ROUTER task.
+enum Outgoing {
+    /// A reply envelope for `identity`'s call `id`; `last` ends the call.
+    Reply {
+        identity: Bytes,
+        id: RequestId,
+        parts: Vec<Bytes>,
+        last: bool,
+    },
+    /// The handler of `identity`'s call `id` went away without an end.
+    Abandoned { identity: Bytes, id: RequestId },
+}
+
+fn start_router(
+    context: &zmq::Context,
+    config: &ZmqConfig,
+    endpoints: Endpoints,
+    limits: Limits,
+) -> Result<RouterHandle> {
+    let s = socket(context, zmq::ROUTER, config)?;
+    s.set_router_mandatory(true)
+        .map_err(|e| zmq_error("cannot set a zmq socket option", e))?;
+    s.bind(&config.bind)
+        .map_err(|e| zmq_error(&format!("cannot bind {}", config.bind), e))?;
+    let address = match s.get_last_endpoint() {
+        Ok(Ok(a)) => a,
+        _ => config.bind.clone(),
+    };
+    let address = advertised(&address, config.advertise.as_deref());
+    let s = AsyncSocket::new(context, s)?;
+    let (tx, rx) = mpsc::channel(SOCKET_QUEUE);
+    let task = tokio::spawn(router_loop(s, endpoints, tx, rx, limits, config.heartbeat));
+    Ok(RouterHandle { address, task })
+}
+
+/// The address to publish: `advertise` if set, else the bound one with an
+/// unspecified host replaced by loopback.
+fn advertised(bound: &str, advertise: Option<&str>) -> String {
+    if let Some(a) = advertise {
+        return a.to_owned();
+    }
+    bound
+        .replace("tcp://0.0.0.0:", "tcp://127.0.0.1:")
+        .replace("tcp://[::]:", "tcp://[::1]:")
+}
+
+struct Served {
+    dispatcher: Dispatcher,
+    credit: Arc<tokio::sync::Semaphore>,
+}
+
+/// Owns the ROUTER: decodes and routes incoming calls and cancellations,
+/// sends replies, heartbeats calls in flight, and kills the handlers of
+/// callers that disconnected.
+async fn router_loop(
+    socket: AsyncSocket,
+    endpoints: Endpoints,
+    tx: mpsc::Sender<Outgoing>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    limits: Limits,
+    heartbeat: Duration,
+) {
+    let mut calls: HashMap<(Bytes, RequestId), Served> = HashMap::new();
+    let mut pending: Option<Outgoing> = None;
+    let mut tick = tokio::time::interval(heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        loop {
+            let frames = match socket.try_recv() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "zmq router failed");
+                    return;
+                }
+            };
+            if let Some(refusal) = handle_inbound(frames, &endpoints, &tx, &mut calls, &limits) {
+                // A refusal to a caller that is gone is nobody's loss.
+                let _ = socket.try_send(&refusal);
+            }
+        }
+        if let Some(out) = pending.take() {
+            match send_outgoing(&socket, out, &mut calls) {
+                Ok(None) => {}
+                Ok(Some(out)) => pending = Some(out),
+                Err(e) => {
+                    tracing::warn!(error = %e, "zmq router failed");
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            _ = socket.changed() => {}
+            out = rx.recv(), if pending.is_none() => {
+                // The loop holds a sender itself, so the channel never closes.
+                pending = out;
+            }
+            _ = tokio::time::sleep(RETRY), if pending.is_some() => {}
+            _ = tick.tick() => {
+                let mut gone = Vec::new();
+                for (identity, id) in calls.keys() {
+                    let mut parts = vec![identity.clone()];
+                    parts.extend(wire::encode_parts(&peer::heartbeat_envelope(*id)));
+                    if let Ok(Sent::Unreachable) = socket.try_send(&parts) {
+                        gone.push((identity.clone(), *id));
+                    }
+                }
+                for key in gone {
+                    // The caller disconnected: a lost connection is a kill.
+                    if let Some(s) = calls.remove(&key) {
+                        s.dispatcher.kill(key.1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Handle one message from a caller; returns a refusal to send back.
+fn handle_inbound(
+    frames: Vec<Bytes>,
+    endpoints: &Endpoints,
+    tx: &mpsc::Sender<Outgoing>,
+    calls: &mut HashMap<(Bytes, RequestId), Served>,
+    limits: &Limits,
+) -> Option<Vec<Bytes>> {
+    let (identity, rest) = frames.split_first()?;
+    let refuse = |id: RequestId, e: &Error| {
+        let mut parts = vec![identity.clone()];
+        parts.extend(wire::encode_parts(&Envelope::error(id, e)));
+        Some(parts)
+    };
+    let env = match wire::decode_parts_with(rest, limits) {
+        Ok(env) => env,
+        Err(e) => {
+            let error = peer::malformed(e);
+            tracing::debug!(error = %error, "malformed request frame refused");
+            return refuse(RequestId::default(), &error);
+        }
+    };
+    let id = env.id;
+    if env.kind == wire::FrameKind::Ack {
+        let granted = env
+            .headers
+            .get(CREDIT_HEADER)
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(WINDOW);
+        if let Some(s) = calls.get(&(identity.clone(), id)) {
+            s.credit.add_permits(granted);
+        }
+        return None;
+    }
+    match decode_inbound(env) {
+        Ok(Inbound::Call(routed)) => {
+            let dispatcher = match endpoints.route(&routed) {
+                Ok(d) => d,
+                Err(e) => return refuse(id, &e),
+            };
+            let credit = Arc::new(tokio::sync::Semaphore::new(WINDOW));
+            calls.insert(
+                (identity.clone(), id),
+                Served {
+                    dispatcher: dispatcher.clone(),
+                    credit: credit.clone(),
+                },
+            );
+            let sink = Arc::new(ZmqSink {
+                identity: identity.clone(),
+                id,
+                credit,
+                tx: tx.clone(),
+                ended: std::sync::atomic::AtomicBool::new(false),
+            });
+            dispatcher.dispatch(routed.incoming, sink);
+            None
+        }
+        Ok(Inbound::Cancel(id, how)) => {
+            let key = (identity.clone(), id);
+            match how {
+                Cancel::Stop => {
+                    if let Some(s) = calls.get(&key) {
+                        s.dispatcher.stop(id);
+                    }
+                }
+                Cancel::Kill => {
+                    if let Some(s) = calls.remove(&key) {
+                        s.dispatcher.kill(id);
+                    }
+                }
+            }
+            None
+        }
+        Ok(Inbound::Heartbeat(_)) => None,
+        Err(e) => refuse(id, &e),
+    }
+}
+
+/// Send one outgoing message; gives it back when libzmq cannot take it yet.
+fn send_outgoing(
+    socket: &AsyncSocket,
+    out: Outgoing,
+    calls: &mut HashMap<(Bytes, RequestId), Served>,
+) -> Result<Option<Outgoing>> {
+    let (identity, id, parts, last) = match out {
+        Outgoing::Reply {
+            identity,
+            id,
+            parts,
+            last,
+        } => (identity, id, parts, last),
+        Outgoing::Abandoned { identity, id } => {
+            let e = Error::new(ErrorKind::Disconnected, "the handler went away mid-call");
+            let parts = wire::encode_parts(&Envelope::error(id, &e));
+            (identity, id, parts, true)
+        }
+    };
+    let mut message = Vec::with_capacity(parts.len() + 1);
+    message.push(identity.clone());
+    message.extend(parts.iter().cloned());
+    match socket.try_send(&message)? {
+        Sent::Done => {
+            if last {
+                calls.remove(&(identity, id));
+            }
+            Ok(None)
+        }
+        Sent::WouldBlock => Ok(Some(Outgoing::Reply {
+            identity,
+            id,
+            parts,
+            last,
+        })),
+        Sent::Unreachable => {
+            if let Some(s) = calls.remove(&(identity, id)) {
+                s.dispatcher.kill(id);
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// The server's side of one call, owned by the dispatcher.
+struct ZmqSink {
+    identity: Bytes,
+    id: RequestId,
+    credit: Arc<tokio::sync::Semaphore>,
+    tx: mpsc::Sender<Outgoing>,
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl ZmqSink {
+    async fn send_env(&self, env: Envelope, last: bool) -> Result<()> {
+        if last {
+            self.ended.store(true, std::sync::atomic::Ordering::Release);
+        }
+        self.tx
+            .send(Outgoing::Reply {
+                identity: self.identity.clone(),
+                id: self.id,
+                parts: wire::encode_parts(&env),
+                last,
+            })
+            .await
+            .map_err(|_| Error::new(ErrorKind::Disconnected, "the server socket is closed"))
+    }
+}
+
+impl ReplySink for ZmqSink {
+    fn send(&self, frame: Frame) -> BoxFuture<'_, Result<()>> {
+        let last = matches!(frame, Frame::Last(_) | Frame::End);
+        let data = matches!(frame, Frame::Data(_));
+        Box::pin(async move {
+            if data {
+                // Wait for the caller's reader; the semaphore is never closed.
+                if let Ok(permit) = self.credit.acquire().await {
+                    permit.forget();
+                }
+            }
+            self.send_env(frame_envelope(self.id, frame), last).await
+        })
+    }
+
+    fn send_error(&self, error: Error) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.send_env(Envelope::error(self.id, &error), true))
+    }
+}
+
+impl Drop for ZmqSink {
+    fn drop(&mut self) {
+        if !self.ended.load(std::sync::atomic::Ordering::Acquire) {
+            // Tell the caller now rather than after its idle timeout. If the
+            // queue is full the heartbeat silence tells it instead.
+            let _ = self.tx.try_send(Outgoing::Abandoned {
+                identity: self.identity.clone(),
+                id: self.id,
+            });
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The shared conformance suite against the ZeroMQ request plane: caller and
+//! server in one process on loopback, peers found through a `mem://`
+//! discovery kv (not part of the target, so the kv cases skip).
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use plane_conformance::{report_dir, run, Filter, Hooks, Status, Target};
+use plane_core::{Registry, Requests};
+use plane_zmq::{ZmqConfig, ZmqRequests};
+
+struct ZmqHooks(ZmqRequests);
+
+impl Hooks for ZmqHooks {
+    fn restart(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
+        Some(Box::pin(async move {
+            self.0.restart().await.map_err(|e| e.to_string())
+        }))
+    }
+
+    fn send_garbage<'a>(
+        &'a self,
+        _endpoint: &'a str,
+        garbage: &'a [u8],
+    ) -> Option<BoxFuture<'a, Result<(), String>>> {
+        // One process serves every endpoint on one port: the garbage goes to it.
+        Some(Box::pin(async move {
+            let frame = bytes::Bytes::copy_from_slice(garbage);
+            self.0
+                .send_raw(&[frame], std::time::Duration::from_secs(2))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zmq_backend_conforms() {
+    let registry = Registry::with_defaults();
+    let hub = format!("mem://zmq-conformance-{:016x}", rand::random::<u64>());
+    let config = ZmqConfig::new("tcp://127.0.0.1:0", hub);
+    let discovery = config.discovery(&registry).await.expect("discovery");
+    let backend = ZmqRequests::connect(config, discovery).expect("zmq router");
+    let mut target = Target::new("zmq", "in-process");
+    target.requests = Some(Requests::new(backend.clone()));
+    target.hooks = Arc::new(ZmqHooks(backend));
+    let report = run(&target, &Filter::from_env()).await;
+    let path = report.write(&report_dir()).expect("write report");
+    eprintln!("{}report: {}", report.summary(), path.display());
+    for skipped in report.cases.iter().filter(|c| c.status == Status::Skip) {
+        assert!(
+            skipped.reason.as_deref().is_some_and(|r| !r.is_empty()),
+            "{}/{} skipped without a reason",
+            skipped.plane,
+            skipped.case
+        );
+    }
+    assert!(
+        report.failures().is_empty(),
+        "conformance failures:\n{}",
+        report.summary()
+    );
+}
