@@ -105,6 +105,10 @@ impl EventsBackend for NatsEvents {
         &self.caps
     }
 
+    fn connection_state(&self) -> plane_core::health::ConnectionState {
+        crate::state(&self.client)
+    }
+
     async fn publish(&self, event: Event) -> Result<()> {
         let (headers, payload) = headers_of(&event);
         self.client

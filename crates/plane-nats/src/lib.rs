@@ -136,6 +136,17 @@ pub(crate) fn max_payload(client: &async_nats::Client) -> usize {
         .saturating_sub(request::HEADER_RESERVE)
 }
 
+/// The client's connection state as plane reports it.
+pub(crate) fn state(client: &async_nats::Client) -> plane_core::health::ConnectionState {
+    use async_nats::connection::State;
+    use plane_core::health::ConnectionState;
+    match client.connection_state() {
+        State::Connected => ConnectionState::Up,
+        State::Pending => ConnectionState::Connecting,
+        State::Disconnected => ConnectionState::Connecting,
+    }
+}
+
 /// Wait until the server has processed everything this client sent so far.
 ///
 /// `Client::flush` only empties the client's buffer; a subscription made

@@ -122,6 +122,10 @@ impl QueuesBackend for NatsQueues {
         &self.caps
     }
 
+    fn connection_state(&self) -> plane_core::health::ConnectionState {
+        crate::state(&self.js.client())
+    }
+
     async fn create_queue(&self, config: QueueConfig) -> Result<Arc<dyn DynQueueBackend>> {
         match self.open(&config.name).await {
             Ok(q) => return Ok(q),

@@ -124,6 +124,10 @@ impl RequestBackend for NatsRequests {
         &self.caps
     }
 
+    fn connection_state(&self) -> plane_core::health::ConnectionState {
+        crate::state(&self.client)
+    }
+
     async fn call(&self, call: Call) -> Result<Box<dyn ReplyTransport>> {
         let subject = match call.route {
             Route::Instance(i) => self.subjects.direct(&call.endpoint, i),
