@@ -621,3 +621,23 @@ async fn objects_and_queues() {
         queues.delete_queue(name).await.expect("delete");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_authentication() {
+    let server = NatsServer::start_with(ServerOptions::default().args(["--auth", "t0ken"]))
+        .await
+        .expect("server");
+    let port = server.port();
+    let kv = registry()
+        .kv(&format!("nats://127.0.0.1:{port}?token=t0ken"))
+        .await
+        .expect("the right token connects");
+    let b = kv.create_bucket(BucketConfig::new("tok")).await.expect("bucket");
+    b.put("k", "v").await.expect("put");
+    kv.delete_bucket("tok").await.expect("delete");
+    let err = registry()
+        .kv(&format!("nats://127.0.0.1:{port}?token=wrong"))
+        .await
+        .expect_err("a wrong token is refused");
+    assert_eq!(err.kind(), ErrorKind::Unauthorized, "{err}");
+}
