@@ -72,6 +72,11 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A value written by [`insert`] under an escaped-value name, as it was.
+pub(crate) fn unescape(value: &str) -> String {
+    percent_decode(value).unwrap_or_else(|| value.to_owned())
+}
+
 /// The plane header name and value of a NATS header. Names that do not
 /// decode (a plain client's `%` that is no escape) are kept as they are.
 fn decode_header(name: &str, value: &str) -> (String, String) {

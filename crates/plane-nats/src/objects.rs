@@ -138,11 +138,14 @@ fn digest_of(nats: Option<&str>) -> String {
 }
 
 fn info_of(i: &object_store::ObjectInfo) -> ObjectInfo {
-    let content_type = i
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("Content-Type"))
-        .map(|v| v.as_str().to_owned());
+    let content_type = i.headers.as_ref().and_then(|h| {
+        h.get("Content-Type")
+            .map(|v| v.as_str().to_owned())
+            .or_else(|| {
+                h.get("Content-Type%v")
+                    .map(|v| crate::envelope::unescape(v.as_str()))
+            })
+    });
     let attributes: BTreeMap<String, String> = i
         .metadata
         .iter()
@@ -200,7 +203,7 @@ impl ObjectBucketBackend for NatsObjectBucket {
     async fn put(&self, name: &str, meta: ObjectMeta, data: ByteStream) -> Result<ObjectInfo> {
         let headers = meta.content_type.as_ref().map(|ct| {
             let mut h = HeaderMap::new();
-            h.insert("Content-Type", ct.as_str());
+            crate::envelope::insert(&mut h, "Content-Type", ct);
             h
         });
         let metadata = object_store::ObjectMetadata {
