@@ -905,6 +905,10 @@ async fn slow_consumer_signalled(cx: &Ctx<'_>) -> CaseResult {
     for i in 0..1000 {
         ev.publish(&subject, format!("{i}")).await?;
     }
+    // Stay stalled while the burst is delivered: on a networked broker
+    // `publish` returns before delivery, and a reader that starts at once
+    // keeps up with the tail of the burst instead of being slow.
+    tokio::time::sleep(QUIET).await;
     let mut events = 0usize;
     let mut overloaded = 0usize;
     loop {

@@ -1,0 +1,257 @@
+//! Connection options, read from a `nats://` URL.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use plane_core::registry::QueryParams;
+use plane_core::{Error, ErrorKind, Result};
+use url::Url;
+
+/// How to reach and authenticate to a NATS server, from the URL.
+///
+/// Every field is a URL query key of the same name (durations in
+/// milliseconds with an `_ms` suffix); unknown keys are refused with
+/// `InvalidConfig`. User and password may also be given as the URL's user
+/// info (`nats://user:pass@host:4222`).
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// Server addresses, `host:port`. The URL's host first, then `servers`.
+    pub servers: Vec<String>,
+    /// Require TLS (schemes `tls` and `nats+tls`, or `tls_required=true`).
+    pub tls_required: bool,
+    /// PEM file of CA certificates to trust (`tls_ca`).
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (`tls_cert`, needs `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate (`tls_key`).
+    pub tls_key: Option<PathBuf>,
+    /// Authentication token (`token`).
+    pub token: Option<String>,
+    /// User name (URL user info or `user`).
+    pub user: Option<String>,
+    /// Password (URL user info or `password`).
+    pub password: Option<String>,
+    /// NKey seed (`nkey`).
+    pub nkey: Option<String>,
+    /// Credentials file with a user JWT and NKey seed (`creds`).
+    pub creds: Option<PathBuf>,
+    /// Client name shown by the server's monitoring (`name`).
+    pub name: Option<String>,
+    /// Bound on establishing the first connection (`connect_timeout_ms`). Default 5 s.
+    pub connect_timeout: Duration,
+    /// Interval of a streaming handler's heartbeats (`heartbeat_ms`). A caller
+    /// that hears nothing for three intervals reports `Disconnected`. Default 1 s.
+    pub heartbeat: Duration,
+    /// First token of every subject plane itself names (`prefix`). Default `plane`.
+    pub prefix: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            servers: vec!["127.0.0.1:4222".to_owned()],
+            tls_required: false,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            token: None,
+            user: None,
+            password: None,
+            nkey: None,
+            creds: None,
+            name: None,
+            connect_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(1),
+            prefix: "plane".to_owned(),
+        }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidConfig, msg.into())
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+impl NatsConfig {
+    /// Read the configuration from a `nats://`, `tls://` or `nats+tls://` URL.
+    pub fn from_url(url: &Url) -> Result<Self> {
+        let d = NatsConfig::default();
+        let tls_scheme = match url.scheme() {
+            "nats" => false,
+            "tls" | "nats+tls" => true,
+            other => return Err(invalid(format!("not a nats url scheme: `{other}`"))),
+        };
+        if !url.path().is_empty() && url.path() != "/" {
+            return Err(invalid(format!(
+                "nats urls take no path, got `{}`",
+                url.path()
+            )));
+        }
+        let host = url.host_str().unwrap_or("127.0.0.1");
+        let port = url.port().unwrap_or(4222);
+        let mut servers = vec![format!("{host}:{port}")];
+        let mut q = QueryParams::new(url)?;
+        if let Some(more) = q.take_str("servers") {
+            servers.extend(more.split(',').filter(|s| !s.is_empty()).map(str::to_owned));
+        }
+        let user_info = (!url.username().is_empty()).then(|| percent_decode(url.username()));
+        let pass_info = url.password().map(percent_decode);
+        let config = NatsConfig {
+            servers,
+            tls_required: tls_scheme || q.take("tls_required")?.unwrap_or(false),
+            tls_ca: q.take_str("tls_ca").map(PathBuf::from),
+            tls_cert: q.take_str("tls_cert").map(PathBuf::from),
+            tls_key: q.take_str("tls_key").map(PathBuf::from),
+            token: q.take_str("token"),
+            user: q.take_str("user").or(user_info),
+            password: q.take_str("password").or(pass_info),
+            nkey: q.take_str("nkey"),
+            creds: q.take_str("creds").map(PathBuf::from),
+            name: q.take_str("name"),
+            connect_timeout: q
+                .take_millis("connect_timeout_ms")?
+                .unwrap_or(d.connect_timeout),
+            heartbeat: q.take_millis("heartbeat_ms")?.unwrap_or(d.heartbeat),
+            prefix: q.take_str("prefix").unwrap_or(d.prefix),
+        };
+        q.finish()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid("tls_cert and tls_key must be given together"));
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return Err(invalid("user and password must be given together"));
+        }
+        let methods = [
+            self.token.is_some(),
+            self.user.is_some(),
+            self.nkey.is_some(),
+            self.creds.is_some(),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            return Err(invalid(
+                "choose one of token, user/password, nkey and creds",
+            ));
+        }
+        if self.heartbeat.is_zero() || self.connect_timeout.is_zero() {
+            return Err(invalid(
+                "heartbeat_ms and connect_timeout_ms must be positive",
+            ));
+        }
+        plane_core::subject::validate_name("prefix", &self.prefix)
+            .map_err(|e| invalid(e.message().to_owned()))?;
+        Ok(())
+    }
+
+    /// Connect with these options.
+    ///
+    /// # Errors
+    /// `Unauthorized` when the server refuses the credentials, `Connection`
+    /// when no server could be reached within `connect_timeout`,
+    /// `InvalidConfig` for unreadable credential or certificate files.
+    pub async fn connect(&self) -> Result<async_nats::Client> {
+        let mut opts = async_nats::ConnectOptions::new()
+            .connection_timeout(self.connect_timeout)
+            // Reconnect for ever, quickly: a restarted broker is back within a
+            // second, and waiting calls have their own deadlines.
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((attempts as u64 * 100).min(1000))
+            })
+            .require_tls(self.tls_required);
+        if let Some(name) = &self.name {
+            opts = opts.name(name);
+        }
+        if let Some(ca) = &self.tls_ca {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            opts = opts.add_client_certificate(cert.clone(), key.clone());
+        }
+        if let Some(token) = &self.token {
+            opts = opts.token(token.clone());
+        }
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            opts = opts.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(seed) = &self.nkey {
+            opts = opts.nkey(seed.clone());
+        }
+        if let Some(creds) = &self.creds {
+            opts = opts.credentials_file(creds).await.map_err(|e| {
+                invalid(format!("cannot read creds file {}", creds.display())).with_source(e)
+            })?;
+        }
+        let scheme = if self.tls_required { "tls" } else { "nats" };
+        let addrs: Vec<async_nats::ServerAddr> = self
+            .servers
+            .iter()
+            .map(|s| {
+                format!("{scheme}://{s}")
+                    .parse::<async_nats::ServerAddr>()
+                    .map_err(|e| invalid(format!("invalid server address `{s}`")).with_source(e))
+            })
+            .collect::<Result<_>>()?;
+        // The client's own timeout covers one attempt per server; this bounds
+        // the whole connect, so an unreachable cluster fails fast.
+        let budget = self.connect_timeout * (addrs.len() as u32 + 1);
+        match tokio::time::timeout(budget, opts.connect(addrs)).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(crate::error::connect(e)),
+            Err(_) => Err(Error::new(
+                ErrorKind::Connection,
+                format!("no nats server reachable within {budget:?}"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<NatsConfig> {
+        NatsConfig::from_url(&Url::parse(s).expect("url"))
+    }
+
+    #[test]
+    fn reads_keys_and_user_info() {
+        let c = parse("nats://al%20ice:s3cr%2Ft@h:5222?servers=b:1,c:2&heartbeat_ms=250&name=x")
+            .expect("valid");
+        assert_eq!(c.servers, vec!["h:5222", "b:1", "c:2"]);
+        assert_eq!(c.user.as_deref(), Some("al ice"));
+        assert_eq!(c.password.as_deref(), Some("s3cr/t"));
+        assert_eq!(c.heartbeat, Duration::from_millis(250));
+        assert!(!c.tls_required);
+        assert!(parse("tls://h").expect("tls").tls_required);
+        assert!(parse("nats+tls://h").expect("tls").tls_required);
+    }
+
+    #[test]
+    fn refuses_unknown_and_conflicting_keys() {
+        for bad in [
+            "nats://h?tokn=x",
+            "nats://h?token=a&nkey=b",
+            "nats://h?tls_cert=/a",
+            "nats://h/path",
+            "nats://h?heartbeat_ms=0",
+            "nats://h?prefix=a.b",
+        ] {
+            assert_eq!(
+                parse(bad).map(|_| ()).unwrap_err().kind(),
+                ErrorKind::InvalidConfig,
+                "{bad}"
+            );
+        }
+    }
+}

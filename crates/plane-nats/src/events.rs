@@ -1,0 +1,431 @@
+//! The events plane: core NATS publish/subscribe for at-most-once, JetStream
+//! streams and durable pull consumers for at-least-once.
+//!
+//! An event's subject is the NATS subject itself, so plain NATS clients
+//! publish events plane subscribers receive and subscribe to plane events.
+//! The origin travels in the `plane-publisher` and `plane-seq` headers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{Client, HeaderMap};
+use futures_util::{FutureExt, StreamExt};
+use plane_core::ack::AckHandle;
+use plane_core::events::{
+    ConsumerConfig, DeliverPolicy, Delivery, DeliveryTransport, Event, EventsBackend,
+    EventsCapabilities, Origin, PublishAck, StreamConfig, SubscribeOptions, SubscriptionTransport,
+    DEAD_LETTER_SUBJECT_HEADER, PUBLISHER_HEADER, SEQUENCE_HEADER,
+};
+use plane_core::{Error, ErrorKind, Result};
+use tokio::sync::mpsc;
+
+use crate::ack::{DeadLetter, JsAcker, Original};
+use crate::envelope;
+
+/// The events plane over NATS and JetStream.
+pub struct NatsEvents {
+    client: Client,
+    js: jetstream::Context,
+    caps: EventsCapabilities,
+}
+
+impl NatsEvents {
+    /// The events plane on `client`.
+    pub fn new(client: Client) -> Self {
+        let mut caps = EventsCapabilities::default();
+        caps.wildcards = true;
+        caps.groups = true;
+        caps.ordered_per_publisher = true;
+        caps.durable = true;
+        caps.nack_delay = true;
+        caps.dead_letter = true;
+        caps.dedup = true;
+        caps.replay = true;
+        caps.max_payload = crate::max_payload(&client);
+        NatsEvents {
+            js: jetstream::new(client.clone()),
+            client,
+            caps,
+        }
+    }
+}
+
+fn headers_of(event: &Event) -> (HeaderMap, bytes::Bytes) {
+    let (publisher, seq) = match &event.origin {
+        Some(o) => (o.publisher.to_string(), o.sequence.to_string()),
+        None => (String::new(), String::new()),
+    };
+    let extra: Vec<(&str, &str)> = if event.origin.is_some() {
+        vec![
+            (PUBLISHER_HEADER, publisher.as_str()),
+            (SEQUENCE_HEADER, seq.as_str()),
+        ]
+    } else {
+        Vec::new()
+    };
+    envelope::encode(&event.message, &extra)
+}
+
+/// An event from a NATS message: origin from the plane headers when a plane
+/// publisher sent it, none for plain clients.
+pub(crate) fn event_of(
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    payload: bytes::Bytes,
+) -> Result<Event> {
+    let origin = match (
+        envelope::get(headers, PUBLISHER_HEADER),
+        envelope::get(headers, SEQUENCE_HEADER),
+    ) {
+        (Some(p), Some(s)) => Some(Origin {
+            publisher: p.parse()?,
+            sequence: s
+                .parse()
+                .map_err(|_| Error::new(ErrorKind::Decode, "malformed plane-seq header"))?,
+        }),
+        _ => None,
+    };
+    let message = envelope::decode(headers, payload, &[PUBLISHER_HEADER, SEQUENCE_HEADER])?;
+    Ok(Event {
+        subject: subject.to_owned(),
+        message,
+        origin,
+    })
+}
+
+impl EventsBackend for NatsEvents {
+    fn name(&self) -> &'static str {
+        crate::NAME
+    }
+
+    fn capabilities(&self) -> &EventsCapabilities {
+        &self.caps
+    }
+
+    fn connection_state(&self) -> plane_core::health::ConnectionState {
+        crate::state(&self.client)
+    }
+
+    async fn publish(&self, event: Event) -> Result<()> {
+        let (headers, payload) = headers_of(&event);
+        self.client
+            .publish_with_headers(event.subject, headers, payload)
+            .await
+            .map_err(crate::error::publish)
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn SubscriptionTransport>> {
+        let mut sub = match &options.group {
+            Some(group) => {
+                self.client
+                    .queue_subscribe(options.pattern.clone(), group.clone())
+                    .await
+            }
+            None => self.client.subscribe(options.pattern.clone()).await,
+        }
+        .map_err(crate::error::subscribe)?;
+        // Publishers on other connections must reach the subscription as
+        // soon as this returns.
+        crate::sync(&self.client).await?;
+        let (tx, rx) = mpsc::channel(options.capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counter = dropped.clone();
+        // Forward into a buffer of the subscriber's capacity, counting what
+        // does not fit, so a slow subscriber loses events visibly and its
+        // memory stays bounded.
+        tokio::spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    msg = sub.next() => msg,
+                    _ = tx.closed() => return,
+                };
+                let Some(first) = first else { return };
+                // Take the whole backlog the client holds at once: events
+                // that arrived while the buffer was full are dropped now,
+                // not trickled in as the reader frees slots.
+                let mut next = Some(first);
+                while let Some(msg) = next {
+                    let event = event_of(msg.subject.as_str(), msg.headers.as_ref(), msg.payload);
+                    match tx.try_send(event) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                    next = sub.next().now_or_never().flatten();
+                }
+            }
+        });
+        Ok(Box::new(Subscription { rx, dropped }))
+    }
+
+    async fn create_stream(&self, config: StreamConfig) -> Result<()> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: config.name.clone(),
+                subjects: config.subjects.clone(),
+                max_age: config.max_age.unwrap_or_default(),
+                duplicate_window: config.duplicate_window,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| crate::error::js("create stream", e))?;
+        Ok(())
+    }
+
+    async fn delete_stream(&self, name: &str) -> Result<()> {
+        self.js
+            .delete_stream(name)
+            .await
+            .map_err(|e| crate::error::js("delete stream", e))?;
+        Ok(())
+    }
+
+    async fn publish_durable(&self, event: Event, msg_id: Option<String>) -> Result<PublishAck> {
+        let (mut headers, payload) = headers_of(&event);
+        if let Some(id) = &msg_id {
+            headers.insert("Nats-Msg-Id", id.as_str());
+        }
+        let ack = self
+            .js
+            .publish_with_headers(event.subject, headers, payload)
+            .await
+            .map_err(crate::error::js_publish)?
+            .await
+            .map_err(|e| {
+                let e = crate::error::js_publish(e);
+                if e.kind() == ErrorKind::NotFound {
+                    Error::new(ErrorKind::NotFound, "no stream captures the subject")
+                } else {
+                    e
+                }
+            })?;
+        Ok(PublishAck {
+            stream: ack.stream,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    async fn consume(&self, config: ConsumerConfig) -> Result<Box<dyn DeliveryTransport>> {
+        let stream = self
+            .js
+            .get_stream(&config.stream)
+            .await
+            .map_err(|e| crate::error::js("open stream", e))?;
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &config.name,
+                consumer::pull::Config {
+                    durable_name: Some(config.name.clone()),
+                    filter_subject: config.filter.clone().unwrap_or_default(),
+                    deliver_policy: match config.deliver {
+                        DeliverPolicy::All => consumer::DeliverPolicy::All,
+                        DeliverPolicy::New => consumer::DeliverPolicy::New,
+                    },
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: config.ack_wait,
+                    max_deliver: config.max_deliver.map_or(-1, i64::from),
+                    max_ack_pending: config.max_in_flight.min(i64::MAX as usize) as i64,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| crate::error::js("create consumer", e))?;
+        let dead_letter = config.dead_letter.clone().map(|subject| DeadLetter {
+            js: self.js.clone(),
+            subject,
+            durable: false,
+            source: (DEAD_LETTER_SUBJECT_HEADER, None),
+        });
+        let (tx, rx) = mpsc::channel(config.max_in_flight.clamp(1, 256));
+        tokio::spawn(pump(
+            self.client.clone(),
+            consumer,
+            tx,
+            config,
+            dead_letter,
+            self.caps.nack_delay,
+        ));
+        Ok(Box::new(Consumer { rx }))
+    }
+}
+
+/// How long one pull request stays open at the server. A closed
+/// subscription lingers at most this long, handing back (nak) what its last
+/// pull still brings instead of leaving it to the ack wait.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+/// Pull from `consumer` into `tx` until the subscription is closed, one
+/// bounded pull request after another; re-pull at once after a reconnect (a
+/// broker restart forgets pull requests, and waiting for the client library
+/// to miss heartbeats would take many seconds).
+async fn pump(
+    client: Client,
+    consumer: consumer::PullConsumer,
+    tx: mpsc::Sender<Result<Delivery>>,
+    config: ConsumerConfig,
+    dead_letter: Option<DeadLetter>,
+    nack_delay: bool,
+) {
+    let batch_size = config.max_in_flight.clamp(1, 256);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    'outer: loop {
+        let batch = tokio::select! {
+            b = consumer
+                .batch()
+                .max_messages(batch_size)
+                .expires(PULL_EXPIRES)
+                .messages() => b,
+            _ = tx.closed() => return,
+        };
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(error = %e, "pull consumer unavailable, retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                    _ = tx.closed() => return,
+                }
+            }
+        };
+        let mut closing = false;
+        let mut was_down = false;
+        loop {
+            let next = tokio::select! {
+                n = batch.next() => n,
+                _ = tick.tick() => {
+                    let up = client.connection_state() == async_nats::connection::State::Connected;
+                    if up && was_down {
+                        if closing {
+                            return;
+                        }
+                        continue 'outer;
+                    }
+                    was_down = !up;
+                    continue;
+                }
+                _ = tx.closed(), if !closing => {
+                    closing = true;
+                    continue;
+                }
+            };
+            match next {
+                None if closing => return,
+                None => continue 'outer,
+                Some(Err(e)) => tracing::debug!(error = %e, "pull consumer error"),
+                Some(Ok(msg)) if closing => hand_back(msg).await,
+                Some(Ok(msg)) => {
+                    let delivery = delivery_of(msg, &config, dead_letter.as_ref(), nack_delay);
+                    if let Err(mpsc::error::SendError(Ok(d))) = tx.send(delivery).await {
+                        closing = true;
+                        let _ = d.nack(None).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Give a delivery nobody will process back to the consumer at once.
+async fn hand_back(msg: jetstream::Message) {
+    if let Err(e) = msg.ack_with(jetstream::AckKind::Nak(None)).await {
+        tracing::debug!(error = %e, "handing back a delivery failed");
+    }
+}
+
+fn delivery_of(
+    msg: jetstream::Message,
+    config: &ConsumerConfig,
+    dead_letter: Option<&DeadLetter>,
+    nack_delay: bool,
+) -> Result<Delivery> {
+    let (stream, seq, attempt) = {
+        let info = msg.info().map_err(|e| {
+            Error::new(ErrorKind::Decode, "malformed jetstream delivery").with_source(e)
+        })?;
+        (
+            info.stream.to_owned(),
+            info.stream_sequence,
+            info.delivered.max(1) as u32,
+        )
+    };
+    let (msg, acker) = msg.split();
+    let event = event_of(
+        msg.subject.as_str(),
+        msg.headers.as_ref(),
+        msg.payload.clone(),
+    )?;
+    let last = config.max_deliver.is_some_and(|max| attempt >= max);
+    let dl = match dead_letter {
+        Some(dl) if last => Some((
+            dl.clone(),
+            Original {
+                subject: msg.subject.to_string(),
+                headers: msg.headers.clone(),
+                payload: msg.payload.clone(),
+                stream,
+                stream_sequence: seq,
+                attempt,
+            },
+        )),
+        _ => None,
+    };
+    let acker = JsAcker::new(acker, config.ack_wait, dl);
+    Ok(Delivery::new(
+        event,
+        attempt,
+        seq,
+        AckHandle::new(Box::new(acker), nack_delay, true),
+    ))
+}
+
+struct Subscription {
+    rx: mpsc::Receiver<Result<Event>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl SubscriptionTransport for Subscription {
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Event>>> {
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            return Poll::Ready(Some(Err(Error::new(
+                ErrorKind::Overloaded,
+                format!("{dropped} events dropped: the subscriber fell behind"),
+            ))));
+        }
+        self.rx.poll_recv(cx)
+    }
+
+    fn close(&mut self) {
+        self.rx.close();
+    }
+}
+
+struct Consumer {
+    rx: mpsc::Receiver<Result<Delivery>>,
+}
+
+impl DeliveryTransport for Consumer {
+    fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery>>> {
+        self.rx.poll_recv(cx)
+    }
+
+    fn close(&mut self) {
+        // Deliveries already buffered were never handed out: hand them back
+        // so another subscriber gets them now, not after the ack wait.
+        self.rx.close();
+        while let Ok(d) = self.rx.try_recv() {
+            if let (Ok(d), Ok(rt)) = (d, tokio::runtime::Handle::try_current()) {
+                rt.spawn(async move {
+                    let _ = d.nack(None).await;
+                });
+            }
+        }
+    }
+}

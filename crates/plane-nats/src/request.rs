@@ -1,0 +1,665 @@
+//! The request plane on core NATS request/reply.
+//!
+//! Subjects (with the default prefix `plane`):
+//!
+//! | subject | who subscribes | carries |
+//! |---|---|---|
+//! | `plane.req.<endpoint>` | every instance, queue group `plane.<endpoint>` | calls routed by the broker |
+//! | `plane.req.<endpoint>.<instance>` | that instance | calls addressed to one instance |
+//! | `plane.ctl.<endpoint>` | every instance | stop / kill / credit before the instance is known |
+//! | `plane.ctl.<endpoint>.<instance>` | that instance | stop / kill / credit |
+//!
+//! Replies go to the caller's inbox (the NATS reply subject), one NATS
+//! message per frame, with the frame kind in the `plane-frame` header.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_nats::{Client, HeaderMap, StatusCode, Subject, Subscriber};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{Stream, StreamExt};
+use plane_core::request::{
+    Call, Cancel, Dispatcher, Frame, Incoming, InstanceId, ReplySink, ReplyTransport,
+    RequestBackend, RequestCapabilities, RequestId, Route, ServeTransport,
+};
+use plane_core::{Error, ErrorKind, Message, Result};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Sleep;
+
+use crate::envelope::{
+    self, CREDIT, CTL, ERROR_CODE, ERROR_KIND, ERROR_MESSAGE, FRAME, ID, STREAM,
+};
+
+/// Frames a streaming handler may send ahead of the caller's reads.
+///
+/// The caller grants credit for half a window at a time as it reads, so a
+/// stalled reader stalls the handler's `send` instead of growing a buffer.
+pub const STREAM_WINDOW: u32 = 64;
+
+/// Bytes of a request or reply's budget kept back for the headers plane adds
+/// on NATS (`plane-id`, `plane-frame`, …) and the NATS header framing. The
+/// declared `max_payload` is the server's limit minus this.
+pub const HEADER_RESERVE: usize = 1024;
+
+mod frame {
+    pub const ACCEPTED: &str = "accepted";
+    pub const DATA: &str = "data";
+    pub const LAST: &str = "last";
+    pub const END: &str = "end";
+    pub const ERROR: &str = "error";
+    pub const HEARTBEAT: &str = "heartbeat";
+    pub const ABORT: &str = "abort";
+    pub const STOP: &str = "stop";
+    pub const KILL: &str = "kill";
+    pub const CREDIT: &str = "credit";
+}
+
+struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    fn call(&self, endpoint: &str) -> String {
+        format!("{}.req.{endpoint}", self.prefix)
+    }
+    fn direct(&self, endpoint: &str, instance: InstanceId) -> String {
+        format!("{}.req.{endpoint}.{instance}", self.prefix)
+    }
+    fn group(&self, endpoint: &str) -> String {
+        format!("{}.{endpoint}", self.prefix)
+    }
+    fn ctl(&self, endpoint: &str) -> String {
+        format!("{}.ctl.{endpoint}", self.prefix)
+    }
+    fn ctl_direct(&self, endpoint: &str, instance: InstanceId) -> String {
+        format!("{}.ctl.{endpoint}.{instance}", self.prefix)
+    }
+}
+
+/// The request plane over core NATS.
+pub struct NatsRequests {
+    client: Client,
+    subjects: Arc<Subjects>,
+    heartbeat: Duration,
+    caps: RequestCapabilities,
+}
+
+impl NatsRequests {
+    /// The request plane on `client`, naming subjects under `prefix`, with
+    /// streaming handlers sending a heartbeat every `heartbeat`.
+    pub fn new(client: Client, prefix: &str, heartbeat: Duration) -> Self {
+        let mut caps = RequestCapabilities::default();
+        caps.streaming = true;
+        caps.cancellation = true;
+        // Both map onto the queue group: the broker spreads calls over the
+        // instances (its choice is randomised, not a strict rotation).
+        caps.round_robin = true;
+        caps.random = true;
+        caps.power_of_two = false;
+        caps.direct = true;
+        caps.max_payload = crate::max_payload(&client);
+        NatsRequests {
+            client,
+            subjects: Arc::new(Subjects {
+                prefix: prefix.to_owned(),
+            }),
+            heartbeat,
+            caps,
+        }
+    }
+}
+
+impl RequestBackend for NatsRequests {
+    fn name(&self) -> &'static str {
+        crate::NAME
+    }
+
+    fn capabilities(&self) -> &RequestCapabilities {
+        &self.caps
+    }
+
+    fn connection_state(&self) -> plane_core::health::ConnectionState {
+        crate::state(&self.client)
+    }
+
+    async fn call(&self, call: Call) -> Result<Box<dyn ReplyTransport>> {
+        let subject = match call.route {
+            Route::Instance(i) => self.subjects.direct(&call.endpoint, i),
+            Route::RoundRobin | Route::Random => self.subjects.call(&call.endpoint),
+            Route::PowerOfTwo => return Err(Error::unsupported("power_of_two")),
+        };
+        let inbox = self.client.new_inbox();
+        let sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(crate::error::subscribe)?;
+        let id = call.id.to_string();
+        let mut extra = vec![(ID, id.as_str())];
+        if call.stream {
+            extra.push((STREAM, "1"));
+        }
+        let (headers, payload) = envelope::encode(&call.message, &extra);
+        self.client
+            .publish_with_reply_and_headers(subject, inbox, headers, payload)
+            .await
+            .map_err(crate::error::publish)?;
+        Ok(Box::new(CallTransport {
+            client: self.client.clone(),
+            sub,
+            id,
+            ctl: self.subjects.ctl(&call.endpoint),
+            idle_limit: self.heartbeat * 3,
+            idle: None,
+            unacked: 0,
+        }))
+    }
+
+    async fn serve(
+        &self,
+        endpoint: &str,
+        instance: InstanceId,
+        dispatcher: Dispatcher,
+    ) -> Result<Box<dyn ServeTransport>> {
+        let s = &self.subjects;
+        let sub_err = crate::error::subscribe;
+        let calls = self
+            .client
+            .queue_subscribe(s.call(endpoint), s.group(endpoint))
+            .await
+            .map_err(sub_err)?;
+        let direct = self
+            .client
+            .subscribe(s.direct(endpoint, instance))
+            .await
+            .map_err(sub_err)?;
+        let ctl = self
+            .client
+            .subscribe(s.ctl(endpoint))
+            .await
+            .map_err(sub_err)?;
+        let ctl_direct = self
+            .client
+            .subscribe(s.ctl_direct(endpoint, instance))
+            .await
+            .map_err(sub_err)?;
+        // Callers on other connections must find the instance as soon as
+        // `serve` returns: wait until the server has the subscriptions.
+        crate::sync(&self.client).await?;
+        let (close_tx, close_rx) = watch::channel(false);
+        let server = ServeLoop {
+            client: self.client.clone(),
+            dispatcher,
+            ctl_subject: s.ctl_direct(endpoint, instance),
+            heartbeat: self.heartbeat,
+            credits: Arc::new(Mutex::new(HashMap::new())),
+        };
+        tokio::spawn(server.run(
+            calls,
+            direct,
+            futures_util::stream::select(ctl, ctl_direct),
+            close_rx,
+        ));
+        Ok(Box::new(NatsServeTransport { close: close_tx }))
+    }
+}
+
+struct NatsServeTransport {
+    close: watch::Sender<bool>,
+}
+
+impl ServeTransport for NatsServeTransport {
+    fn close(&self) {
+        self.close.send_replace(true);
+    }
+}
+
+type Credits = Arc<Mutex<HashMap<RequestId, Arc<Semaphore>>>>;
+
+struct ServeLoop {
+    client: Client,
+    dispatcher: Dispatcher,
+    ctl_subject: String,
+    heartbeat: Duration,
+    credits: Credits,
+}
+
+impl ServeLoop {
+    async fn run(
+        self,
+        mut calls: Subscriber,
+        mut direct: Subscriber,
+        mut ctl: impl Stream<Item = async_nats::Message> + Unpin,
+        mut close: watch::Receiver<bool>,
+    ) {
+        let (mut calls_open, mut direct_open, mut draining) = (true, true, false);
+        loop {
+            tokio::select! {
+                msg = calls.next(), if calls_open => match msg {
+                    Some(msg) => self.on_call(msg),
+                    None => calls_open = false,
+                },
+                msg = direct.next(), if direct_open => match msg {
+                    Some(msg) => self.on_call(msg),
+                    None => direct_open = false,
+                },
+                msg = ctl.next() => match msg {
+                    Some(msg) => self.on_control(&msg),
+                    None => return,
+                },
+                // The only change ever sent is to `true`; an error means the
+                // transport was dropped. Both mean closed.
+                _ = close.changed(), if !draining => {
+                    // Closed, or the transport dropped. Drain rather than
+                    // unsubscribe: the server stops routing here, and calls
+                    // already on their way are still delivered (and refused
+                    // as draining by the dispatcher) instead of vanishing.
+                    draining = true;
+                    let _ = calls.drain().await;
+                    let _ = direct.drain().await;
+                }
+                // Control subscriptions live on while calls are in flight,
+                // so a caller can still stop or kill them during a drain.
+                _ = self.dispatcher.wait_idle(Duration::from_secs(3600)),
+                    if draining && !calls_open && !direct_open => return,
+            }
+        }
+    }
+
+    fn on_call(&self, msg: async_nats::Message) {
+        let Some(reply) = msg.reply.clone() else {
+            // A publish without a reply subject cannot be answered.
+            tracing::debug!(subject = %msg.subject, "ignoring call without reply subject");
+            return;
+        };
+        let headers = msg.headers.as_ref();
+        let plane_caller = envelope::get(headers, ID).is_some();
+        let parsed = parse_call(&msg);
+        let credits = (plane_caller && matches!(parsed, Ok((_, true))))
+            .then(|| Arc::new(Semaphore::new(STREAM_WINDOW as usize)));
+        let id = parsed
+            .as_ref()
+            .map(|(i, _)| i.id)
+            .unwrap_or_else(|_| RequestId::new_v7());
+        if let Some(c) = &credits {
+            lock(&self.credits).insert(id, c.clone());
+        }
+        let sink = Arc::new(NatsSink {
+            client: self.client.clone(),
+            reply,
+            id,
+            ctl: self.ctl_subject.clone(),
+            credits,
+            registry: Arc::downgrade(&self.credits),
+            done: AtomicBool::new(false),
+            plane_caller,
+        });
+        if plane_caller {
+            tokio::spawn(heartbeats(Arc::downgrade(&sink), self.heartbeat));
+        }
+        match parsed {
+            Ok((incoming, _)) => self.dispatcher.dispatch(incoming, sink),
+            Err(e) => {
+                tokio::spawn(async move {
+                    let _ = sink.send_error(e).await;
+                });
+            }
+        }
+    }
+
+    fn on_control(&self, msg: &async_nats::Message) {
+        let headers = msg.headers.as_ref();
+        let Some(id) = envelope::get(headers, ID).and_then(|s| s.parse::<RequestId>().ok()) else {
+            return;
+        };
+        match envelope::get(headers, FRAME) {
+            Some(frame::STOP) => self.dispatcher.stop(id),
+            Some(frame::KILL) => self.dispatcher.kill(id),
+            Some(frame::CREDIT) => {
+                let n = envelope::get(headers, CREDIT)
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .unwrap_or(0)
+                    .min(STREAM_WINDOW);
+                if let Some(sem) = lock(&self.credits).get(&id) {
+                    sem.add_permits(n as usize);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The call in a NATS message, and whether the caller expects a stream.
+fn parse_call(msg: &async_nats::Message) -> Result<(Incoming, bool)> {
+    let headers = msg.headers.as_ref();
+    let id = match envelope::get(headers, ID) {
+        None => RequestId::new_v7(),
+        Some(s) => s
+            .parse::<RequestId>()
+            .map_err(|_| Error::new(ErrorKind::Decode, format!("malformed {ID} header")))?,
+    };
+    let stream = match envelope::get(headers, STREAM) {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(_) => {
+            return Err(Error::new(
+                ErrorKind::Decode,
+                format!("malformed {STREAM} header"),
+            ))
+        }
+    };
+    let message = envelope::decode(headers, msg.payload.clone(), &[ID, STREAM])?;
+    Ok((
+        Incoming {
+            id,
+            message,
+            stream,
+        },
+        stream,
+    ))
+}
+
+/// The replies of one call, to the caller's inbox.
+struct NatsSink {
+    client: Client,
+    reply: Subject,
+    id: RequestId,
+    ctl: String,
+    credits: Option<Arc<Semaphore>>,
+    registry: Weak<Mutex<HashMap<RequestId, Arc<Semaphore>>>>,
+    /// A terminal frame was sent.
+    done: AtomicBool,
+    /// The caller speaks plane (sent a `plane-id`): it gets heartbeats, and
+    /// an `abort` frame if the handler dies without an end marker.
+    plane_caller: bool,
+}
+
+impl NatsSink {
+    async fn publish(&self, kind: &str, message: &Message, extra: &[(&str, &str)]) -> Result<()> {
+        let mut all = vec![(FRAME, kind), (CTL, self.ctl.as_str())];
+        all.extend_from_slice(extra);
+        let (headers, payload) = envelope::encode(message, &all);
+        self.client
+            .publish_with_headers(self.reply.clone(), headers, payload)
+            .await
+            .map_err(crate::error::publish)
+    }
+
+    fn finish(&self) {
+        self.done.store(true, Ordering::Release);
+        if let Some(registry) = self.registry.upgrade() {
+            lock(&registry).remove(&self.id);
+        }
+    }
+}
+
+impl ReplySink for NatsSink {
+    fn send(&self, frame: Frame) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let empty = Message::default();
+            match frame {
+                Frame::Accepted => self.publish(frame::ACCEPTED, &empty, &[]).await,
+                Frame::Data(m) => {
+                    if let Some(credits) = &self.credits {
+                        credits
+                            .acquire()
+                            .await
+                            .map_err(|_| Error::new(ErrorKind::Cancelled, "call ended"))?
+                            .forget();
+                    }
+                    self.publish(frame::DATA, &m, &[]).await
+                }
+                Frame::Last(m) => {
+                    self.finish();
+                    self.publish(frame::LAST, &m, &[]).await
+                }
+                Frame::End => {
+                    self.finish();
+                    self.publish(frame::END, &empty, &[]).await
+                }
+            }
+        })
+    }
+
+    fn send_error(&self, error: Error) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.finish();
+            let code = error.kind().code().to_string();
+            let text = envelope::header_safe(error.message());
+            // The message is also the body, for plain NATS callers.
+            let body = Message::from(Bytes::from(text.clone().into_bytes()));
+            self.publish(
+                frame::ERROR,
+                &body,
+                &[
+                    (ERROR_CODE, code.as_str()),
+                    (ERROR_KIND, error.kind().as_str()),
+                    (ERROR_MESSAGE, text.as_str()),
+                ],
+            )
+            .await
+        })
+    }
+}
+
+impl Drop for NatsSink {
+    fn drop(&mut self) {
+        if self.done.load(Ordering::Acquire) || !self.plane_caller {
+            return;
+        }
+        if let Some(registry) = self.registry.upgrade() {
+            lock(&registry).remove(&self.id);
+        }
+        // The handler was killed or the instance stopped before the end
+        // marker: say so now instead of letting the caller wait for the
+        // heartbeat to go quiet.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let client = self.client.clone();
+        let reply = self.reply.clone();
+        let mut headers = HeaderMap::new();
+        headers.insert(FRAME, frame::ABORT);
+        rt.spawn(async move {
+            let _ = client
+                .publish_with_headers(reply, headers, Bytes::new())
+                .await;
+        });
+    }
+}
+
+/// Tell a plane caller every `interval` that the call is alive, until the
+/// sink finished or is gone.
+async fn heartbeats(sink: Weak<NatsSink>, interval: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tick.tick().await;
+        let Some(sink) = sink.upgrade() else { return };
+        if sink.done.load(Ordering::Acquire) {
+            return;
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(FRAME, frame::HEARTBEAT);
+        headers.insert(CTL, sink.ctl.as_str());
+        if sink
+            .client
+            .publish_with_headers(sink.reply.clone(), headers, Bytes::new())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The caller's side of one call: its inbox subscription.
+struct CallTransport {
+    client: Client,
+    sub: Subscriber,
+    id: String,
+    /// Where stop, kill and credit go: the endpoint's control subject until
+    /// a reply names the serving instance's.
+    ctl: String,
+    idle_limit: Duration,
+    /// Armed once the server proved to be a plane server (it sends
+    /// heartbeats); a plain NATS responder is never timed out for silence.
+    idle: Option<Pin<Box<Sleep>>>,
+    /// Data frames read since credit was last granted.
+    unacked: u32,
+}
+
+impl CallTransport {
+    fn control(&self, kind: &'static str, credit: Option<u32>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(FRAME, kind);
+        headers.insert(ID, self.id.as_str());
+        if let Some(n) = credit {
+            headers.insert(CREDIT, n.to_string());
+        }
+        let client = self.client.clone();
+        let subject = self.ctl.clone();
+        rt.spawn(async move {
+            let _ = client
+                .publish_with_headers(subject, headers, Bytes::new())
+                .await;
+        });
+    }
+
+    fn arm(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.idle_limit;
+        match &mut self.idle {
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => self.idle = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+}
+
+impl ReplyTransport for CallTransport {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame>>> {
+        loop {
+            let msg = match self.sub.poll_next_unpin(cx) {
+                Poll::Ready(Some(msg)) => msg,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    if let Some(idle) = self.idle.as_mut() {
+                        if idle.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Some(Err(Error::new(
+                                ErrorKind::Disconnected,
+                                format!(
+                                    "no word from the serving instance for {:?}",
+                                    self.idle_limit
+                                ),
+                            ))));
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            };
+            if msg.status == Some(StatusCode::NO_RESPONDERS) {
+                return Poll::Ready(Some(Err(Error::new(
+                    ErrorKind::NoResponders,
+                    "no instance serves the endpoint",
+                ))));
+            }
+            let headers = msg.headers.as_ref();
+            let Some(kind) = envelope::get(headers, FRAME).map(str::to_owned) else {
+                // A plain NATS responder: its one reply is the final reply.
+                return Poll::Ready(Some(
+                    envelope::decode(headers, msg.payload, &[]).map(Frame::Last),
+                ));
+            };
+            self.arm();
+            if let Some(ctl) = envelope::get(headers, CTL) {
+                if ctl != self.ctl {
+                    self.ctl = ctl.to_owned();
+                }
+            }
+            let strip = [FRAME, CTL];
+            let frame = match kind.as_str() {
+                frame::HEARTBEAT => continue,
+                frame::ACCEPTED => Ok(Frame::Accepted),
+                frame::DATA => {
+                    self.unacked += 1;
+                    if self.unacked >= STREAM_WINDOW / 2 {
+                        self.control(frame::CREDIT, Some(self.unacked));
+                        self.unacked = 0;
+                    }
+                    envelope::decode(headers, msg.payload, &strip).map(Frame::Data)
+                }
+                frame::LAST => envelope::decode(headers, msg.payload, &strip).map(Frame::Last),
+                frame::END => Ok(Frame::End),
+                frame::ERROR => Err(typed_error(headers)),
+                frame::ABORT => Err(Error::new(
+                    ErrorKind::Disconnected,
+                    "the serving instance stopped before the end of the reply stream",
+                )),
+                other => Err(Error::new(
+                    ErrorKind::Decode,
+                    format!("unknown plane-frame `{}`", envelope::header_safe(other)),
+                )),
+            };
+            return Poll::Ready(Some(frame));
+        }
+    }
+
+    fn cancel(&mut self, how: Cancel) {
+        self.control(
+            match how {
+                Cancel::Stop => frame::STOP,
+                Cancel::Kill => frame::KILL,
+            },
+            None,
+        );
+    }
+}
+
+fn typed_error(headers: Option<&HeaderMap>) -> Error {
+    let kind = envelope::get(headers, ERROR_CODE)
+        .and_then(|c| c.parse::<u16>().ok())
+        .map(ErrorKind::from_code)
+        .unwrap_or(ErrorKind::Other);
+    let message = envelope::get(headers, ERROR_MESSAGE)
+        .unwrap_or("")
+        .to_owned();
+    Error::new(kind, message)
+}
+
+/// Publish `garbage` as a call to `endpoint` with a malformed plane header,
+/// as a misbehaving peer would, and wait (bounded) for the refusal. For tests.
+pub async fn send_garbage(
+    client: &Client,
+    prefix: &str,
+    endpoint: &str,
+    garbage: &[u8],
+) -> Result<()> {
+    let mut headers = HeaderMap::new();
+    headers.insert(ID, "not-a-request-id");
+    let subject = format!("{prefix}.req.{endpoint}");
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request_with_headers(subject, headers, Bytes::copy_from_slice(garbage)),
+    )
+    .await
+    .map_err(|_| Error::new(ErrorKind::Timeout, "no answer to garbage"))?
+    .map_err(|e| Error::new(ErrorKind::Other, "garbage request failed").with_source(e))?;
+    match envelope::get(reply.headers.as_ref(), FRAME) {
+        Some(frame::ERROR) => Ok(()),
+        other => Err(Error::new(
+            ErrorKind::Other,
+            format!("garbage was answered with frame {other:?} instead of an error"),
+        )),
+    }
+}
