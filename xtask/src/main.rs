@@ -18,6 +18,7 @@ use serde::Deserialize;
 const BACKENDS: &[(&str, &str, &str)] = &[
     // (name, package, integration test)
     ("mem", "plane-conformance", "mem"),
+    ("nats", "plane-nats", "conformance"),
     ("fs", "plane-fs-objstore", "conformance"),
     ("quic", "plane-quic", "conformance"),
     ("zmq", "plane-zmq", "conformance"),

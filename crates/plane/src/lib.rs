@@ -26,12 +26,15 @@ pub use plane_core::*;
 /// | feature | schemes |
 /// |---|---|
 /// | (always) | `mem://` |
+/// | `nats` (default) | `nats://`, `tls://`, `nats+tls://` |
 /// | `fs` (default) | `file://`; `s3://`, `gs://`, `az://`, `https://` with `fs-aws`, `fs-gcp`, `fs-azure`, `fs-http` |
 /// | `quic` (default) | `quic://` |
 /// | `zmq` (default) | `zmq+tcp://`, `zmq+ipc://` |
 pub fn registry() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::with_defaults();
+    #[cfg(feature = "nats")]
+    plane_nats::register(&mut registry);
     #[cfg(feature = "fs")]
     plane_fs_objstore::register(&mut registry);
     #[cfg(feature = "quic")]
@@ -43,6 +46,8 @@ pub fn registry() -> Registry {
 
 #[cfg(feature = "fs")]
 pub use plane_fs_objstore as fs;
+#[cfg(feature = "nats")]
+pub use plane_nats as nats;
 #[cfg(feature = "quic")]
 pub use plane_quic as quic;
 #[cfg(feature = "zmq")]
