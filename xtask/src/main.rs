@@ -244,8 +244,10 @@ fn matrix_markdown(reports: &[Report]) -> String {
                 None => "—".to_owned(),
                 Some(("pass", _)) => "pass".to_owned(),
                 Some((status, reason)) => {
+                    // One footnote per distinct (backend, reason): a backend that
+                    // does not serve a plane skips all its cases for one reason.
                     let reason = reason.unwrap_or("no reason given").replace('|', "\\|");
-                    let note = format!("{} / {plane}/{case}: {reason}", r.backend);
+                    let note = format!("{}: {reason}", r.backend);
                     let n = match notes.iter().position(|x| *x == note) {
                         Some(i) => i + 1,
                         None => {
