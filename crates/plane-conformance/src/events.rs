@@ -20,6 +20,7 @@ use plane_core::events::{
     ConsumerConfig, DeliverPolicy, Delivery, DurableSubscription, Event, PublisherId, StreamConfig,
     SubscribeOptions, Subscription, DEAD_LETTER_DELIVERIES_HEADER, DEAD_LETTER_SUBJECT_HEADER,
 };
+use plane_core::trace::TraceContext;
 use plane_core::{ErrorKind, Events, Headers, Message};
 
 use crate::{case, check, check_eq, check_kind, skip, within, Case, CaseResult, Ctx, Verdict};
@@ -48,6 +49,7 @@ pub fn cases() -> Vec<Case> {
         case!("events", oversized_event_rejected),
         case!("events", broker_restart_no_loss),
         case!("events", unsupported_ops_refused),
+        case!("events", trace_context_propagates_events),
     ]
 }
 
@@ -1125,4 +1127,60 @@ async fn unsupported_ops_refused(cx: &Ctx<'_>) -> CaseResult {
         },
     )
     .await
+}
+
+/// A `traceparent` (and `tracestate`) the publisher set reaches the subscriber
+/// unchanged, and an event published within a trace context carries that
+/// trace (with a span of its own), so a trace crosses processes through
+/// events on every backend.
+async fn trace_context_propagates_events(cx: &Ctx<'_>) -> CaseResult {
+    let ev = events(cx)?;
+    let subject = cx.name("traced");
+    let mut sub = ev.subscribe(&subject).await?;
+
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let tracestate = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+    let headers = Headers::new()
+        .with("traceparent", traceparent)
+        .with("tracestate", tracestate);
+    ev.publish(&subject, Message::new(headers, "set by the caller"))
+        .await?;
+    let e = recv(&mut sub, "the event with the caller's traceparent").await?;
+    check_eq!(
+        e.message.headers.get("traceparent"),
+        Some(traceparent),
+        "traceparent the subscriber saw"
+    );
+    check_eq!(
+        e.message.headers.get("tracestate"),
+        Some(tracestate),
+        "tracestate the subscriber saw"
+    );
+
+    // Published from within a trace (as a handler serving a traced call
+    // would): the event continues it.
+    let parent = TraceContext::parse(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        None,
+    )
+    .ok_or_else(|| Verdict::Fail("the case's own traceparent does not parse".into()))?;
+    parent
+        .clone()
+        .scope(ev.publish(&subject, "within a trace"))
+        .await?;
+    let e = recv(&mut sub, "the event published within a trace").await?;
+    let Some(seen) = TraceContext::from_headers(&e.message.headers) else {
+        return Err(Verdict::Fail(format!(
+            "an event published within a trace arrived without a valid traceparent: {:?}",
+            e.message.headers.get("traceparent")
+        )));
+    };
+    check_eq!(seen.trace_id(), parent.trace_id(), "trace id of the event");
+    check!(
+        seen.span_id() != parent.span_id(),
+        "the event must have a span of its own, not reuse its parent's {}",
+        parent.span_id()
+    );
+    sub.close();
+    Ok(())
 }

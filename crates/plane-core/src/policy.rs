@@ -391,6 +391,24 @@ impl Limiter {
         self.waiting.load(Ordering::Acquire)
     }
 
+    /// The configured limit.
+    pub(crate) fn limit(&self) -> InFlightLimit {
+        self.limit
+    }
+
+    /// Resolves once a slot is free, without keeping it: the permit tokio
+    /// hands over is returned at once (to the next waiter, if any). Waits in
+    /// line behind calls already waiting, so it never overtakes them.
+    /// Cancel-safe like [`acquire`](Limiter::acquire).
+    pub(crate) fn slot_free(&self) -> impl Future<Output = ()> + Send + 'static {
+        let permits = self.permits.clone();
+        async move {
+            // `Err` only if the semaphore were closed, which this type never
+            // does; either way there is nothing left to wait for.
+            drop(permits.acquire_owned().await);
+        }
+    }
+
     /// A slot, per the overflow policy. Cancel-safe: dropping the future
     /// gives up the wait (and any permit tokio assigned meanwhile).
     pub(crate) async fn acquire(&self) -> Result<OwnedSemaphorePermit> {

@@ -5,6 +5,11 @@
 //! backend compiled in. Backends are cargo features; the in-memory reference
 //! backend (`mem://`) is always present.
 //!
+//! Optional extras, also features (not default): `observe` re-exports
+//! `plane-observe` as `plane::observe` (a Prometheus `/metrics` and
+//! `/healthz` endpoint), and `tower` adds `plane::tower`, an adapter between
+//! plane's request plane and `tower::Service`.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> plane::Result<()> {
@@ -44,10 +49,15 @@ pub fn registry() -> Registry {
     registry
 }
 
+#[cfg(feature = "tower")]
+pub mod tower;
+
 #[cfg(feature = "fs")]
 pub use plane_fs_objstore as fs;
 #[cfg(feature = "nats")]
 pub use plane_nats as nats;
+#[cfg(feature = "observe")]
+pub use plane_observe as observe;
 #[cfg(feature = "quic")]
 pub use plane_quic as quic;
 #[cfg(feature = "zmq")]

@@ -387,6 +387,27 @@ impl Requests {
         self.limiter.as_ref().map(|l| (l.in_flight(), l.waiting()))
     }
 
+    /// This handle's in-flight limit, if it has one.
+    pub fn in_flight_limit(&self) -> Option<InFlightLimit> {
+        self.limiter.as_ref().map(|l| l.limit())
+    }
+
+    /// Resolves once this handle's in-flight limit has a free slot (at once
+    /// without a limit), for adapters with a readiness step such as tower's
+    /// `poll_ready`. It waits in line behind calls already waiting.
+    ///
+    /// Advisory: the slot is not reserved, so a call started afterwards may
+    /// still find it taken by another caller, and then meets the limit's
+    /// [`Overflow`](crate::policy::Overflow) policy. Cancel-safe.
+    pub fn slot_available(&self) -> impl Future<Output = ()> + Send + 'static {
+        let wait = self.limiter.as_ref().map(|l| l.slot_free());
+        async move {
+            if let Some(wait) = wait {
+                wait.await;
+            }
+        }
+    }
+
     /// The backend's declared capabilities.
     pub fn capabilities(&self) -> &RequestCapabilities {
         self.backend.capabilities()

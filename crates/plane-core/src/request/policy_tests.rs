@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 
 use super::*;
@@ -355,6 +355,47 @@ async fn client_overflow_under_reject_is_overloaded_at_once() {
     assert!(mem()
         .with_in_flight_limit(InFlightLimit::reject(0))
         .is_err());
+}
+
+#[tokio::test]
+async fn slot_available_waits_for_a_free_slot_without_taking_it() {
+    assert_eq!(mem().in_flight_limit(), None);
+    // Without a limit there is always a slot.
+    tokio::time::timeout(Duration::from_secs(5), mem().slot_available())
+        .await
+        .unwrap();
+
+    let requests = mem()
+        .with_in_flight_limit(InFlightLimit::reject(1))
+        .unwrap();
+    assert_eq!(requests.in_flight_limit(), Some(InFlightLimit::reject(1)));
+    let gate = Arc::new(Semaphore::new(0));
+    let entered = Arc::new(AtomicUsize::new(0));
+    let _server = requests
+        .serve("held", gated(gate.clone(), entered.clone()))
+        .await
+        .unwrap();
+    let first = tokio::spawn({
+        let requests = requests.clone();
+        async move { requests.call("held", "a").await }
+    });
+    until("the first call to be handled", || {
+        entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let mut available = std::pin::pin!(requests.slot_available());
+    assert!(available.as_mut().now_or_never().is_none());
+    // Giving up a wait (polled once, then dropped) leaks nothing.
+    assert!(requests.slot_available().now_or_never().is_none());
+    gate.add_permits(1);
+    first.await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), available)
+        .await
+        .unwrap();
+    // The slot was only observed, not kept.
+    assert_eq!(requests.in_flight_slots(), Some((0, 0)));
+    gate.add_permits(1);
+    assert_eq!(requests.call("held", "b").await.unwrap().to_bytes(), "done");
 }
 
 #[tokio::test]
