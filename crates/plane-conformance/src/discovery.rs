@@ -1,4 +1,5 @@
-//! Conformance cases of the discovery section, run over the target's discovery kv (its own kv unless another is set).
+//! Conformance cases of the discovery section, run over the target's
+//! discovery kv (its own kv unless another is set).
 //!
 //! Every case uses its own discovery bucket and endpoint, with a short lease
 //! and resync period so expiry and recovery are observed quickly, and deletes

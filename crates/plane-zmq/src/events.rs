@@ -39,8 +39,8 @@
 //! item at the gap. A publisher never waits for subscribers. Events are also
 //! lost, without that report, if a subscribing *process* stops reading its
 //! sockets altogether until the publisher's high-water mark
-//! ([`ZmqConfig::hwm`]) fills; subscribers see that as a gap in the
-//! publisher's sequence.
+//! ([`ZmqConfig::events_hwm`]) fills: ZeroMQ drops without telling anyone,
+//! and subscribers see that only as a gap in the publisher's sequence.
 //!
 //! Worker groups are not offered: ZeroMQ has no way to send an event to one
 //! member of a group, and electing one on the subscribers' side would depend
@@ -123,6 +123,12 @@ impl Drop for Node {
     }
 }
 
+fn events_hwm(s: &zmq::Socket, config: &ZmqConfig) -> Result<()> {
+    let set = |r: zmq::Result<()>| r.map_err(|e| zmq_error("cannot set a zmq socket option", e));
+    set(s.set_sndhwm(config.events_hwm))?;
+    set(s.set_rcvhwm(config.events_hwm))
+}
+
 /// The address the XPUB binds when the configuration names none: the
 /// ROUTER's host on a free port, or the ROUTER's socket path plus `.events`.
 fn default_events_bind(bind: &str) -> String {
@@ -142,6 +148,7 @@ impl ZmqEvents {
         let s = socket(&context, zmq::XPUB, &config)?;
         s.set_xpub_verbose(true)
             .map_err(|e| zmq_error("cannot set a zmq socket option", e))?;
+        events_hwm(&s, &config)?;
         let bind = config
             .events_bind
             .clone()
@@ -258,6 +265,7 @@ impl EventsBackend for ZmqEvents {
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn SubscriptionTransport>> {
         let node = &self.node;
         let s = socket(&node.context, zmq::SUB, &node.config)?;
+        events_hwm(&s, &node.config)?;
         let token = format!("{:032x}", rand::random::<u128>());
         let mut hello = HELLO.to_vec();
         hello.extend_from_slice(token.as_bytes());

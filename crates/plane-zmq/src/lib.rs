@@ -39,7 +39,8 @@
 //! | `events_bind` | ZeroMQ address the events XPUB binds (`tcp://0.0.0.0:5556`) | the ROUTER's host on a free port |
 //! | `events_advertise` | XPUB address published | the bound address (loopback if bound to every interface) |
 //! | `max_payload` | largest request, reply or event payload in bytes | 8 MiB |
-//! | `hwm` | high-water mark of every socket, in messages | 1000 |
+//! | `hwm` | high-water mark of every request-plane socket, in messages | 1000 |
+//! | `events_hwm` | high-water mark of the events sockets, in events | 10000 |
 //! | `heartbeat_ms` | interval of the server's per-call heartbeats | 500 |
 //! | `idle_timeout_ms` | a call the server says nothing about for this long is `Disconnected` | 3000 |
 //! | `connect_timeout_ms` | longest wait for a connection to a peer | 3000 |
@@ -108,6 +109,11 @@ pub struct ZmqConfig {
     pub max_payload: usize,
     /// High-water mark of every socket, in messages.
     pub hwm: i32,
+    /// High-water mark of the events plane's sockets, in events: how many
+    /// events a publisher queues per subscribing socket (and a subscription
+    /// socket holds) before ZeroMQ drops. Higher than [`hwm`](Self::hwm) so
+    /// that a burst is not lost while libzmq's I/O thread catches up.
+    pub events_hwm: i32,
     /// Interval of the server's per-call heartbeats.
     pub heartbeat: Duration,
     /// Silence after which a call is `Disconnected`.
@@ -128,6 +134,7 @@ impl ZmqConfig {
             discovery_config: DiscoveryConfig::default(),
             max_payload: 8 * 1024 * 1024,
             hwm: 1000,
+            events_hwm: 10_000,
             heartbeat: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(3),
@@ -187,6 +194,9 @@ impl ZmqConfig {
         if let Some(h) = q.take("hwm")? {
             c.hwm = h;
         }
+        if let Some(h) = q.take("events_hwm")? {
+            c.events_hwm = h;
+        }
         if let Some(t) = q.take_millis("heartbeat_ms")? {
             c.heartbeat = t;
         }
@@ -199,13 +209,14 @@ impl ZmqConfig {
         q.finish()?;
         if c.max_payload == 0
             || c.hwm <= 0
+            || c.events_hwm <= 0
             || c.heartbeat.is_zero()
             || c.idle_timeout <= c.heartbeat
             || c.connect_timeout.is_zero()
         {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
-                "max_payload, hwm, heartbeat_ms and connect_timeout_ms must be positive, \
+                "max_payload, hwm, events_hwm, heartbeat_ms and connect_timeout_ms must be positive, \
                  and idle_timeout_ms longer than heartbeat_ms",
             ));
         }
