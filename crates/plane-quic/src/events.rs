@@ -113,6 +113,22 @@ impl Subscribers {
         }
     }
 
+    /// Add a subscriber whose events go to `tx`; returns its slot.
+    fn add(&self, pattern: String, tx: mpsc::Sender<Envelope>) -> u64 {
+        let mut table = self.lock();
+        table.next += 1;
+        let id = table.next;
+        table.slots.insert(
+            id,
+            Slot {
+                pattern,
+                tx,
+                dropped: AtomicU64::new(0),
+            },
+        );
+        id
+    }
+
     /// Serve one subscriber's stream, opened by `first` (a subscription
     /// request), until it unsubscribes or goes away.
     pub(crate) async fn serve(
@@ -132,20 +148,7 @@ impl Subscribers {
             return;
         }
         let (tx, mut rx) = mpsc::channel(SUBSCRIBER_QUEUE);
-        let id = {
-            let mut table = self.lock();
-            table.next += 1;
-            let id = table.next;
-            table.slots.insert(
-                id,
-                Slot {
-                    pattern,
-                    tx,
-                    dropped: AtomicU64::new(0),
-                },
-            );
-            id
-        };
+        let id = self.add(pattern, tx);
         // In place from here on: confirm, so the subscriber can return.
         let welcome = Envelope::new(FrameKind::Ack, first.id);
         if write_envelope(&mut send, &welcome).await.is_ok() {
@@ -428,5 +431,50 @@ async fn follow(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plane_core::events::{Origin, PublisherId};
+    use plane_core::Message;
+
+    fn event(subject: &str, sequence: u64) -> Event {
+        Event {
+            subject: subject.to_owned(),
+            message: Message::from(format!("{sequence}")),
+            origin: Some(Origin {
+                publisher: PublisherId(1),
+                sequence,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_subscriber_queue_drops_and_the_next_event_says_how_many() {
+        let subscribers = Subscribers::default();
+        let (tx, mut rx) = mpsc::channel(1);
+        subscribers.add("s.*".to_owned(), tx);
+        for seq in 1..=3 {
+            subscribers.publish(&event("s.a", seq));
+        }
+        // Not matching: neither queued nor counted as dropped.
+        subscribers.publish(&event("other", 4));
+        let (first, dropped) = decode_event(rx.recv().await.unwrap()).unwrap();
+        assert_eq!((first.origin.unwrap().sequence, dropped), (1, 0));
+        subscribers.publish(&event("s.b", 5));
+        let (next, dropped) = decode_event(rx.recv().await.unwrap()).unwrap();
+        assert_eq!((next.origin.unwrap().sequence, dropped), (5, 2));
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_went_away_is_forgotten() {
+        let subscribers = Subscribers::default();
+        let (tx, rx) = mpsc::channel(1);
+        subscribers.add(">".to_owned(), tx);
+        drop(rx);
+        subscribers.publish(&event("s.a", 1));
+        assert!(subscribers.lock().slots.is_empty());
     }
 }
