@@ -1,4 +1,5 @@
-//! Conformance cases of the discovery section, run over the target's kv plane.
+//! Conformance cases of the discovery section, run over the target's
+//! discovery kv (its own kv unless another is set).
 //!
 //! Every case uses its own discovery bucket and endpoint, with a short lease
 //! and resync period so expiry and recovery are observed quickly, and deletes
@@ -41,7 +42,7 @@ where
     F: FnOnce(Discovery, String) -> Fut,
     Fut: Future<Output = CaseResult>,
 {
-    let kv = cx.kv()?;
+    let kv = cx.discovery_kv()?;
     let bucket = cx.name("disc");
     let config = DiscoveryConfig::default()
         .bucket(bucket.clone())

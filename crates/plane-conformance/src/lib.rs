@@ -159,8 +159,12 @@ pub struct Target {
     pub requests: Option<Requests>,
     /// Events plane, if served.
     pub events: Option<Events>,
-    /// Kv plane, if served (discovery runs over it too).
+    /// Kv plane, if served (discovery runs over it too, unless
+    /// [`discovery_kv`](Target::discovery_kv) is set).
     pub kv: Option<Kv>,
+    /// The kv plane discovery runs over when it is not the backend's own:
+    /// brokerless backends find peers through another backend's kv.
+    pub discovery_kv: Option<Kv>,
     /// Objects plane, if served.
     pub objects: Option<Objects>,
     /// Queue plane, if served.
@@ -179,6 +183,7 @@ impl Target {
             requests: None,
             events: None,
             kv: None,
+            discovery_kv: None,
             objects: None,
             queues: None,
             hooks: Arc::new(NoHooks),
@@ -257,6 +262,16 @@ impl<'a> Ctx<'a> {
             .kv
             .as_ref()
             .ok_or_else(|| Verdict::Skip("backend does not serve the kv plane".into()))
+    }
+
+    /// The kv plane discovery runs over: the target's
+    /// [`discovery_kv`](Target::discovery_kv), else its own kv, else a skip.
+    pub fn discovery_kv(&self) -> Result<&'a Kv, Verdict> {
+        self.target
+            .discovery_kv
+            .as_ref()
+            .or(self.target.kv.as_ref())
+            .ok_or_else(|| Verdict::Skip("backend has no kv plane to run discovery over".into()))
     }
 
     /// The objects plane, or a skip.

@@ -8,6 +8,8 @@
 //!   [`Envelope`]s, and how a serving process decodes what it receives
 //!   ([`decode_inbound`]) and routes it to the [`Dispatcher`] of the right
 //!   endpoint instance ([`Endpoints`]).
+//! - **The events mapping** ([`events`]): how an event travels as an
+//!   envelope, and the bounded, visibly dropping buffer of a subscription.
 //! - **The peer directory** ([`PeerDirectory`]): servers register an
 //!   [`Instance`] in [discovery](crate::discovery); callers list and watch an
 //!   endpoint's instances, pick one with a [`Balancer`] according to the
@@ -30,6 +32,8 @@
 //! Every envelope carries the call's request id. Header names starting with
 //! `plane-` are reserved for plane's own use; the mapping removes the ones it
 //! adds before the handler or the caller sees the message.
+
+pub mod events;
 
 use futures_util::StreamExt;
 use std::collections::HashMap;

@@ -1,4 +1,5 @@
-//! plane-quic: plane's brokerless request plane over QUIC (quinn + rustls).
+//! plane-quic: plane's brokerless request and events planes over QUIC
+//! (quinn + rustls).
 //!
 //! Callers talk straight to the process serving an endpoint: servers register
 //! their address (and certificate fingerprint) in the
@@ -6,6 +7,14 @@
 //! and watch it, balance calls across instances and open one QUIC stream per
 //! call on a connection shared by all calls between two processes. See
 //! [`request`] for the protocol and [`tls`] for certificates.
+//!
+//! Events go straight from publisher to subscriber too: each events handle
+//! binds its own QUIC endpoint, registered in discovery under the reserved
+//! endpoint [`events::EVENTS_ENDPOINT`] (`plane-events`), and each
+//! subscription opens one stream to every publisher. At-most-once only:
+//! wildcards and per-publisher order, no worker groups, no durable streams.
+//! See [`events`]. An events handle built from a URL binds its own port (the
+//! `quic://` port is best left 0 when both planes are built from one URL).
 //!
 //! # URL
 //!
@@ -28,7 +37,7 @@
 //! | `ca` | PEM CA roots to verify servers with, instead of pinning the fingerprint they publish | pinning |
 //! | `client_ca` | PEM CA roots; when set the server requires client certificates issued by it (mutual TLS), and callers present `cert` | no client authentication |
 //! | `server_name` | TLS name of this server's certificate, published for callers | `plane` |
-//! | `max_payload` | largest request or reply payload in bytes | 8 MiB |
+//! | `max_payload` | largest request, reply or event payload in bytes | 8 MiB |
 //! | `idle_timeout_ms` | a connection silent this long is lost (keep-alives every third of it) | 6000 |
 //! | `connect_timeout_ms` | longest wait for a QUIC handshake | 3000 |
 //! | `stream_window` | bytes a call's receiver takes ahead of its reader (how far a handler runs ahead of a stalled caller) | 65536 |
@@ -55,6 +64,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod events;
 pub mod request;
 pub mod tls;
 
@@ -66,9 +76,10 @@ use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, DiscoveryConfig};
 use plane_core::registry::{Connector, QueryParams, Registry};
 use plane_core::request::RequestCapabilities;
-use plane_core::{Error, ErrorKind, Requests, Result};
+use plane_core::{Error, ErrorKind, Events, Requests, Result};
 use url::Url;
 
+pub use events::QuicEvents;
 pub use request::QuicRequests;
 
 /// The backend name used in errors and reports.
@@ -240,6 +251,14 @@ impl Connector for QuicConnector {
             let config = QuicConfig::from_url(url)?;
             let discovery = config.discovery(registry).await?;
             Ok(Requests::new(QuicRequests::connect(config, discovery)?))
+        })
+    }
+
+    fn events<'a>(&'a self, url: &'a Url, registry: &'a Registry) -> BoxFuture<'a, Result<Events>> {
+        Box::pin(async move {
+            let config = QuicConfig::from_url(url)?;
+            let discovery = config.discovery(registry).await?;
+            Ok(Events::new(QuicEvents::connect(config, discovery).await?))
         })
     }
 }

@@ -42,6 +42,7 @@ use plane_core::{Error, ErrorKind, Result};
 use quinn::VarInt;
 use tokio::sync::OnceCell;
 
+use crate::events::{Subscribers, SUBSCRIBE_HEADER};
 use crate::tls::{self, Identity, ServerTrust};
 use crate::QuicConfig;
 
@@ -72,7 +73,7 @@ fn write_error(e: quinn::WriteError) -> Error {
 
 /// Write one envelope as a length-delimited frame, handing the body's parts
 /// to quinn without copying them.
-async fn write_envelope(send: &mut quinn::SendStream, env: &Envelope) -> Result<()> {
+pub(crate) async fn write_envelope(send: &mut quinn::SendStream, env: &Envelope) -> Result<()> {
     let mut chunks = wire::encode_parts(env);
     let len: usize = chunks.iter().map(Bytes::len).sum();
     let prefix = u32::try_from(len).map_err(|_| {
@@ -88,13 +89,13 @@ async fn write_envelope(send: &mut quinn::SendStream, env: &Envelope) -> Result<
 }
 
 /// Reads envelopes off a QUIC receive stream.
-struct EnvelopeReader {
+pub(crate) struct EnvelopeReader {
     recv: quinn::RecvStream,
     decoder: FrameDecoder,
 }
 
 impl EnvelopeReader {
-    fn new(recv: quinn::RecvStream, limits: Limits) -> Self {
+    pub(crate) fn new(recv: quinn::RecvStream, limits: Limits) -> Self {
         EnvelopeReader {
             recv,
             decoder: FrameDecoder::with_limits(limits),
@@ -119,7 +120,7 @@ impl EnvelopeReader {
         }
     }
 
-    async fn next(&mut self) -> std::result::Result<Option<Envelope>, wire::WireError> {
+    pub(crate) async fn next(&mut self) -> std::result::Result<Option<Envelope>, wire::WireError> {
         std::future::poll_fn(|cx| self.poll_envelope(cx)).await
     }
 }
@@ -129,7 +130,7 @@ impl EnvelopeReader {
 /// [`plane_core::Requests`].
 #[derive(Clone)]
 pub struct QuicRequests {
-    node: Arc<Node>,
+    pub(crate) node: Arc<Node>,
 }
 
 impl std::fmt::Debug for QuicRequests {
@@ -143,19 +144,21 @@ impl std::fmt::Debug for QuicRequests {
 /// A peer process: its address and the certificate fingerprint it publishes.
 type ConnectionKey = (SocketAddr, String);
 
-struct Node {
-    config: QuicConfig,
+pub(crate) struct Node {
+    pub(crate) config: QuicConfig,
     identity: Identity,
     ca: Option<Arc<rustls::RootCertStore>>,
     server_config: quinn::ServerConfig,
     endpoint: RwLock<quinn::Endpoint>,
     endpoints: Endpoints,
     served: Mutex<HashMap<(String, InstanceId), Option<Registration>>>,
-    directory: PeerDirectory,
+    pub(crate) directory: PeerDirectory,
     connections: Mutex<HashMap<ConnectionKey, Arc<OnceCell<quinn::Connection>>>>,
     client_configs: Mutex<HashMap<String, quinn::ClientConfig>>,
-    limits: Limits,
+    pub(crate) limits: Limits,
     capabilities: RequestCapabilities,
+    /// Events subscribers connected to this endpoint (see [`crate::events`]).
+    pub(crate) subscribers: Subscribers,
 }
 
 impl Drop for Node {
@@ -245,9 +248,15 @@ impl QuicRequests {
             client_configs: Mutex::new(HashMap::new()),
             limits,
             capabilities,
+            subscribers: Subscribers::default(),
             config,
         });
-        tokio::spawn(accept_loop(endpoint, node.endpoints.clone(), limits));
+        tokio::spawn(accept_loop(
+            endpoint,
+            node.endpoints.clone(),
+            node.subscribers.clone(),
+            limits,
+        ));
         Ok(QuicRequests { node })
     }
 
@@ -309,7 +318,12 @@ impl QuicRequests {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        tokio::spawn(accept_loop(endpoint, node.endpoints.clone(), node.limits));
+        tokio::spawn(accept_loop(
+            endpoint,
+            node.endpoints.clone(),
+            node.subscribers.clone(),
+            node.limits,
+        ));
         let keys: Vec<(String, InstanceId)> = node
             .served
             .lock()
@@ -374,7 +388,11 @@ impl Node {
         Ok(addr.to_string())
     }
 
-    async fn register(&self, endpoint: &str, instance: InstanceId) -> Result<Registration> {
+    pub(crate) async fn register(
+        &self,
+        endpoint: &str,
+        instance: InstanceId,
+    ) -> Result<Registration> {
         let record = Instance::new(endpoint, instance, self.advertised()?)
             .with_metadata(tls::FINGERPRINT_METADATA, self.identity.fingerprint())
             .with_metadata(tls::SERVER_NAME_METADATA, self.config.server_name.clone());
@@ -491,7 +509,7 @@ impl Node {
 
     /// Open a call's stream to `instance`, replacing a cached connection
     /// that turns out to be dead.
-    async fn open(
+    pub(crate) async fn open(
         &self,
         instance: Instance,
     ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
@@ -674,13 +692,28 @@ impl ReplyTransport for QuicReply {
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, endpoints: Endpoints, limits: Limits) {
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    endpoints: Endpoints,
+    subscribers: Subscribers,
+    limits: Limits,
+) {
     while let Some(incoming) = endpoint.accept().await {
-        tokio::spawn(serve_connection(incoming, endpoints.clone(), limits));
+        tokio::spawn(serve_connection(
+            incoming,
+            endpoints.clone(),
+            subscribers.clone(),
+            limits,
+        ));
     }
 }
 
-async fn serve_connection(incoming: quinn::Incoming, endpoints: Endpoints, limits: Limits) {
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    endpoints: Endpoints,
+    subscribers: Subscribers,
+    limits: Limits,
+) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -689,7 +722,13 @@ async fn serve_connection(incoming: quinn::Incoming, endpoints: Endpoints, limit
         }
     };
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(serve_stream(send, recv, endpoints.clone(), limits));
+        tokio::spawn(serve_stream(
+            send,
+            recv,
+            endpoints.clone(),
+            subscribers.clone(),
+            limits,
+        ));
     }
 }
 
@@ -707,6 +746,7 @@ async fn serve_stream(
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     endpoints: Endpoints,
+    subscribers: Subscribers,
     limits: Limits,
 ) {
     let mut reader = EnvelopeReader::new(recv, limits);
@@ -724,6 +764,9 @@ async fn serve_stream(
             return refuse(send, RequestId::default(), error).await;
         }
     };
+    if env.headers.get(SUBSCRIBE_HEADER).is_some() {
+        return subscribers.serve(send, reader, env).await;
+    }
     let id = env.id;
     let routed = match decode_inbound(env) {
         Ok(Inbound::Call(c)) => c,

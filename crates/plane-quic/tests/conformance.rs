@@ -1,13 +1,14 @@
-//! The shared conformance suite against the QUIC request plane: caller and
-//! server in one process on loopback, peers found through a `mem://`
-//! discovery kv (not part of the target, so the kv cases skip).
+//! The shared conformance suite against the QUIC request and events planes:
+//! peers in one process on loopback, found through a `mem://` discovery kv.
+//! That kv is not the backend's (so the kv cases skip); the discovery cases
+//! run over it as the target's `discovery_kv`.
 
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use plane_conformance::{report_dir, run, Filter, Hooks, Status, Target};
-use plane_core::{Registry, Requests};
-use plane_quic::{QuicConfig, QuicRequests};
+use plane_core::{Events, Registry, Requests};
+use plane_quic::{QuicConfig, QuicEvents, QuicRequests};
 
 struct QuicHooks(QuicRequests);
 
@@ -38,11 +39,16 @@ impl Hooks for QuicHooks {
 async fn quic_backend_conforms() {
     let registry = Registry::with_defaults();
     let hub = format!("mem://quic-conformance-{:016x}", rand::random::<u64>());
-    let config = QuicConfig::new("127.0.0.1:0".parse().expect("address"), hub);
+    let config = QuicConfig::new("127.0.0.1:0".parse().expect("address"), hub.clone());
     let discovery = config.discovery(&registry).await.expect("discovery");
+    let events = QuicEvents::connect(config.clone(), discovery.clone())
+        .await
+        .expect("events plane");
     let backend = QuicRequests::connect(config, discovery).expect("quic endpoint");
     let mut target = Target::new("quic", "in-process");
     target.requests = Some(Requests::new(backend.clone()));
+    target.events = Some(Events::new(events));
+    target.discovery_kv = Some(registry.kv(&hub).await.expect("discovery kv"));
     target.hooks = Arc::new(QuicHooks(backend));
     let report = run(&target, &Filter::from_env()).await;
     let path = report.write(&report_dir()).expect("write report");

@@ -1,4 +1,5 @@
-//! plane-zmq: plane's brokerless request plane over ZeroMQ (libzmq).
+//! plane-zmq: plane's brokerless request and events planes over ZeroMQ
+//! (libzmq).
 //!
 //! Callers talk straight to the process serving an endpoint: a server binds
 //! one ROUTER socket for every endpoint instance it serves and registers its
@@ -6,6 +7,13 @@
 //! backend; callers list and watch it, balance calls across instances and
 //! send them on one DEALER per peer process. See [`request`] for the
 //! protocol, liveness and backpressure.
+//!
+//! Events go straight from publisher to subscriber too: each events handle
+//! binds an XPUB socket registered in discovery under the reserved endpoint
+//! [`events::EVENTS_ENDPOINT`] (`plane-events`), and each subscription
+//! connects a SUB socket to every publisher. At-most-once only: wildcards
+//! and per-publisher order, no worker groups, no durable streams. See
+//! [`events`].
 //!
 //! libzmq is built from source by `zmq-sys` (a C++ compiler is needed, no
 //! system package). Unix only (the socket is driven through its `ZMQ_FD`).
@@ -28,8 +36,11 @@
 //! | `bucket` | discovery bucket | `plane_discovery` |
 //! | `lease_ms` | discovery lease of served instances | 10000 |
 //! | `advertise` | ZeroMQ address published (`tcp://10.0.0.7:5555`) | the bound address (loopback if bound to every interface) |
-//! | `max_payload` | largest request or reply payload in bytes | 8 MiB |
-//! | `hwm` | high-water mark of every socket, in messages | 1000 |
+//! | `events_bind` | ZeroMQ address the events XPUB binds (`tcp://0.0.0.0:5556`) | the ROUTER's host on a free port |
+//! | `events_advertise` | XPUB address published | the bound address (loopback if bound to every interface) |
+//! | `max_payload` | largest request, reply or event payload in bytes | 8 MiB |
+//! | `hwm` | high-water mark of every request-plane socket, in messages | 1000 |
+//! | `events_hwm` | high-water mark of the events sockets, in events | 10000 |
 //! | `heartbeat_ms` | interval of the server's per-call heartbeats | 500 |
 //! | `idle_timeout_ms` | a call the server says nothing about for this long is `Disconnected` | 3000 |
 //! | `connect_timeout_ms` | longest wait for a connection to a peer | 3000 |
@@ -56,6 +67,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod events;
 pub mod request;
 mod socket;
 
@@ -65,9 +77,10 @@ use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, DiscoveryConfig};
 use plane_core::registry::{Connector, QueryParams, Registry};
 use plane_core::request::RequestCapabilities;
-use plane_core::{Error, ErrorKind, Requests, Result};
+use plane_core::{Error, ErrorKind, Events, Requests, Result};
 use url::Url;
 
+pub use events::ZmqEvents;
 pub use request::ZmqRequests;
 
 /// The backend name used in errors and reports.
@@ -81,6 +94,13 @@ pub struct ZmqConfig {
     pub bind: String,
     /// Address published in discovery; `None` publishes the bound address.
     pub advertise: Option<String>,
+    /// ZeroMQ address the events plane's XPUB binds; `None` binds the
+    /// ROUTER's host on a free port (or the ROUTER's socket path plus
+    /// `.events`).
+    pub events_bind: Option<String>,
+    /// Address of the XPUB published in discovery; `None` publishes the
+    /// bound address.
+    pub events_advertise: Option<String>,
     /// kv URL of the discovery plane.
     pub discovery: String,
     /// Discovery bucket and lease.
@@ -89,6 +109,11 @@ pub struct ZmqConfig {
     pub max_payload: usize,
     /// High-water mark of every socket, in messages.
     pub hwm: i32,
+    /// High-water mark of the events plane's sockets, in events: how many
+    /// events a publisher queues per subscribing socket (and a subscription
+    /// socket holds) before ZeroMQ drops. Higher than [`hwm`](Self::hwm) so
+    /// that a burst is not lost while libzmq's I/O thread catches up.
+    pub events_hwm: i32,
     /// Interval of the server's per-call heartbeats.
     pub heartbeat: Duration,
     /// Silence after which a call is `Disconnected`.
@@ -103,10 +128,13 @@ impl ZmqConfig {
         ZmqConfig {
             bind: bind.into(),
             advertise: None,
+            events_bind: None,
+            events_advertise: None,
             discovery: discovery.into(),
             discovery_config: DiscoveryConfig::default(),
             max_payload: 8 * 1024 * 1024,
             hwm: 1000,
+            events_hwm: 10_000,
             heartbeat: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(3),
@@ -158,11 +186,16 @@ impl ZmqConfig {
             c.discovery_config = c.discovery_config.lease(l);
         }
         c.advertise = q.take_str("advertise");
+        c.events_bind = q.take_str("events_bind");
+        c.events_advertise = q.take_str("events_advertise");
         if let Some(m) = q.take("max_payload")? {
             c.max_payload = m;
         }
         if let Some(h) = q.take("hwm")? {
             c.hwm = h;
+        }
+        if let Some(h) = q.take("events_hwm")? {
+            c.events_hwm = h;
         }
         if let Some(t) = q.take_millis("heartbeat_ms")? {
             c.heartbeat = t;
@@ -176,13 +209,14 @@ impl ZmqConfig {
         q.finish()?;
         if c.max_payload == 0
             || c.hwm <= 0
+            || c.events_hwm <= 0
             || c.heartbeat.is_zero()
             || c.idle_timeout <= c.heartbeat
             || c.connect_timeout.is_zero()
         {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
-                "max_payload, hwm, heartbeat_ms and connect_timeout_ms must be positive, \
+                "max_payload, hwm, events_hwm, heartbeat_ms and connect_timeout_ms must be positive, \
                  and idle_timeout_ms longer than heartbeat_ms",
             ));
         }
@@ -233,6 +267,14 @@ impl Connector for ZmqConnector {
             let config = ZmqConfig::from_url(url)?;
             let discovery = config.discovery(registry).await?;
             Ok(Requests::new(ZmqRequests::connect(config, discovery)?))
+        })
+    }
+
+    fn events<'a>(&'a self, url: &'a Url, registry: &'a Registry) -> BoxFuture<'a, Result<Events>> {
+        Box::pin(async move {
+            let config = ZmqConfig::from_url(url)?;
+            let discovery = config.discovery(registry).await?;
+            Ok(Events::new(ZmqEvents::connect(config, discovery).await?))
         })
     }
 }

@@ -104,7 +104,7 @@ struct Node {
     capabilities: RequestCapabilities,
 }
 
-fn socket(
+pub(crate) fn socket(
     context: &zmq::Context,
     kind: zmq::SocketType,
     config: &ZmqConfig,
@@ -689,7 +689,7 @@ fn start_router(
 
 /// The address to publish: `advertise` if set, else the bound one with an
 /// unspecified host replaced by loopback.
-fn advertised(bound: &str, advertise: Option<&str>) -> String {
+pub(crate) fn advertised(bound: &str, advertise: Option<&str>) -> String {
     if let Some(a) = advertise {
         return a.to_owned();
     }

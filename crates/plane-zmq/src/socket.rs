@@ -77,6 +77,13 @@ impl AsyncSocket {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Run `f` on the socket (connect, disconnect, set an option). Like
+    /// every operation it may change the socket's state, so callers check for
+    /// messages afterwards rather than wait for an edge.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&zmq::Socket) -> R) -> R {
+        f(&self.socket())
+    }
+
     /// One message if one is waiting.
     pub(crate) fn try_recv(&self) -> Result<Option<Vec<Bytes>>> {
         match self.socket().recv_multipart(zmq::DONTWAIT) {

@@ -1,0 +1,480 @@
+//! The QUIC events plane: at-most-once publish/subscribe between peers.
+//!
+//! # Topology
+//!
+//! Every events handle binds its own QUIC endpoint (TLS as for the request
+//! plane) and registers it in [discovery](plane_core::discovery) as an
+//! instance of the reserved endpoint [`EVENTS_ENDPOINT`] (`plane-events`),
+//! with its certificate fingerprint. A subscription opens one bidirectional
+//! stream to every publisher listed there, on the connection shared with
+//! any other traffic to that process, and follows the discovery watch to
+//! subscribe at publishers that appear and forget ones that leave.
+//!
+//! # Streams
+//!
+//! The subscriber writes one `request` envelope carrying the pattern in
+//! [`SUBSCRIBE_HEADER`] and keeps its side open: finishing or resetting it
+//! unsubscribes. The publisher answers with an `ack` envelope once the
+//! subscription is in place — `subscribe` returns only after every publisher
+//! known at that moment answered (or [`QuicConfig::connect_timeout`]
+//! passed), so nothing published after it returns is missed for want of a
+//! subscription — then writes every matching event as a length-delimited
+//! envelope ([`event_envelope`]: origin in the `plane-publisher` and
+//! `plane-seq` headers). Patterns are matched by the publisher, with
+//! [`subject::matches`], and checked again by the subscriber.
+//!
+//! # Overload
+//!
+//! A publisher never waits for subscribers: it offers each event to each
+//! matching subscriber's queue of [`SUBSCRIBER_QUEUE`] envelopes, drained
+//! into the stream by one task per subscriber. A full queue (the subscriber
+//! or the network is slower than the publisher) drops the event and counts
+//! it; the count travels with the next event that gets through, in
+//! [`DROPPED_HEADER`](plane_core::peer::events::DROPPED_HEADER). On the
+//! subscriber's side, a reader task per publisher drains the stream into the
+//! subscription's bounded buffer, dropping and counting when it is full.
+//! Either way the subscriber reads one `Overloaded` item at the gap.
+//!
+//! Worker groups are not offered: each publisher would have to pick one
+//! member of a group among subscribers it only knows separately, and
+//! members at different publishers could not agree without a coordinator.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use plane_core::discovery::{Discovery, DiscoveryEvent, Instance, Registration};
+use plane_core::events::{
+    ConsumerConfig, DeliveryTransport, Event, EventsBackend, EventsCapabilities, PublishAck,
+    StreamConfig, SubscribeOptions, SubscriptionTransport,
+};
+use plane_core::peer::events::{decode_event, event_envelope, BufferedSubscription, EventBuffer};
+use plane_core::request::InstanceId;
+use plane_core::subject;
+use plane_core::wire::{Envelope, FrameKind, RequestId};
+use plane_core::{Error, ErrorKind, Headers, Result};
+use tokio::sync::mpsc;
+
+use crate::request::{write_envelope, EnvelopeReader, Node, QuicRequests};
+use crate::QuicConfig;
+
+/// The discovery endpoint under which publishers register.
+pub const EVENTS_ENDPOINT: &str = "plane-events";
+/// Header of a subscription request: the subject pattern.
+pub const SUBSCRIBE_HEADER: &str = "plane-subscribe";
+/// Envelopes queued per subscriber at a publisher before events are dropped.
+pub const SUBSCRIBER_QUEUE: usize = 1024;
+
+/// The subscribers connected to one process's endpoint. Cheap to clone.
+#[derive(Clone, Default)]
+pub(crate) struct Subscribers {
+    inner: Arc<Mutex<SubscriberTable>>,
+}
+
+#[derive(Default)]
+struct SubscriberTable {
+    next: u64,
+    slots: HashMap<u64, Slot>,
+}
+
+struct Slot {
+    pattern: String,
+    tx: mpsc::Sender<Envelope>,
+    /// Events dropped for this subscriber since the last one sent.
+    dropped: AtomicU64,
+}
+
+impl Subscribers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SubscriberTable> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Offer `event` to every matching subscriber. Never waits.
+    fn publish(&self, event: &Event) {
+        let mut table = self.lock();
+        let mut gone = Vec::new();
+        for (id, slot) in &table.slots {
+            if !subject::matches(&slot.pattern, &event.subject) {
+                continue;
+            }
+            let dropped = slot.dropped.swap(0, Ordering::Relaxed);
+            match slot.tx.try_send(event_envelope(event, dropped)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    slot.dropped.fetch_add(dropped + 1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => gone.push(*id),
+            }
+        }
+        for id in gone {
+            table.slots.remove(&id);
+        }
+    }
+
+    /// Add a subscriber whose events go to `tx`; returns its slot.
+    fn add(&self, pattern: String, tx: mpsc::Sender<Envelope>) -> u64 {
+        let mut table = self.lock();
+        table.next += 1;
+        let id = table.next;
+        table.slots.insert(
+            id,
+            Slot {
+                pattern,
+                tx,
+                dropped: AtomicU64::new(0),
+            },
+        );
+        id
+    }
+
+    /// Serve one subscriber's stream, opened by `first` (a subscription
+    /// request), until it unsubscribes or goes away.
+    pub(crate) async fn serve(
+        &self,
+        mut send: quinn::SendStream,
+        mut reader: EnvelopeReader,
+        first: Envelope,
+    ) {
+        let pattern = first
+            .headers
+            .get(SUBSCRIBE_HEADER)
+            .unwrap_or_default()
+            .to_owned();
+        if let Err(e) = subject::validate_pattern(&pattern) {
+            let _ = write_envelope(&mut send, &Envelope::error(first.id, &e)).await;
+            let _ = send.finish();
+            return;
+        }
+        let (tx, mut rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let id = self.add(pattern, tx);
+        // In place from here on: confirm, so the subscriber can return.
+        let welcome = Envelope::new(FrameKind::Ack, first.id);
+        if write_envelope(&mut send, &welcome).await.is_ok() {
+            loop {
+                tokio::select! {
+                    env = rx.recv() => match env {
+                        Some(env) => {
+                            if write_envelope(&mut send, &env).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                    // Anything from the subscriber, its end or a reset
+                    // ends the subscription.
+                    _ = reader.next() => break,
+                }
+            }
+        }
+        self.lock().slots.remove(&id);
+    }
+}
+
+/// The QUIC events plane. Build it with [`QuicEvents::connect`] (or through
+/// the registry with a `quic://` URL) and wrap it in [`plane_core::Events`].
+#[derive(Clone)]
+pub struct QuicEvents {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for QuicEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicEvents")
+            .field("local_addr", &self.inner.requests.local_addr().ok())
+            .finish()
+    }
+}
+
+struct Inner {
+    /// The endpoint, connections and TLS material, shared with the request
+    /// plane's code; this handle serves no endpoint instance on it.
+    requests: QuicRequests,
+    registration: Mutex<Option<Registration>>,
+    capabilities: EventsCapabilities,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let registration = self
+            .registration
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let (Some(r), Ok(rt)) = (registration, tokio::runtime::Handle::try_current()) {
+            // Remove the record now rather than when its lease runs out.
+            rt.spawn(async move {
+                if let Err(e) = r.deregister().await {
+                    tracing::debug!(error = %e, "cannot deregister an events publisher");
+                }
+            });
+        }
+    }
+}
+
+impl QuicEvents {
+    /// Bind a QUIC endpoint as `config` says and register it in `discovery`
+    /// as an events publisher.
+    ///
+    /// # Errors
+    /// As [`QuicRequests::connect`]; discovery errors.
+    pub async fn connect(config: QuicConfig, discovery: Discovery) -> Result<Self> {
+        let mut capabilities = EventsCapabilities::default();
+        capabilities.wildcards = true;
+        // One queue and one stream per subscriber, fed in publish order.
+        capabilities.ordered_per_publisher = true;
+        capabilities.max_payload = config.max_payload;
+        let requests = QuicRequests::connect(config, discovery)?;
+        let registration = requests
+            .node
+            .register(EVENTS_ENDPOINT, InstanceId::random())
+            .await?;
+        Ok(QuicEvents {
+            inner: Arc::new(Inner {
+                requests,
+                registration: Mutex::new(Some(registration)),
+                capabilities,
+            }),
+        })
+    }
+
+    /// The address the endpoint is bound to.
+    ///
+    /// # Errors
+    /// `Connection` if the socket is gone.
+    pub fn local_addr(&self) -> Result<std::net::SocketAddr> {
+        self.inner.requests.local_addr()
+    }
+
+    fn node(&self) -> &Arc<Node> {
+        &self.inner.requests.node
+    }
+}
+
+impl EventsBackend for QuicEvents {
+    fn name(&self) -> &'static str {
+        crate::NAME
+    }
+
+    fn capabilities(&self) -> &EventsCapabilities {
+        &self.inner.capabilities
+    }
+
+    async fn publish(&self, event: Event) -> Result<()> {
+        self.node().subscribers.publish(&event);
+        Ok(())
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn SubscriptionTransport>> {
+        let node = self.node().clone();
+        let discovery = node.directory.discovery().clone();
+        // Watch before listing, so no publisher appearing meanwhile is missed.
+        let watch = discovery.watch(EVENTS_ENDPOINT).await?;
+        let buffer = EventBuffer::new(options.capacity);
+        let pattern = options.pattern;
+        let publishers = discovery.list(EVENTS_ENDPOINT).await?;
+        let joined = futures_util::future::join_all(
+            publishers
+                .into_iter()
+                .map(|p| join(node.clone(), p, pattern.clone(), buffer.clone())),
+        )
+        .await;
+        let readers: HashMap<InstanceId, AbortOnDrop> = joined.into_iter().flatten().collect();
+        let task = tokio::spawn(follow(node, watch, pattern, buffer.clone(), readers));
+        Ok(Box::new(BufferedSubscription::new(
+            buffer,
+            AbortOnDrop(task),
+        )))
+    }
+
+    async fn create_stream(&self, _config: StreamConfig) -> Result<()> {
+        Err(Error::unsupported("durable"))
+    }
+
+    async fn delete_stream(&self, _name: &str) -> Result<()> {
+        Err(Error::unsupported("durable"))
+    }
+
+    async fn publish_durable(&self, _event: Event, _msg_id: Option<String>) -> Result<PublishAck> {
+        Err(Error::unsupported("durable"))
+    }
+
+    async fn consume(&self, _config: ConsumerConfig) -> Result<Box<dyn DeliveryTransport>> {
+        Err(Error::unsupported("durable"))
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Subscribe at `publisher` and start reading its events into `buffer`.
+/// `None` (logged) when it cannot be reached or does not confirm in time: at
+/// most once, a stale record must not fail the subscription.
+async fn join(
+    node: Arc<Node>,
+    publisher: Instance,
+    pattern: String,
+    buffer: EventBuffer,
+) -> Option<(InstanceId, AbortOnDrop)> {
+    let timeout = node.config.connect_timeout;
+    let id = publisher.id;
+    let limits = node.limits;
+    let attempt = async {
+        let (conn, mut send, recv) = node.open(publisher).await?;
+        let request = Envelope::new(FrameKind::Request, RequestId::new_v7())
+            .with_headers(Headers::new().with(SUBSCRIBE_HEADER, pattern.clone()));
+        write_envelope(&mut send, &request).await?;
+        let mut reader = EnvelopeReader::new(recv, limits);
+        match reader.next().await {
+            Ok(Some(env)) if env.kind == FrameKind::Ack => Ok((conn, send, reader)),
+            Ok(Some(env)) if env.kind == FrameKind::Error => Err(env.to_error()),
+            _ => Err(Error::new(
+                ErrorKind::Connection,
+                "the publisher did not confirm the subscription",
+            )),
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok((conn, send, reader))) => {
+            let task = tokio::spawn(read_events(conn, send, reader, pattern, buffer));
+            Some((id, AbortOnDrop(task)))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(publisher = %id, error = %e, "cannot subscribe at an events publisher");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(publisher = %id, "an events publisher did not confirm in {timeout:?}");
+            None
+        }
+    }
+}
+
+/// Drain one publisher's stream into the subscription's buffer. Holding
+/// `send` keeps the subscription at the publisher; dropping it (when this
+/// task ends or is aborted) unsubscribes.
+async fn read_events(
+    _conn: quinn::Connection,
+    _send: quinn::SendStream,
+    mut reader: EnvelopeReader,
+    pattern: String,
+    buffer: EventBuffer,
+) {
+    loop {
+        let env = match reader.next().await {
+            Ok(Some(env)) => env,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "malformed event stream; unsubscribing");
+                return;
+            }
+        };
+        match decode_event(env) {
+            Ok((event, dropped)) => {
+                buffer.dropped(dropped);
+                if subject::matches(&pattern, &event.subject) {
+                    buffer.offer(event);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "malformed event ignored"),
+        }
+    }
+}
+
+/// Follow discovery: subscribe at publishers that appear (or whose stream
+/// ended), drop the streams of publishers that left.
+async fn follow(
+    node: Arc<Node>,
+    mut watch: plane_core::discovery::DiscoveryWatch,
+    pattern: String,
+    buffer: EventBuffer,
+    mut readers: HashMap<InstanceId, AbortOnDrop>,
+) {
+    // Retry publishers whose stream ended while they are still registered.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut known: HashMap<InstanceId, Instance> = HashMap::new();
+    loop {
+        tokio::select! {
+            change = watch.next() => match change {
+                Some(DiscoveryEvent::Added(instance)) => {
+                    known.insert(instance.id, instance.clone());
+                    let stale = readers.get(&instance.id).is_none_or(|r| r.0.is_finished());
+                    if stale {
+                        if let Some((id, r)) = join(node.clone(), instance, pattern.clone(), buffer.clone()).await {
+                            readers.insert(id, r);
+                        }
+                    }
+                }
+                Some(DiscoveryEvent::Removed(id)) => {
+                    known.remove(&id);
+                    readers.remove(&id);
+                }
+                None => return,
+            },
+            _ = tick.tick() => {
+                let ended: Vec<Instance> = known
+                    .values()
+                    .filter(|i| readers.get(&i.id).is_none_or(|r| r.0.is_finished()))
+                    .cloned()
+                    .collect();
+                for instance in ended {
+                    if let Some((id, r)) = join(node.clone(), instance, pattern.clone(), buffer.clone()).await {
+                        readers.insert(id, r);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plane_core::events::{Origin, PublisherId};
+    use plane_core::Message;
+
+    fn event(subject: &str, sequence: u64) -> Event {
+        Event {
+            subject: subject.to_owned(),
+            message: Message::from(format!("{sequence}")),
+            origin: Some(Origin {
+                publisher: PublisherId(1),
+                sequence,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_subscriber_queue_drops_and_the_next_event_says_how_many() {
+        let subscribers = Subscribers::default();
+        let (tx, mut rx) = mpsc::channel(1);
+        subscribers.add("s.*".to_owned(), tx);
+        for seq in 1..=3 {
+            subscribers.publish(&event("s.a", seq));
+        }
+        // Not matching: neither queued nor counted as dropped.
+        subscribers.publish(&event("other", 4));
+        let (first, dropped) = decode_event(rx.recv().await.unwrap()).unwrap();
+        assert_eq!((first.origin.unwrap().sequence, dropped), (1, 0));
+        subscribers.publish(&event("s.b", 5));
+        let (next, dropped) = decode_event(rx.recv().await.unwrap()).unwrap();
+        assert_eq!((next.origin.unwrap().sequence, dropped), (5, 2));
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_went_away_is_forgotten() {
+        let subscribers = Subscribers::default();
+        let (tx, rx) = mpsc::channel(1);
+        subscribers.add(">".to_owned(), tx);
+        drop(rx);
+        subscribers.publish(&event("s.a", 1));
+        assert!(subscribers.lock().slots.is_empty());
+    }
+}
