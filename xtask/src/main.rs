@@ -4,6 +4,9 @@
 //! - `conformance [--backend NAME]...`: run the conformance suite against
 //!   backends, write `target/conformance/<backend>.json`, render `docs/conformance.md`.
 //! - `matrix`: only render `docs/conformance.md` from existing reports.
+//! - `bench [--quick]`: every backend against its raw client
+//!   (`crates/plane-bench`, release build), writing `target/bench/report.json`,
+//!   `docs/bench.md` and `docs/bench.svg`.
 //!
 //! Kept to the standard library plus serde_json so that it compiles quickly.
 
@@ -30,8 +33,9 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("conformance") => conformance(&args[1..]),
         Some("matrix") => render_matrix(),
+        Some("bench") => bench(&args[1..]),
         _ => Err(format!(
-            "usage: cargo xtask <test | conformance [--backend NAME]... | matrix>\nbackends: {}",
+            "usage: cargo xtask <test | conformance [--backend NAME]... | matrix | bench [--quick]>\nbackends: {}",
             BACKENDS.iter().map(|b| b.0).collect::<Vec<_>>().join(", ")
         )),
     };
@@ -104,6 +108,20 @@ fn test(args: &[String]) -> Result<(), String> {
         run(c)?;
     }
     render_matrix()
+}
+
+/// The benchmark binary does the work (and the writing); this only builds
+/// and runs it in release mode.
+fn bench(args: &[String]) -> Result<(), String> {
+    let mut c = cargo();
+    c.args(["run", "--release", "-p", "plane-bench", "--"]);
+    for a in args {
+        match a.as_str() {
+            "--quick" => c.arg(a),
+            other => return Err(format!("unknown argument `{other}`")),
+        };
+    }
+    run(c)
 }
 
 fn conformance(args: &[String]) -> Result<(), String> {

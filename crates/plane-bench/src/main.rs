@@ -1,0 +1,139 @@
+//! plane's benchmark: every backend against its raw client, interleaved in
+//! one run. `cargo xtask bench [--quick]` runs it; see `../shared/BENCH.md`
+//! for the method and the report format.
+//!
+//! Writes `<target>/bench/report.json`, `docs/bench.md` and `docs/bench.svg`.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod drive;
+mod fs;
+mod mem;
+mod nats;
+mod plane_ops;
+mod quic;
+mod report;
+mod zmq;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use drive::Params;
+use report::{Report, Row};
+
+/// Errors of the harness: anything that stops a scenario.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+/// Result of the harness.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Prints one line of progress to stderr.
+pub fn progress(what: impl std::fmt::Display) {
+    eprintln!("bench: {what}");
+}
+
+/// Run `scenario` and print its rows as they come.
+pub async fn step(
+    rows: &mut Vec<Row>,
+    name: &str,
+    scenario: impl std::future::Future<Output = Result<Vec<Row>>>,
+) -> Result<()> {
+    let started = Instant::now();
+    let got = scenario.await.map_err(|e| format!("{name}: {e}"))?;
+    for r in &got {
+        progress(format_args!(
+            "  {:<5} {:<18} {:<16} {:>8} plane {:>12.1}  raw {:>12}  ratio {}",
+            r.backend,
+            r.scenario,
+            r.metric,
+            r.payload.map_or(String::new(), |p| p.to_string()),
+            r.plane,
+            r.raw.map_or("-".to_owned(), |v| format!("{v:.1}")),
+            r.ratio.map_or("-".to_owned(), |v| format!("{v:.3}")),
+        ));
+    }
+    progress(format_args!("  {name} done in {:.1?}", started.elapsed()));
+    rows.extend(got);
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+async fn run(quick: bool) -> Result<()> {
+    let p = if quick {
+        Params::quick()
+    } else {
+        Params::full()
+    };
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    progress("mem (plane only)");
+    mem::run(&mut rows, &p).await?;
+    progress("fs (object_store LocalFileSystem)");
+    fs::run(&mut rows, &p).await?;
+    progress("quic (quinn)");
+    quic::run(&mut rows, &p).await?;
+    progress("zmq (libzmq DEALER/ROUTER)");
+    zmq::run(&mut rows, &p).await?;
+    progress("nats (starting nats-server in a container)");
+    nats::run(&mut rows, &p).await?;
+    let report = Report {
+        machine: report::machine(),
+        date: report::today(),
+        mode: if quick { "quick" } else { "full" }.to_owned(),
+        results: rows,
+    };
+    let json = target_dir().join("bench").join("report.json");
+    let docs = workspace_root().join("docs");
+    report.write(&json, &docs)?;
+    progress(format_args!(
+        "wrote {}, {} and {} in {:.1?}",
+        json.display(),
+        docs.join("bench.md").display(),
+        docs.join("bench.svg").display(),
+        started.elapsed()
+    ));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let mut quick = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            other => {
+                eprintln!("usage: plane-bench [--quick]\nunknown argument `{other}`");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(quick)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! The report: `target/bench/report.json` (format in `BENCH.md`),
+//! `docs/bench.md` (tables and targets) and `docs/bench.svg` (the chart).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::Result;
+
+/// Which direction of a metric is good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Better {
+    /// Smaller is better (latency, drops).
+    Lower,
+    /// Larger is better (rates).
+    Higher,
+}
+
+/// One measured metric, plane against raw.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Backend name.
+    pub backend: String,
+    /// Scenario name.
+    pub scenario: String,
+    /// Payload size in bytes, where the scenario has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<usize>,
+    /// Metric name, unit included.
+    pub metric: String,
+    /// Through plane.
+    pub plane: f64,
+    /// The raw client; `None` where there is none.
+    pub raw: Option<f64>,
+    /// plane / raw.
+    pub ratio: Option<f64>,
+    /// Which direction is good.
+    pub better: Better,
+}
+
+impl Row {
+    /// A row; the ratio is computed when there is a non-zero raw value.
+    pub fn new(
+        backend: &str,
+        scenario: &str,
+        payload: Option<usize>,
+        metric: &str,
+        better: Better,
+        plane: f64,
+        raw: Option<f64>,
+    ) -> Self {
+        Row {
+            backend: backend.to_owned(),
+            scenario: scenario.to_owned(),
+            payload,
+            metric: metric.to_owned(),
+            plane,
+            raw,
+            ratio: raw.filter(|r| *r > 0.0).map(|r| plane / r),
+            better,
+        }
+    }
+
+    fn label(&self) -> String {
+        match self.payload {
+            Some(p) => format!("{} {} ({})", self.scenario, self.metric, size(p)),
+            None => format!("{} {}", self.scenario, self.metric),
+        }
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Cores, memory and CPU model.
+    pub machine: String,
+    /// UTC date of the run.
+    pub date: String,
+    /// `quick` or `full`.
+    pub mode: String,
+    /// Every measured metric.
+    pub results: Vec<Row>,
+}
+
+fn size(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1024 && bytes.is_multiple_of(1024) {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// "2 cores, 23 GiB RAM, <model>" from /proc.
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU".to_owned(), |(_, m)| m.trim().to_owned());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    format!("{cores} cores, {mem_gib:.0} GiB RAM, {model}")
+}
+
+/// Today's UTC date (YYYY-MM-DD) from the system clock.
+pub fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+impl Report {
+    /// Write the JSON report, the markdown page and the chart.
+    pub fn write(&self, json: &Path, docs: &Path) -> Result<()> {
+        if let Some(dir) = json.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(json, serde_json::to_string_pretty(self)?)?;
+        std::fs::create_dir_all(docs)?;
+        std::fs::write(docs.join("bench.md"), self.markdown())?;
+        std::fs::write(docs.join("bench.svg"), self.svg())?;
+        Ok(())
+    }
+
+    fn find(
+        &self,
+        backend: &str,
+        scenario: &str,
+        metric: &str,
+        payload: Option<usize>,
+    ) -> Option<&Row> {
+        self.results.iter().find(|r| {
+            r.backend == backend
+                && r.scenario == scenario
+                && r.metric == metric
+                && (payload.is_none() || r.payload == payload)
+        })
+    }
+
+    fn backends(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for r in &self.results {
+            if !out.contains(&r.backend.as_str()) {
+                out.push(&r.backend);
+            }
+        }
+        out
+    }
+
+    /// The issue's targets, each checked against this run's numbers.
+    fn targets(&self) -> Vec<(String, Option<bool>, String)> {
+        let mut out = Vec::new();
+        let ratio = |b: &str, s: &str, m: &str, p: Option<usize>| {
+            self.find(b, s, m, p).and_then(|r| r.ratio)
+        };
+        let mut check = |what: String, value: Option<f64>, ok: &dyn Fn(f64) -> bool| {
+            let (met, shown) = match value {
+                Some(v) => (Some(ok(v)), format!("{v:.3}")),
+                None => (None, "not measured".to_owned()),
+            };
+            out.push((what, met, shown));
+        };
+        for (b, p50) in [("nats", 1.10), ("quic", 1.10), ("zmq", 1.05)] {
+            check(
+                format!("{b}: unary p50 plane/raw ≤ {p50:.2}"),
+                ratio(b, "unary_latency", "p50_us", None),
+                &|v| v <= p50,
+            );
+            check(
+                format!("{b}: unary p99 plane/raw ≤ 1.20"),
+                ratio(b, "unary_latency", "p99_us", None),
+                &|v| v <= 1.20,
+            );
+            check(
+                format!("{b}: unary throughput (64 in flight) plane/raw ≥ 0.90"),
+                ratio(b, "unary_throughput", "calls_per_s", None),
+                &|v| v >= 0.90,
+            );
+        }
+        check(
+            "nats: pub/sub 64 B plane/raw ≥ 0.90".to_owned(),
+            ratio("nats", "pubsub_throughput", "msgs_per_s", Some(64)),
+            &|v| v >= 0.90,
+        );
+        check(
+            "nats: pub/sub 64 KiB plane/raw ≥ 0.95".to_owned(),
+            ratio("nats", "pubsub_throughput", "msgs_per_s", Some(64 * 1024)),
+            &|v| v >= 0.95,
+        );
+        let nats_p50 = self
+            .find("nats", "unary_latency", "p50_us", None)
+            .map(|r| r.plane);
+        for b in ["quic", "zmq"] {
+            let mine = self
+                .find(b, "unary_latency", "p50_us", None)
+                .map(|r| r.plane);
+            let v = mine.zip(nats_p50).map(|(m, n)| m / n);
+            check(
+                format!("{b}: brokerless unary p50 below NATS request/reply p50 (plane {b} / plane nats < 1)"),
+                v,
+                &|v| v < 1.0,
+            );
+        }
+        out
+    }
+
+    fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# Benchmark: every backend against its raw client\n");
+        let _ = writeln!(
+            md,
+            "Generated by `cargo xtask bench{}` (`crates/plane-bench`); do not edit by hand. \
+             Method: `../shared/BENCH.md` — plane and raw rounds alternate in one run, so the \
+             ratio (plane / raw) holds even on a noisy machine.\n",
+            if self.mode == "quick" { " --quick" } else { "" }
+        );
+        let _ = writeln!(md, "- machine: {}", self.machine);
+        let _ = writeln!(md, "- date: {}", self.date);
+        let _ = writeln!(md, "- mode: {}", self.mode);
+        if self.mode == "quick" {
+            let _ = writeln!(
+                md,
+                "\n> **This is a quick run** (few iterations, 8 MiB objects): a smoke test of the \
+                 harness, not numbers to quote. Run `cargo xtask bench` for the full run."
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\n![plane / raw ratio per backend and scenario](bench.svg)\n"
+        );
+        let _ = writeln!(md, "## Targets\n");
+        let _ = writeln!(md, "Checked against this run's numbers.\n");
+        let _ = writeln!(md, "| target | value | met |\n|---|---|---|");
+        for (what, met, shown) in self.targets() {
+            let met = match met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "—",
+            };
+            let _ = writeln!(md, "| {what} | {shown} | {met} |");
+        }
+        for backend in self.backends() {
+            let _ = writeln!(md, "\n## {backend}\n");
+            let _ = writeln!(
+                md,
+                "| scenario | metric | payload | plane | raw | ratio | better |"
+            );
+            let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+            for r in self.results.iter().filter(|r| r.backend == backend) {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    r.scenario,
+                    r.metric,
+                    r.payload.map_or("—".to_owned(), size),
+                    num(r.plane),
+                    r.raw.map_or("—".to_owned(), num),
+                    r.ratio.map_or("—".to_owned(), |v| format!("{v:.3}")),
+                    match r.better {
+                        Better::Lower => "lower",
+                        Better::Higher => "higher",
+                    }
+                );
+            }
+        }
+        md.push_str(NOTES);
+        md
+    }
+
+    /// Grouped bars of plane/raw per backend and scenario, with a 1.0 line.
+    /// Drops are left out (a count, not a cost). A bar is green where plane
+    /// is ahead of raw in the metric's good direction, orange where behind.
+    fn svg(&self) -> String {
+        let bars: Vec<(&Row, f64)> = self
+            .results
+            .iter()
+            .filter(|r| r.metric != "drops")
+            .filter_map(|r| r.ratio.map(|v| (r, v)))
+            .collect();
+        let backends: Vec<&str> = {
+            let mut b: Vec<&str> = Vec::new();
+            for (r, _) in &bars {
+                if !b.contains(&r.backend.as_str()) {
+                    b.push(&r.backend);
+                }
+            }
+            b
+        };
+        let row_h = 16.0;
+        let group_gap = 26.0;
+        let left = 330.0;
+        let width = 900.0;
+        let plot_w = width - left - 60.0;
+        let max = bars.iter().map(|b| b.1).fold(1.5_f64, f64::max).min(4.0);
+        let x = |v: f64| left + plot_w * (v.min(max) / max);
+        let height = 50.0 + bars.len() as f64 * row_h + backends.len() as f64 * group_gap + 30.0;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
+        );
+        let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<text x="10" y="18" font-size="14" font-weight="bold">plane / raw per backend and scenario ({} run, {})</text>"#,
+            self.mode, self.date
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="10" y="34" fill="#555">bar = plane / raw; latencies: lower is better, rates: higher is better; green = plane ahead, orange = plane behind; bars are cut at {max:.1}</text>"##
+        );
+        let mut y = 50.0;
+        for backend in &backends {
+            y += group_gap;
+            let _ = writeln!(
+                s,
+                r#"<text x="10" y="{:.1}" font-size="13" font-weight="bold">{backend}</text>"#,
+                y - 8.0
+            );
+            for (r, v) in bars.iter().filter(|b| b.0.backend == *backend) {
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                    left - 6.0,
+                    y + 11.0,
+                    xml(&r.label())
+                );
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{left:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}"/>"#,
+                    y + 2.0,
+                    (x(*v) - left).max(1.0),
+                    row_h - 4.0,
+                    if ahead(r.better, *v) {
+                        "#59a14f"
+                    } else {
+                        "#f28e2b"
+                    }
+                );
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{:.1}" y="{:.1}">{v:.2}</text>"#,
+                    x(*v) + 4.0,
+                    y + 11.0
+                );
+                y += row_h;
+            }
+        }
+        let one = x(1.0);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{one:.1}" y1="44" x2="{one:.1}" y2="{:.1}" stroke="#d00" stroke-dasharray="4 3"/>"##,
+            y + 4.0
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{one:.1}" y="{:.1}" text-anchor="middle" fill="#d00">1.0</text>"##,
+            y + 18.0
+        );
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+/// Whether a plane/raw ratio means plane is at least as good as raw.
+fn ahead(better: Better, ratio: f64) -> bool {
+    match better {
+        Better::Lower => ratio <= 1.0,
+        Better::Higher => ratio >= 1.0,
+    }
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// What the numbers do not say by themselves.
+const NOTES: &str = r#"
+## How each pair is measured
+
+- **Latency** is measured one call at a time with 64 B requests and replies, after a
+  warm-up; `p*_us` come from an HDR histogram of every call. `paced_*` is the same
+  call issued at 1 kHz, which exposes wake-up costs of idle connections.
+- **Throughput** keeps 64 calls (or acked publishes) in flight on one connection,
+  from one task, on both sides.
+- **Streams** are one call at a time, each streaming 64 B chunks; the raw side writes
+  length-prefixed chunks on the same transport (a NATS inbox, one QUIC bi-stream, one
+  DEALER/ROUTER pair) and an end marker.
+- **Pub/sub** publishes as fast as the publisher accepts and counts at the receiver
+  (a fresh subscriber and subject per round); `drops` are messages published but never
+  received (slow-consumer drops, summed over rounds).
+- **Objects** store then read back one object, streaming the read.
+- mem has no raw client: plane only, `raw` and `ratio` are `null`.
+- zmq and quic serve only the request plane, so they have no pub/sub, durable or
+  object rows; the raw zmq PUB/SUB has no plane counterpart to compare with.
+- fs: plane is configured with `fsync=false`, because `LocalFileSystem` does not fsync
+  either; plane still hashes every object (SHA-256) on the way in and verifies it on
+  the way out, which the raw side does not.
+
+## TCP_NODELAY
+
+Checked for every socket plane owns on a hot path:
+
+- NATS: async-nats 0.51 calls `set_nodelay(true)` on every TCP connection it opens
+  (`connector.rs`), for plane and raw alike.
+- ZeroMQ: libzmq 4.3.4 sets `TCP_NODELAY` itself on every TCP socket it connects or
+  accepts (`tune_tcp_socket` in `tcp.cpp`).
+- QUIC is UDP: nothing to set.
+- The only TCP sockets plane opens itself are the `plane-observe` metrics endpoint
+  (one response per request, no small-write chains) and the NATS test harness's
+  readiness probe; neither is on a data path.
+
+## Noticed (not changed here)
+
+Read while writing the raw baselines; candidates for the hot-path work of issue 6,
+not refactored in this change:
+
+- plane-nats opens a fresh inbox subscription (`SUB` … `UNSUB`) for every call,
+  where `async_nats::Client::request` shares one wildcard inbox per connection:
+  two extra protocol messages per call on the unary path.
+- plane-quic reads every stream through a 16 KiB stack buffer and copies it into
+  the frame decoder; quinn's `read_chunk` hands out `Bytes` that could be decoded
+  without that copy.
+- plane-nats object reads allocate a fresh 128 KiB buffer per chunk (each chunk is
+  handed out as `Bytes`, so some allocation is inherent); the raw side reuses one.
+"#;
