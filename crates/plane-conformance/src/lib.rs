@@ -468,6 +468,7 @@ pub struct Filter {
 impl Filter {
     /// From the `PLANE_CONFORMANCE_ONLY` environment variable (comma-separated
     /// substrings of `plane/case`), for running a subset while debugging.
+    /// The report of a narrowed run lists only the cases it ran.
     pub fn from_env() -> Self {
         let only = std::env::var("PLANE_CONFORMANCE_ONLY")
             .map(|v| {
