@@ -4,9 +4,10 @@
 //! - `conformance [--backend NAME]...`: run the conformance suite against
 //!   backends, write `target/conformance/<backend>.json`, render `docs/conformance.md`.
 //! - `matrix`: only render `docs/conformance.md` from existing reports.
-//! - `bench [--quick]`: every backend against its raw client
+//! - `bench [--quick] [--only BACKEND]...`: every backend against its raw client
 //!   (`crates/plane-bench`, release build), writing `target/bench/report.json`,
-//!   `docs/bench.md` and `docs/bench.svg`.
+//!   `docs/bench.md` and `docs/bench.svg` (`--only` measures some backends and writes
+//!   nothing).
 //!
 //! Kept to the standard library plus serde_json so that it compiles quickly.
 
@@ -35,7 +36,7 @@ fn main() -> ExitCode {
         Some("matrix") => render_matrix(),
         Some("bench") => bench(&args[1..]),
         _ => Err(format!(
-            "usage: cargo xtask <test | conformance [--backend NAME]... | matrix | bench [--quick]>\nbackends: {}",
+            "usage: cargo xtask <test | conformance [--backend NAME]... | matrix | bench [--quick] [--only BACKEND]...>\nbackends: {}",
             BACKENDS.iter().map(|b| b.0).collect::<Vec<_>>().join(", ")
         )),
     };
@@ -115,9 +116,11 @@ fn test(args: &[String]) -> Result<(), String> {
 fn bench(args: &[String]) -> Result<(), String> {
     let mut c = cargo();
     c.args(["run", "--release", "-p", "plane-bench", "--"]);
-    for a in args {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => c.arg(a),
+            "--only" => c.arg(a).arg(it.next().ok_or("--only needs a backend")?),
             other => return Err(format!("unknown argument `{other}`")),
         };
     }

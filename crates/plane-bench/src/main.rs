@@ -70,7 +70,10 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-async fn run(quick: bool) -> Result<()> {
+/// The backends, in the order a run measures them.
+const BACKENDS: [&str; 5] = ["mem", "fs", "quic", "zmq", "nats"];
+
+async fn run(quick: bool, only: &[String]) -> Result<()> {
     let p = if quick {
         Params::quick()
     } else {
@@ -78,16 +81,37 @@ async fn run(quick: bool) -> Result<()> {
     };
     let started = Instant::now();
     let mut rows = Vec::new();
-    progress("mem (plane only)");
-    mem::run(&mut rows, &p).await?;
-    progress("fs (object_store LocalFileSystem)");
-    fs::run(&mut rows, &p).await?;
-    progress("quic (quinn)");
-    quic::run(&mut rows, &p).await?;
-    progress("zmq (libzmq DEALER/ROUTER)");
-    zmq::run(&mut rows, &p).await?;
-    progress("nats (starting nats-server in a container)");
-    nats::run(&mut rows, &p).await?;
+    let wanted = |b: &str| only.is_empty() || only.iter().any(|o| o == b);
+    if wanted("mem") {
+        progress("mem (plane only)");
+        mem::run(&mut rows, &p).await?;
+    }
+    if wanted("fs") {
+        progress("fs (object_store LocalFileSystem)");
+        fs::run(&mut rows, &p).await?;
+    }
+    if wanted("quic") {
+        progress("quic (quinn)");
+        quic::run(&mut rows, &p).await?;
+    }
+    if wanted("zmq") {
+        progress("zmq (libzmq DEALER/ROUTER)");
+        zmq::run(&mut rows, &p).await?;
+    }
+    if wanted("nats") {
+        progress("nats (starting nats-server in a container)");
+        nats::run(&mut rows, &p).await?;
+    }
+    if !only.is_empty() {
+        // A partial run would leave the report and the docs without the
+        // other backends' rows: it is for looking at, not for quoting.
+        progress(format_args!(
+            "partial run ({}): report and docs not written, in {:.1?}",
+            only.join(", "),
+            started.elapsed()
+        ));
+        return Ok(());
+    }
     let report = Report {
         machine: report::machine(),
         date: report::today(),
@@ -109,11 +133,28 @@ async fn run(quick: bool) -> Result<()> {
 
 fn main() -> ExitCode {
     let mut quick = false;
-    for arg in std::env::args().skip(1) {
+    let mut only = Vec::new();
+    let usage = format!(
+        "usage: plane-bench [--quick] [--only BACKEND]...\nbackends: {}",
+        BACKENDS.join(", ")
+    );
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--only" => match args.next() {
+                Some(b) if BACKENDS.contains(&b.as_str()) => only.push(b),
+                Some(b) => {
+                    eprintln!("{usage}\nunknown backend `{b}`");
+                    return ExitCode::FAILURE;
+                }
+                None => {
+                    eprintln!("{usage}\n--only needs a backend");
+                    return ExitCode::FAILURE;
+                }
+            },
             other => {
-                eprintln!("usage: plane-bench [--quick]\nunknown argument `{other}`");
+                eprintln!("{usage}\nunknown argument `{other}`");
                 return ExitCode::FAILURE;
             }
         }
@@ -129,7 +170,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(quick)) {
+    match runtime.block_on(run(quick, &only)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench: {e}");

@@ -422,8 +422,9 @@ const NOTES: &str = r#"
   received (slow-consumer drops, summed over rounds).
 - **Objects** store then read back one object, streaming the read.
 - mem has no raw client: plane only, `raw` and `ratio` are `null`.
-- zmq and quic serve only the request plane, so they have no pub/sub, durable or
-  object rows; the raw zmq PUB/SUB has no plane counterpart to compare with.
+- zmq and quic have request and at-most-once event planes but no durable events or
+  objects, so they have no durable or object rows. Their pub/sub is not measured yet:
+  the raw baselines for it (quinn streams, libzmq PUB/SUB) are still to be written.
 - fs: plane is configured with `fsync=false`, because `LocalFileSystem` does not fsync
   either; plane still hashes every object (SHA-256) on the way in and verifies it on
   the way out, which the raw side does not.
@@ -441,17 +442,20 @@ Checked for every socket plane owns on a hot path:
   (one response per request, no small-write chains) and the NATS test harness's
   readiness probe; neither is on a data path.
 
-## Noticed (not changed here)
+## Noticed (not changed yet)
 
-Read while writing the raw baselines; candidates for the hot-path work of issue 6,
-not refactored in this change:
-
-- plane-nats opens a fresh inbox subscription (`SUB` … `UNSUB`) for every call,
-  where `async_nats::Client::request` shares one wildcard inbox per connection:
-  two extra protocol messages per call on the unary path.
 - plane-quic reads every stream through a 16 KiB stack buffer and copies it into
   the frame decoder; quinn's `read_chunk` hands out `Bytes` that could be decoded
   without that copy.
 - plane-nats object reads allocate a fresh 128 KiB buffer per chunk (each chunk is
   handed out as `Bytes`, so some allocation is inherent); the raw side reuses one.
+- Every plane call carries headers the raw call does not: `plane-id`,
+  `plane-timeout-ms` and a `traceparent` (a fresh trace when the caller has none,
+  by design). On NATS they are about 150 bytes per request that the server in the
+  same 2-core machine must parse too; async-nats hashes header names with SipHash.
+- The server runtime spawns one task per admitted call (the raw echo servers answer
+  inline); plane-quic spawns one more per incoming stream before it.
+- plane-nats' at-most-once subscriptions pass every event through a forwarding task
+  into the subscription's bounded buffer (that is how drops are counted per
+  subscription); the raw subscriber reads the client's channel directly.
 "#;

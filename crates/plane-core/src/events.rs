@@ -339,7 +339,7 @@ pub struct Subscription {
     /// Events already received when [`drain`](Subscription::drain) was
     /// called, still to be yielded.
     drained: std::collections::VecDeque<Result<Event>>,
-    labels: Option<Labels>,
+    labels: Option<ModeLabels>,
 }
 
 impl Subscription {
@@ -392,9 +392,9 @@ impl Stream for Subscription {
         };
         if let Some(labels) = &this.labels {
             match &item {
-                Some(Ok(event)) => received(labels, "at_most_once", event),
+                Some(Ok(event)) => received(labels, event),
                 Some(Err(e)) if e.kind() == ErrorKind::Overloaded => {
-                    ::metrics::counter!(m::EVENTS_DROPPED, labels.get()).increment(1);
+                    labels.base.counter(m::EVENTS_DROPPED).increment(1);
                 }
                 _ => {}
             }
@@ -409,11 +409,30 @@ impl Drop for Subscription {
     }
 }
 
+/// The label sets of one delivery mode of an events handle: `backend`,
+/// and `backend` plus `mode`.
+#[derive(Clone, Debug)]
+struct ModeLabels {
+    base: Labels,
+    mode: Labels,
+}
+
+impl ModeLabels {
+    fn new(backend: &'static str, mode: &'static str) -> Self {
+        let base = Labels::new().with("backend", backend);
+        ModeLabels {
+            mode: base.clone().with("mode", mode),
+            base,
+        }
+    }
+}
+
 /// Count one received event.
-fn received(labels: &Labels, mode: &'static str, event: &Event) {
-    let with_mode = labels.and("mode", mode);
-    ::metrics::counter!(m::EVENTS_RECEIVED, with_mode.clone()).increment(1);
-    ::metrics::counter!(m::EVENTS_BYTES_RECEIVED, with_mode)
+fn received(labels: &ModeLabels, event: &Event) {
+    labels.mode.counter(m::EVENTS_RECEIVED).increment(1);
+    labels
+        .mode
+        .counter(m::EVENTS_BYTES_RECEIVED)
         .increment(event.message.payload_len() as u64);
     if event
         .message
@@ -421,7 +440,7 @@ fn received(labels: &Labels, mode: &'static str, event: &Event) {
         .get(DEAD_LETTER_SUBJECT_HEADER)
         .is_some()
     {
-        ::metrics::counter!(m::EVENTS_DEAD_LETTERS, labels.get()).increment(1);
+        labels.base.counter(m::EVENTS_DEAD_LETTERS).increment(1);
     }
 }
 
@@ -429,7 +448,7 @@ fn received(labels: &Labels, mode: &'static str, event: &Event) {
 pub struct DurableSubscription {
     transport: Box<dyn DeliveryTransport>,
     closed: bool,
-    labels: Option<Labels>,
+    labels: Option<ModeLabels>,
 }
 
 impl DurableSubscription {
@@ -461,9 +480,9 @@ impl Stream for DurableSubscription {
         }
         let item = this.transport.poll_delivery(cx);
         if let (Some(labels), Poll::Ready(Some(Ok(delivery)))) = (&this.labels, &item) {
-            received(labels, "durable", &delivery.event);
+            received(labels, &delivery.event);
             if delivery.attempt > 1 {
-                ::metrics::counter!(m::EVENTS_REDELIVERED, labels.get()).increment(1);
+                labels.base.counter(m::EVENTS_REDELIVERED).increment(1);
             }
         }
         item
@@ -600,6 +619,8 @@ pub struct Events {
     backend: Arc<dyn DynEventsBackend>,
     publisher: Arc<PublisherState>,
     retry: RetryPolicy,
+    /// At most once, durable.
+    labels: Arc<[ModeLabels; 2]>,
 }
 
 impl std::fmt::Debug for Events {
@@ -619,10 +640,15 @@ impl Events {
 
     /// Wrap an already shared backend.
     pub fn from_dyn(backend: Arc<dyn DynEventsBackend>) -> Self {
+        let name = backend.name();
         Events {
             backend,
             publisher: PublisherState::fresh(),
             retry: RetryPolicy::none(),
+            labels: Arc::new([
+                ModeLabels::new(name, "at_most_once"),
+                ModeLabels::new(name, "durable"),
+            ]),
         }
     }
 
@@ -643,20 +669,23 @@ impl Events {
         self.backend.connection_state()
     }
 
-    fn labels(&self) -> Labels {
-        Labels::new().with("backend", self.backend.name())
+    fn labels(&self, durable: bool) -> &ModeLabels {
+        &self.labels[usize::from(durable)]
     }
 
-    fn published<T>(&self, mode: &'static str, result: &Result<T>, len: usize) {
-        let labels = self.labels();
-        let mut with = labels.and("mode", mode);
-        ::metrics::counter!(m::EVENTS_BYTES_SENT, with.clone()).increment(len as u64);
-        with.push(::metrics::Label::new("outcome", m::outcome(result)));
-        ::metrics::counter!(m::EVENTS_PUBLISHED, with).increment(1);
+    fn published<T>(&self, durable: bool, result: &Result<T>, len: usize) {
+        let labels = &self.labels(durable).mode;
+        labels.counter(m::EVENTS_BYTES_SENT).increment(len as u64);
+        labels
+            .counter_with(m::EVENTS_PUBLISHED, "outcome", m::outcome(result))
+            .increment(1);
     }
 
-    fn on_retry(&self, mode: &'static str, error: &Error, retry: u32) {
-        ::metrics::counter!(m::EVENTS_RETRIES, self.labels().and("mode", mode)).increment(1);
+    fn on_retry(&self, durable: bool, error: &Error, retry: u32) {
+        self.labels(durable)
+            .mode
+            .counter(m::EVENTS_RETRIES)
+            .increment(1);
         tracing::debug!(error = %error, retry, "retrying publish");
     }
 
@@ -681,6 +710,7 @@ impl Events {
             backend: self.backend.clone(),
             publisher: PublisherState::fresh(),
             retry: self.retry.clone(),
+            labels: self.labels.clone(),
         }
     }
 
@@ -716,10 +746,10 @@ impl Events {
             .run(
                 |_| async {
                     let r = self.backend.publish(event.clone()).await;
-                    self.published("at_most_once", &r, len);
+                    self.published(false, &r, len);
                     r.map_err(|e| e.with_op(op).with_backend(self.backend.name()))
                 },
-                |e, n| self.on_retry("at_most_once", e, n),
+                |e, n| self.on_retry(false, e, n),
             )
             .await
     }
@@ -755,7 +785,7 @@ impl Events {
             .await
             .map_err(|e| e.with_op(op).with_backend(self.backend.name()))?;
         let mut sub = Subscription::new(t);
-        sub.labels = Some(self.labels());
+        sub.labels = Some(self.labels(false).clone());
         Ok(sub)
     }
 
@@ -831,10 +861,10 @@ impl Events {
                         .backend
                         .publish_durable(event.clone(), msg_id.clone())
                         .await;
-                    self.published("durable", &r, len);
+                    self.published(true, &r, len);
                     r.map_err(|e| e.with_op(op).with_backend(self.backend.name()))
                 },
-                |e, n| self.on_retry("durable", e, n),
+                |e, n| self.on_retry(true, e, n),
             )
             .await
     }
@@ -868,7 +898,7 @@ impl Events {
             .await
             .map_err(|e| e.with_op(op).with_backend(self.backend.name()))?;
         let mut sub = DurableSubscription::new(t);
-        sub.labels = Some(self.labels());
+        sub.labels = Some(self.labels(true).clone());
         Ok(sub)
     }
 }

@@ -9,6 +9,8 @@
 //! kind), `mode` (`"at_most_once"` or `"durable"`), `queue`. Durations are
 //! seconds; sizes are payload bytes (body plus headers, as limits count them).
 
+use std::sync::{Arc, Mutex};
+
 /// Counter: call attempts made by a client, by `endpoint`, `backend`, `outcome`
 /// (each retry is an attempt).
 pub const CLIENT_REQUESTS: &str = "plane_client_requests_total";
@@ -197,33 +199,154 @@ pub(crate) fn outcome<T>(r: &crate::Result<T>) -> &'static str {
 
 /// A label set shared by one handle, endpoint or queue: cheap to clone and
 /// to extend with a per-event label.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Labels(Vec<::metrics::Label>);
+///
+/// It also keeps the handles it registered with the recorder, so the hot
+/// paths (a few metrics per call or event) increment an atomic instead of
+/// cloning labels, hashing a key and asking the recorder every time. The
+/// cache remembers which recorder it registered with and starts over when
+/// another one is in charge — a global recorder installed after the handle
+/// was built, or a thread-local one in a test — so nothing is ever counted
+/// into a recorder that no longer listens.
+#[derive(Clone, Default)]
+pub(crate) struct Labels(Arc<Inner>);
+
+#[derive(Default)]
+struct Inner {
+    labels: Vec<::metrics::Label>,
+    cache: Mutex<Cache>,
+}
+
+impl std::fmt::Debug for Labels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Labels").field(&self.0.labels).finish()
+    }
+}
+
+#[derive(Default)]
+struct Cache {
+    /// The recorder the handles belong to (its address).
+    recorder: usize,
+    handles: Vec<(Slot, Handle)>,
+}
+
+/// A metric name plus the per-emission label, if any.
+#[derive(PartialEq, Eq, Clone, Copy)]
+struct Slot {
+    name: &'static str,
+    extra: Option<(&'static str, &'static str)>,
+}
+
+#[derive(Clone)]
+enum Handle {
+    Counter(::metrics::Counter),
+    Gauge(::metrics::Gauge),
+    Histogram(::metrics::Histogram),
+}
+
+fn current_recorder() -> usize {
+    ::metrics::with_recorder(|r| std::ptr::from_ref(r).cast::<()>() as usize)
+}
+
+/// Handles kept per label set; beyond this (label values that vary without
+/// bound), handles are registered per emission instead of cached.
+const MAX_CACHED: usize = 32;
 
 impl Labels {
     pub(crate) fn new() -> Self {
-        Labels(Vec::new())
+        Labels::default()
     }
 
     /// Add a label; `value` is typically a `&'static str` or an `Arc<str>`.
-    pub(crate) fn with(
-        mut self,
-        key: &'static str,
-        value: impl Into<::metrics::SharedString>,
-    ) -> Self {
-        self.0.push(::metrics::Label::new(key, value));
-        self
+    pub(crate) fn with(self, key: &'static str, value: impl Into<::metrics::SharedString>) -> Self {
+        let mut labels = self.0.labels.clone();
+        labels.push(::metrics::Label::new(key, value));
+        // A different label set, so a cache of its own.
+        Labels(Arc::new(Inner {
+            labels,
+            cache: Mutex::default(),
+        }))
     }
 
     /// The labels plus one more, for a single emission.
     pub(crate) fn and(&self, key: &'static str, value: &'static str) -> Vec<::metrics::Label> {
-        let mut v = self.0.clone();
+        let mut v = Vec::with_capacity(self.0.labels.len() + 1);
+        v.extend_from_slice(&self.0.labels);
         v.push(::metrics::Label::new(key, value));
         v
     }
 
     pub(crate) fn get(&self) -> Vec<::metrics::Label> {
-        self.0.clone()
+        self.0.labels.clone()
+    }
+
+    fn handle(&self, slot: Slot, register: impl FnOnce(Vec<::metrics::Label>) -> Handle) -> Handle {
+        let recorder = current_recorder();
+        let mut cache = self.0.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.recorder != recorder {
+            cache.recorder = recorder;
+            cache.handles.clear();
+        }
+        if let Some((_, h)) = cache.handles.iter().find(|(s, _)| *s == slot) {
+            return h.clone();
+        }
+        let labels = match slot.extra {
+            Some((k, v)) => self.and(k, v),
+            None => self.get(),
+        };
+        let h = register(labels);
+        if cache.handles.len() < MAX_CACHED {
+            cache.handles.push((slot, h.clone()));
+        }
+        h
+    }
+
+    /// The counter `name` with these labels.
+    pub(crate) fn counter(&self, name: &'static str) -> ::metrics::Counter {
+        self.counter_and(name, None)
+    }
+
+    /// The counter `name` with these labels plus `key = value`.
+    pub(crate) fn counter_with(
+        &self,
+        name: &'static str,
+        key: &'static str,
+        value: &'static str,
+    ) -> ::metrics::Counter {
+        self.counter_and(name, Some((key, value)))
+    }
+
+    fn counter_and(
+        &self,
+        name: &'static str,
+        extra: Option<(&'static str, &'static str)>,
+    ) -> ::metrics::Counter {
+        match self.handle(Slot { name, extra }, |l| {
+            Handle::Counter(::metrics::counter!(name, l))
+        }) {
+            Handle::Counter(c) => c,
+            // A slot is only ever registered as one kind.
+            _ => ::metrics::counter!(name, self.get()),
+        }
+    }
+
+    /// The gauge `name` with these labels.
+    pub(crate) fn gauge(&self, name: &'static str) -> ::metrics::Gauge {
+        match self.handle(Slot { name, extra: None }, |l| {
+            Handle::Gauge(::metrics::gauge!(name, l))
+        }) {
+            Handle::Gauge(g) => g,
+            _ => ::metrics::gauge!(name, self.get()),
+        }
+    }
+
+    /// The histogram `name` with these labels.
+    pub(crate) fn histogram(&self, name: &'static str) -> ::metrics::Histogram {
+        match self.handle(Slot { name, extra: None }, |l| {
+            Handle::Histogram(::metrics::histogram!(name, l))
+        }) {
+            Handle::Histogram(h) => h,
+            _ => ::metrics::histogram!(name, self.get()),
+        }
     }
 }
 

@@ -132,12 +132,12 @@ impl Job {
     }
 
     fn observe(mut self, labels: &Labels) -> Self {
-        ::metrics::counter!(m::QUEUE_RECEIVED, labels.get()).increment(1);
+        labels.counter(m::QUEUE_RECEIVED).increment(1);
         if self.attempt > 1 {
-            ::metrics::counter!(m::QUEUE_REDELIVERED, labels.get()).increment(1);
+            labels.counter(m::QUEUE_REDELIVERED).increment(1);
         }
         if self.message.headers.get(DEAD_LETTER_QUEUE_HEADER).is_some() {
-            ::metrics::counter!(m::QUEUE_DEAD_LETTERS, labels.get()).increment(1);
+            labels.counter(m::QUEUE_DEAD_LETTERS).increment(1);
         }
         self.observed = Some((labels.clone(), std::time::Instant::now()));
         self
@@ -145,8 +145,9 @@ impl Job {
 
     fn settled(&self, name: &'static str, result: &Result<()>) {
         if let (Some((labels, at)), Ok(())) = (&self.observed, result) {
-            ::metrics::counter!(name, labels.get()).increment(1);
-            ::metrics::histogram!(m::QUEUE_JOB_DURATION, labels.get())
+            labels.counter(name).increment(1);
+            labels
+                .histogram(m::QUEUE_JOB_DURATION)
                 .record(at.elapsed().as_secs_f64());
         }
     }
@@ -444,11 +445,9 @@ impl WorkQueue {
     /// ([`TraceContext::current`]) the job carries it.
     pub async fn enqueue(&self, message: impl Into<Message>) -> Result<u64> {
         let result = self.enqueue_inner(message.into()).await;
-        ::metrics::counter!(
-            m::QUEUE_ENQUEUED,
-            self.labels.and("outcome", m::outcome(&result))
-        )
-        .increment(1);
+        self.labels
+            .counter_with(m::QUEUE_ENQUEUED, "outcome", m::outcome(&result))
+            .increment(1);
         result
     }
 

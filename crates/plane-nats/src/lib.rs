@@ -47,15 +47,17 @@
 //! **Request plane.** A call to endpoint `E` is published to `plane.req.E`
 //! (all instances subscribe in queue group `plane.E`, so the broker picks
 //! one) or, addressed to instance `I` (16 hex digits), to `plane.req.E.I`,
-//! with the caller's inbox as reply subject. Call headers: the caller's own,
+//! with the caller's inbox as reply subject (plane callers share one
+//! wildcard inbox subscription per connection, one token per call). Call headers: the caller's own,
 //! `plane-id` (UUID of the call), `plane-stream: 1` for streamed calls and
 //! `plane-timeout-ms` (remaining budget). Each reply frame is one message to
 //! the inbox with `plane-frame` set to `accepted` (prologue of a stream),
 //! `data`, `last` (final reply plus end), `end`, `error` (with
 //! `plane-error-code`, `plane-error-kind` and `plane-error-message`),
 //! `heartbeat` (every `heartbeat_ms` while a plane caller's call is open) or
-//! `abort` (the handler died before its end marker); `plane-ctl` names the
-//! instance's control subject `plane.ctl.E.I`. Stop, kill and flow-control
+//! `abort` (the handler died before its end marker); `plane-ctl`, on every
+//! frame that does not end the call, names the instance's control subject
+//! `plane.ctl.E.I`. Stop, kill and flow-control
 //! credit go there (or, before the instance is known, to `plane.ctl.E`) as
 //! messages with `plane-frame: stop|kill|credit`, `plane-id` and
 //! `plane-credit`. A caller that hears nothing for three heartbeats reports
@@ -106,6 +108,7 @@ pub mod config;
 pub mod envelope;
 mod error;
 pub mod events;
+mod inbox;
 pub mod kv;
 pub mod objects;
 pub mod queue;

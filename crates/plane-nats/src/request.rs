@@ -35,6 +35,7 @@ use tokio::time::Sleep;
 use crate::envelope::{
     self, CREDIT, CTL, ERROR_CODE, ERROR_KIND, ERROR_MESSAGE, FRAME, ID, STREAM,
 };
+use crate::inbox::{self, Inbox, Next};
 
 /// Frames a streaming handler may send ahead of the caller's reads.
 ///
@@ -85,6 +86,7 @@ impl Subjects {
 /// The request plane over core NATS.
 pub struct NatsRequests {
     client: Client,
+    inbox: Inbox,
     subjects: Arc<Subjects>,
     heartbeat: Duration,
     caps: RequestCapabilities,
@@ -105,6 +107,7 @@ impl NatsRequests {
         caps.direct = true;
         caps.max_payload = crate::max_payload(&client);
         NatsRequests {
+            inbox: Inbox::new(client.clone()),
             client,
             subjects: Arc::new(Subjects {
                 prefix: prefix.to_owned(),
@@ -134,12 +137,7 @@ impl RequestBackend for NatsRequests {
             Route::RoundRobin | Route::Random => self.subjects.call(&call.endpoint),
             Route::PowerOfTwo => return Err(Error::unsupported("power_of_two")),
         };
-        let inbox = self.client.new_inbox();
-        let sub = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(crate::error::subscribe)?;
+        let (inbox, replies) = self.inbox.open().await?;
         let id = call.id.to_string();
         let mut extra = vec![(ID, id.as_str())];
         if call.stream {
@@ -152,7 +150,7 @@ impl RequestBackend for NatsRequests {
             .map_err(crate::error::publish)?;
         Ok(Box::new(CallTransport {
             client: self.client.clone(),
-            sub,
+            replies,
             id,
             ctl: self.subjects.ctl(&call.endpoint),
             idle_limit: self.heartbeat * 3,
@@ -198,7 +196,7 @@ impl RequestBackend for NatsRequests {
             dispatcher,
             ctl_subject: s.ctl_direct(endpoint, instance),
             heartbeat: self.heartbeat,
-            credits: Arc::new(Mutex::new(HashMap::new())),
+            calls: Arc::new(Mutex::new(HashMap::new())),
         };
         tokio::spawn(server.run(
             calls,
@@ -220,14 +218,23 @@ impl ServeTransport for NatsServeTransport {
     }
 }
 
-type Credits = Arc<Mutex<HashMap<RequestId, Arc<Semaphore>>>>;
+/// A plane caller's call in progress at this instance.
+struct Live {
+    sink: Weak<NatsSink>,
+    /// The stream's flow-control window, for streamed calls.
+    credits: Option<Arc<Semaphore>>,
+}
+
+/// The plane callers' calls in progress, by id: who gets heartbeats, and
+/// where credit goes.
+type Calls = Arc<Mutex<HashMap<RequestId, Live>>>;
 
 struct ServeLoop {
     client: Client,
     dispatcher: Dispatcher,
     ctl_subject: String,
     heartbeat: Duration,
-    credits: Credits,
+    calls: Calls,
 }
 
 impl ServeLoop {
@@ -239,8 +246,13 @@ impl ServeLoop {
         mut close: watch::Receiver<bool>,
     ) {
         let (mut calls_open, mut direct_open, mut draining) = (true, true, false);
+        // One ticker for every call, rather than a timer task per call: a
+        // unary call usually ends long before its first heartbeat is due.
+        let mut beat = tokio::time::interval(self.heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = beat.tick() => self.heartbeats(),
                 msg = calls.next(), if calls_open => match msg {
                     Some(msg) => self.on_call(msg),
                     None => calls_open = false,
@@ -287,21 +299,24 @@ impl ServeLoop {
             .as_ref()
             .map(|(i, _)| i.id)
             .unwrap_or_else(|_| RequestId::new_v7());
-        if let Some(c) = &credits {
-            lock(&self.credits).insert(id, c.clone());
-        }
         let sink = Arc::new(NatsSink {
             client: self.client.clone(),
             reply,
             id,
             ctl: self.ctl_subject.clone(),
-            credits,
-            registry: Arc::downgrade(&self.credits),
+            credits: credits.clone(),
+            registry: Arc::downgrade(&self.calls),
             done: AtomicBool::new(false),
             plane_caller,
         });
         if plane_caller {
-            tokio::spawn(heartbeats(Arc::downgrade(&sink), self.heartbeat));
+            lock(&self.calls).insert(
+                id,
+                Live {
+                    sink: Arc::downgrade(&sink),
+                    credits,
+                },
+            );
         }
         match parsed {
             Ok((incoming, _)) => self.dispatcher.dispatch(incoming, sink),
@@ -326,12 +341,42 @@ impl ServeLoop {
                     .and_then(|n| n.parse::<u32>().ok())
                     .unwrap_or(0)
                     .min(STREAM_WINDOW);
-                if let Some(sem) = lock(&self.credits).get(&id) {
+                if let Some(sem) = lock(&self.calls).get(&id).and_then(|l| l.credits.as_ref()) {
                     sem.add_permits(n as usize);
                 }
             }
             _ => {}
         }
+    }
+}
+
+impl ServeLoop {
+    /// Tell every plane caller whose call is still open that it is alive.
+    fn heartbeats(&self) {
+        let sinks: Vec<Arc<NatsSink>> = lock(&self.calls)
+            .values()
+            .filter_map(|l| l.sink.upgrade())
+            .filter(|s| !s.done.load(Ordering::Acquire))
+            .collect();
+        if sinks.is_empty() {
+            return;
+        }
+        // Publishing waits for the connection's buffer; the loop must not.
+        tokio::spawn(async move {
+            for sink in sinks {
+                let mut headers = HeaderMap::new();
+                headers.insert(FRAME, frame::HEARTBEAT);
+                headers.insert(CTL, sink.ctl.as_str());
+                if sink
+                    .client
+                    .publish_with_headers(sink.reply.clone(), headers, Bytes::new())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
     }
 }
 
@@ -376,7 +421,7 @@ struct NatsSink {
     id: RequestId,
     ctl: String,
     credits: Option<Arc<Semaphore>>,
-    registry: Weak<Mutex<HashMap<RequestId, Arc<Semaphore>>>>,
+    registry: Weak<Mutex<HashMap<RequestId, Live>>>,
     /// A terminal frame was sent.
     done: AtomicBool,
     /// The caller speaks plane (sent a `plane-id`): it gets heartbeats, and
@@ -386,9 +431,13 @@ struct NatsSink {
 
 impl NatsSink {
     async fn publish(&self, kind: &str, message: &Message, extra: &[(&str, &str)]) -> Result<()> {
-        let mut all = vec![(FRAME, kind), (CTL, self.ctl.as_str())];
-        all.extend_from_slice(extra);
-        let (headers, payload) = envelope::encode(message, &all);
+        let (mut headers, payload) = envelope::encode(message, extra);
+        headers.insert(FRAME, kind);
+        // Only a call still open can be stopped, killed or given credit:
+        // a frame that ends it has no use for the control subject.
+        if !matches!(kind, frame::LAST | frame::END | frame::ERROR) {
+            headers.insert(CTL, self.ctl.as_str());
+        }
         self.client
             .publish_with_headers(self.reply.clone(), headers, payload)
             .await
@@ -478,34 +527,10 @@ impl Drop for NatsSink {
     }
 }
 
-/// Tell a plane caller every `interval` that the call is alive, until the
-/// sink finished or is gone.
-async fn heartbeats(sink: Weak<NatsSink>, interval: Duration) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    loop {
-        tick.tick().await;
-        let Some(sink) = sink.upgrade() else { return };
-        if sink.done.load(Ordering::Acquire) {
-            return;
-        }
-        let mut headers = HeaderMap::new();
-        headers.insert(FRAME, frame::HEARTBEAT);
-        headers.insert(CTL, sink.ctl.as_str());
-        if sink
-            .client
-            .publish_with_headers(sink.reply.clone(), headers, Bytes::new())
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
-}
-
-/// The caller's side of one call: its inbox subscription.
+/// The caller's side of one call: its route in the shared inbox.
 struct CallTransport {
     client: Client,
-    sub: Subscriber,
+    replies: inbox::Replies,
     id: String,
     /// Where stop, kill and credit go: the endpoint's control subject until
     /// a reply names the serving instance's.
@@ -550,9 +575,15 @@ impl CallTransport {
 impl ReplyTransport for CallTransport {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame>>> {
         loop {
-            let msg = match self.sub.poll_next_unpin(cx) {
-                Poll::Ready(Some(msg)) => msg,
-                Poll::Ready(None) => return Poll::Ready(None),
+            let msg = match self.replies.poll_next(cx) {
+                Poll::Ready(Next::Message(msg)) => msg,
+                Poll::Ready(Next::Closed) => return Poll::Ready(None),
+                Poll::Ready(Next::Overflow) => {
+                    return Poll::Ready(Some(Err(Error::new(
+                        ErrorKind::Overloaded,
+                        "the serving instance sent more replies than flow control allows",
+                    ))))
+                }
                 Poll::Pending => {
                     if let Some(idle) = self.idle.as_mut() {
                         if idle.as_mut().poll(cx).is_ready() {

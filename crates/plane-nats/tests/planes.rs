@@ -656,3 +656,64 @@ async fn token_authentication() {
         .expect_err("a wrong token is refused");
     assert_eq!(err.kind(), ErrorKind::Unauthorized, "{err}");
 }
+
+/// A responder that ignores flow control (a plain NATS client flooding a
+/// plane caller's inbox with data frames) cuts off only that call, with
+/// `Overloaded`, and never stalls other calls sharing the inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_responder_overloads_only_its_own_call() {
+    let server = NatsServer::start().await.expect("server");
+    let reqs = requests(&server.url()).await;
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let mut flood = client.subscribe("plane.req.flood").await.expect("sub");
+    round_trip(&client).await;
+    let flooder = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = flood.next().await {
+                let Some(reply) = msg.reply else { continue };
+                let mut accepted = async_nats::HeaderMap::new();
+                accepted.insert("plane-frame", "accepted");
+                let _ = client
+                    .publish_with_headers(reply.clone(), accepted, Bytes::new())
+                    .await;
+                for i in 0..2_000u32 {
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert("plane-frame", "data");
+                    let _ = client
+                        .publish_with_headers(reply.clone(), h, i.to_string().into())
+                        .await;
+                }
+                let _ = client.flush().await;
+            }
+        })
+    };
+    let _echo = reqs
+        .serve("echo", unary_fn(|r: Request| async move { Ok(r.message) }))
+        .await
+        .expect("serve");
+
+    let mut flooded = within("stream", reqs.stream(Call::new("flood", "")))
+        .await
+        .expect("the flooder accepts");
+    // Let the flood arrive without reading it; other calls keep working.
+    for _ in 0..20 {
+        let got = within("echo", reqs.call("echo", "still here"))
+            .await
+            .expect("an echo while another call is flooded");
+        assert_eq!(got.to_bytes(), "still here");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut data = 0usize;
+    let end = loop {
+        match within("flooded replies", flooded.next_reply()).await {
+            Some(Ok(_)) => data += 1,
+            Some(Err(e)) => break Some(e.kind()),
+            None => break None,
+        }
+    };
+    assert_eq!(end, Some(ErrorKind::Overloaded), "after {data} replies");
+    assert!(data < 2_000, "the call was cut off, {data} replies read");
+    assert!(flooded.next_reply().await.is_none(), "the stream ended");
+    flooder.abort();
+}

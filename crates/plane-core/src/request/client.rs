@@ -68,7 +68,7 @@ impl Replies {
         timeout: Option<Duration>,
         meta: CallMeta,
     ) -> Self {
-        ::metrics::gauge!(m::CLIENT_IN_FLIGHT, meta.labels.get()).increment(1.0);
+        meta.labels.gauge(m::CLIENT_IN_FLIGHT).increment(1.0);
         Replies {
             transport,
             state: State::Open,
@@ -96,18 +96,22 @@ impl Replies {
         let name = match outcome {
             Ok(()) => "ok",
             Err(kind) => {
-                ::metrics::counter!(m::CLIENT_ERRORS, labels.and("kind", kind.as_str()))
+                labels
+                    .counter_with(m::CLIENT_ERRORS, "kind", kind.as_str())
                     .increment(1);
                 if kind == ErrorKind::Timeout {
-                    ::metrics::counter!(m::CLIENT_TIMEOUTS, labels.get()).increment(1);
+                    labels.counter(m::CLIENT_TIMEOUTS).increment(1);
                 }
                 kind.as_str()
             }
         };
-        ::metrics::counter!(m::CLIENT_REQUESTS, labels.and("outcome", name)).increment(1);
-        ::metrics::histogram!(m::CLIENT_DURATION, labels.get())
+        labels
+            .counter_with(m::CLIENT_REQUESTS, "outcome", name)
+            .increment(1);
+        labels
+            .histogram(m::CLIENT_DURATION)
             .record(self.meta.started.elapsed().as_secs_f64());
-        ::metrics::gauge!(m::CLIENT_IN_FLIGHT, labels.get()).decrement(1.0);
+        labels.gauge(m::CLIENT_IN_FLIGHT).decrement(1.0);
         self.meta.permit = None;
     }
 
@@ -184,7 +188,9 @@ impl Replies {
         match item {
             Some(Ok(frame)) => {
                 if let Frame::Data(msg) | Frame::Last(msg) = &frame {
-                    ::metrics::counter!(m::CLIENT_BYTES_RECEIVED, self.meta.labels.get())
+                    self.meta
+                        .labels
+                        .counter(m::CLIENT_BYTES_RECEIVED)
                         .increment(msg.payload_len() as u64);
                 }
                 if matches!(frame, Frame::Last(_) | Frame::End) {

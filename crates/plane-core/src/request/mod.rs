@@ -33,7 +33,7 @@ mod server;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -295,7 +295,13 @@ pub struct Requests {
     default_route: Route,
     policies: Arc<Policies>,
     limiter: Option<Arc<Limiter>>,
+    /// Metric labels per endpoint called, shared by the handle's clones.
+    labels: Arc<Mutex<HashMap<String, Labels>>>,
 }
+
+/// Endpoints whose metric labels a handle keeps; calls to further endpoints
+/// build theirs each time.
+const LABELS_KEPT: usize = 1024;
 
 impl std::fmt::Debug for Requests {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -321,6 +327,7 @@ impl Requests {
             default_route: Route::RoundRobin,
             policies: Arc::default(),
             limiter: None,
+            labels: Arc::default(),
         }
     }
 
@@ -509,13 +516,21 @@ impl Requests {
     }
 
     fn labels(&self, endpoint: &str) -> Labels {
-        Labels::new()
+        let mut kept = self.labels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = kept.get(endpoint) {
+            return l.clone();
+        }
+        let l = Labels::new()
             .with("endpoint", endpoint.to_owned())
-            .with("backend", self.backend.name())
+            .with("backend", self.backend.name());
+        if kept.len() < LABELS_KEPT {
+            kept.insert(endpoint.to_owned(), l.clone());
+        }
+        l
     }
 
     fn on_retry(&self, labels: &Labels, error: &Error, retry: u32) {
-        ::metrics::counter!(metrics::CLIENT_RETRIES, labels.get()).increment(1);
+        labels.counter(metrics::CLIENT_RETRIES).increment(1);
         tracing::debug!(error = %error, retry, "retrying call");
     }
 
@@ -566,7 +581,9 @@ impl Requests {
         {
             call.message.headers.insert(
                 names::IDEMPOTENCY_KEY,
-                uuid::Uuid::now_v7().simple().to_string(),
+                uuid::Uuid::from_u128(RequestId::new_v7().0)
+                    .simple()
+                    .to_string(),
             );
         }
         Ok(tracing::debug_span!(
@@ -597,7 +614,8 @@ impl Requests {
                 .insert(names::TIMEOUT_MS, t.as_millis().to_string());
         }
         let labels = self.labels(&call.endpoint);
-        ::metrics::counter!(metrics::CLIENT_BYTES_SENT, labels.get())
+        labels
+            .counter(metrics::CLIENT_BYTES_SENT)
             .increment(call.message.payload_len() as u64);
         tracing::debug!(request_id = %call.id, "sending call");
         let timeout = call.timeout;
@@ -623,18 +641,14 @@ impl Requests {
             Ok(transport) => Ok(Replies::new(transport, timeout, meta)),
             Err(e) => {
                 let labels = &meta.labels;
-                ::metrics::counter!(
-                    metrics::CLIENT_REQUESTS,
-                    labels.and("outcome", e.kind().as_str())
-                )
-                .increment(1);
-                ::metrics::counter!(
-                    metrics::CLIENT_ERRORS,
-                    labels.and("kind", e.kind().as_str())
-                )
-                .increment(1);
+                labels
+                    .counter_with(metrics::CLIENT_REQUESTS, "outcome", e.kind().as_str())
+                    .increment(1);
+                labels
+                    .counter_with(metrics::CLIENT_ERRORS, "kind", e.kind().as_str())
+                    .increment(1);
                 if e.kind() == ErrorKind::Timeout {
-                    ::metrics::counter!(metrics::CLIENT_TIMEOUTS, labels.get()).increment(1);
+                    labels.counter(metrics::CLIENT_TIMEOUTS).increment(1);
                 }
                 Err(e.with_op(op).with_backend(backend))
             }

@@ -202,7 +202,9 @@ impl Responder {
             ));
         }
         self.used.store(true, Ordering::Release);
-        ::metrics::counter!(m::SERVER_BYTES_SENT, self.labels.get()).increment(len as u64);
+        self.labels
+            .counter(m::SERVER_BYTES_SENT)
+            .increment(len as u64);
         self.sink.send(Frame::Data(reply)).await
     }
 }
@@ -347,7 +349,7 @@ impl Drop for Slot {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.id);
-        ::metrics::gauge!(m::SERVER_IN_FLIGHT, self.shared.labels.get()).decrement(1.0);
+        self.shared.labels.gauge(m::SERVER_IN_FLIGHT).decrement(1.0);
         if self.shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.shared.idle.notify_waiters();
         }
@@ -418,7 +420,8 @@ impl Dispatcher {
     pub fn dispatch(&self, incoming: Incoming, sink: Arc<dyn ReplySink>) {
         let shared = &self.shared;
         let labels = &shared.labels;
-        ::metrics::counter!(m::SERVER_BYTES_RECEIVED, labels.get())
+        labels
+            .counter(m::SERVER_BYTES_RECEIVED)
             .increment(incoming.message.payload_len() as u64);
         let refuse = |error: Error| {
             count_outcome(labels, Err(error.kind()));
@@ -440,7 +443,7 @@ impl Dispatcher {
         };
         if let Some((cache, key)) = &idempotency {
             if let Some(answer) = cache.lookup(key) {
-                ::metrics::counter!(m::SERVER_REPLAYS, labels.get()).increment(1);
+                labels.counter(m::SERVER_REPLAYS).increment(1);
                 tracing::debug!(endpoint = %shared.endpoint, request_id = %incoming.id, "answered a repeated idempotency key from the cache");
                 let labels = labels.clone();
                 tokio::spawn(async move {
@@ -465,7 +468,7 @@ impl Dispatcher {
                 ),
             ));
         }
-        ::metrics::gauge!(m::SERVER_IN_FLIGHT, labels.get()).increment(1.0);
+        labels.gauge(m::SERVER_IN_FLIGHT).increment(1.0);
         let slot = Slot {
             shared: shared.clone(),
             id: incoming.id,
@@ -573,11 +576,11 @@ impl Dispatcher {
                 // The caller may have gone; failures to reply are not errors here.
                 let _ = match run {
                     Run::Replayed(answer) => {
-                        ::metrics::counter!(m::SERVER_REPLAYS, labels.get()).increment(1);
+                        labels.counter(m::SERVER_REPLAYS).increment(1);
                         send_answer(&*sink, answer, &labels).await
                     }
                     Run::DeadlineExceeded => {
-                        ::metrics::counter!(m::SERVER_TIMEOUTS, labels.get()).increment(1);
+                        labels.counter(m::SERVER_TIMEOUTS).increment(1);
                         count_outcome(&labels, Err(ErrorKind::Timeout));
                         sink.send_error(Error::new(
                             ErrorKind::Timeout,
@@ -626,7 +629,8 @@ impl Dispatcher {
                         count_outcome(&labels, answer.as_ref().map(|_| ()).map_err(Error::kind));
                         match answer {
                             Ok(Some(reply)) => {
-                                ::metrics::counter!(m::SERVER_BYTES_SENT, labels.get())
+                                labels
+                                    .counter(m::SERVER_BYTES_SENT)
                                     .increment(reply.payload_len() as u64);
                                 sink.send(Frame::Last(reply)).await
                             }
@@ -635,7 +639,8 @@ impl Dispatcher {
                         }
                     }
                 };
-                ::metrics::histogram!(m::SERVER_DURATION, labels.get())
+                labels
+                    .histogram(m::SERVER_DURATION)
                     .record(started.elapsed().as_secs_f64());
             }
             .instrument(span),
@@ -726,18 +731,25 @@ fn count_outcome(labels: &Labels, outcome: std::result::Result<(), ErrorKind>) {
     let name = match outcome {
         Ok(()) => "ok",
         Err(kind) => {
-            ::metrics::counter!(m::SERVER_ERRORS, labels.and("kind", kind.as_str())).increment(1);
+            labels
+                .counter_with(m::SERVER_ERRORS, "kind", kind.as_str())
+                .increment(1);
             kind.as_str()
         }
     };
-    ::metrics::counter!(m::SERVER_REQUESTS, labels.and("outcome", name)).increment(1);
+    labels
+        .counter_with(m::SERVER_REQUESTS, "outcome", name)
+        .increment(1);
 }
 
 async fn send_answer(sink: &dyn ReplySink, answer: Answer, labels: &Labels) -> Result<()> {
-    ::metrics::counter!(m::SERVER_REQUESTS, labels.and("outcome", answer.outcome())).increment(1);
+    labels
+        .counter_with(m::SERVER_REQUESTS, "outcome", answer.outcome())
+        .increment(1);
     match answer {
         Answer::Reply(reply) => {
-            ::metrics::counter!(m::SERVER_BYTES_SENT, labels.get())
+            labels
+                .counter(m::SERVER_BYTES_SENT)
                 .increment(reply.payload_len() as u64);
             sink.send(Frame::Last(reply)).await
         }

@@ -456,6 +456,18 @@ fn wire_errors_become_decode_errors() {
 }
 
 #[test]
+fn request_ids_are_unique_and_ordered_by_millisecond() {
+    let many: std::collections::HashSet<_> = (0..10_000).map(|_| RequestId::new_v7()).collect();
+    assert_eq!(many.len(), 10_000);
+    let before = RequestId::new_v7();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let after = RequestId::new_v7();
+    assert!(before < after, "{before} then {after}");
+    // The variant bits say RFC 9562.
+    assert_eq!(after.0 >> 62 & 0b11, 0b10);
+}
+
+#[test]
 fn request_ids_print_and_parse_as_uuids() {
     let id = RequestId::new_v7();
     let text = id.to_string();
