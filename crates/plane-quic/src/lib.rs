@@ -12,7 +12,8 @@
 //! binds its own QUIC endpoint, registered in discovery under the reserved
 //! endpoint [`events::EVENTS_ENDPOINT`] (`plane-events`), and each
 //! subscription opens one stream to every publisher. At-most-once only:
-//! wildcards and per-publisher order, no worker groups, no durable streams.
+//! wildcards, worker groups (each publisher picks one member) and
+//! per-publisher order, no durable streams.
 //! See [`events`]. An events handle built from a URL binds its own port (the
 //! `quic://` port is best left 0 when both planes are built from one URL).
 //!
