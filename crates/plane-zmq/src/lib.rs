@@ -11,9 +11,9 @@
 //! Events go straight from publisher to subscriber too: each events handle
 //! binds an XPUB socket registered in discovery under the reserved endpoint
 //! [`events::EVENTS_ENDPOINT`] (`plane-events`), and each subscription
-//! connects a SUB socket to every publisher. At-most-once only: wildcards
-//! and per-publisher order, no worker groups, no durable streams. See
-//! [`events`].
+//! connects a SUB socket to every publisher. At-most-once only: wildcards,
+//! worker groups (each publisher picks one member) and per-publisher order,
+//! no durable streams. See [`events`].
 //!
 //! libzmq is built from source by `zmq-sys` (a C++ compiler is needed, no
 //! system package). Unix only (the socket is driven through its `ZMQ_FD`).
