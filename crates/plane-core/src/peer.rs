@@ -576,7 +576,12 @@ impl PeerDirectory {
             let peer = match self.pick(&view, endpoint, route, &exclude, relist).await {
                 Ok(p) => p,
                 Err(e) if e.kind() == ErrorKind::NoResponders && !relist => {
-                    self.pick(&view, endpoint, route, &exclude, true).await?
+                    match self.pick(&view, endpoint, route, &exclude, true).await {
+                        Ok(p) => p,
+                        // Every instance there is failed to connect: that
+                        // failure, not "nobody serves", is the answer.
+                        Err(e) => return Err(last_error.unwrap_or(e)),
+                    }
                 }
                 Err(e) => return Err(last_error.unwrap_or(e)),
             };
@@ -776,6 +781,19 @@ mod tests {
             ErrorKind::NoResponders
         );
 
+        // When each of the two instances left fails to connect (fewer
+        // than the attempts), the caller learns
+        // why rather than `NoResponders`.
+        let down = |_: Instance| async move {
+            Err::<InstanceId, _>(Error::new(ErrorKind::Connection, "refused"))
+        };
+        assert_eq!(
+            dir.connect("svc", Route::RoundRobin, down)
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Connection
+        );
         // Nobody serving: NoResponders at once.
         assert_eq!(
             dir.connect("nobody", Route::RoundRobin, ok)
