@@ -71,7 +71,7 @@ use plane_core::wire::{Envelope, FrameKind, RequestId};
 use plane_core::{Error, ErrorKind, Headers, Result};
 use tokio::sync::mpsc;
 
-use crate::request::{write_envelope, EnvelopeReader, Node, QuicRequests};
+use crate::request::{refusal, write_envelope, EnvelopeReader, Node, QuicRequests};
 use crate::QuicConfig;
 
 /// The discovery endpoint under which publishers register.
@@ -416,10 +416,12 @@ async fn join(
         match reader.next().await {
             Ok(Some(env)) if env.kind == FrameKind::Ack => Ok((conn, send, reader)),
             Ok(Some(env)) if env.kind == FrameKind::Error => Err(env.to_error()),
-            _ => Err(Error::new(
-                ErrorKind::Connection,
-                "the publisher did not confirm the subscription",
-            )),
+            _ => Err(refusal(&conn).unwrap_or_else(|| {
+                Error::new(
+                    ErrorKind::Connection,
+                    "the publisher did not confirm the subscription",
+                )
+            })),
         }
     };
     match tokio::time::timeout(timeout, attempt).await {

@@ -59,6 +59,31 @@ fn connection_error(what: &str, e: impl std::error::Error + Send + Sync + 'stati
     Error::new(ErrorKind::Connection, format!("{what}: {e}")).with_source(e)
 }
 
+/// TLS alerts (RFC 8446, section 6.2) by which a peer refuses a
+/// certificate: bad, unsupported, revoked, expired or unknown certificate,
+/// unknown CA, access denied, certificate required.
+const CERTIFICATE_ALERTS: &[u8] = &[42, 43, 44, 45, 46, 48, 49, 116];
+
+/// `Unauthorized` if the peer closed `conn` because it refused this
+/// process's certificate, or its lack of one. Under mutual TLS the server
+/// checks the client's certificate only after the client considers the
+/// handshake done, so the refusal ends the first call on the connection
+/// rather than the connect; this tells it from a lost peer.
+pub(crate) fn refusal(conn: &quinn::Connection) -> Option<Error> {
+    let quinn::ConnectionError::ConnectionClosed(close) = conn.close_reason()? else {
+        return None;
+    };
+    // QUIC carries a TLS alert as the transport error 0x100 + alert.
+    let alert = u64::from(close.error_code).checked_sub(0x100)?;
+    let alert = u8::try_from(alert).ok()?;
+    CERTIFICATE_ALERTS.contains(&alert).then(|| {
+        Error::new(
+            ErrorKind::Unauthorized,
+            format!("the peer refused this process's TLS certificate: {close}"),
+        )
+    })
+}
+
 fn write_error(e: quinn::WriteError) -> Error {
     match e {
         quinn::WriteError::Stopped(_) => {
@@ -518,10 +543,9 @@ impl Node {
             Ok((s, r)) => Ok((conn, s, r)),
             Err(_) => {
                 let conn = self.connection(&instance, true).await?;
-                let (s, r) = conn
-                    .open_bi()
-                    .await
-                    .map_err(|e| connection_error("cannot open a stream", e))?;
+                let (s, r) = conn.open_bi().await.map_err(|e| {
+                    refusal(&conn).unwrap_or_else(|| connection_error("cannot open a stream", e))
+                })?;
                 Ok((conn, s, r))
             }
         }
@@ -549,13 +573,15 @@ impl RequestBackend for QuicRequests {
             .await?;
         let env = call_envelope(call, instance.id);
         write_envelope(&mut send, &env).await.map_err(|e| {
-            Error::new(ErrorKind::Disconnected, "the call could not be sent").with_source(e)
+            refusal(&conn).unwrap_or_else(|| {
+                Error::new(ErrorKind::Disconnected, "the call could not be sent").with_source(e)
+            })
         })?;
         Ok(Box::new(QuicReply {
             id,
             reader: EnvelopeReader::new(recv, node.limits),
             send: Arc::new(tokio::sync::Mutex::new(Some(send))),
-            _conn: conn,
+            conn,
             _in_flight: in_flight,
         }))
     }
@@ -623,7 +649,7 @@ struct QuicReply {
     id: RequestId,
     reader: EnvelopeReader,
     send: Arc<tokio::sync::Mutex<Option<quinn::SendStream>>>,
-    _conn: quinn::Connection,
+    conn: quinn::Connection,
     _in_flight: InFlight,
 }
 
@@ -632,7 +658,10 @@ impl ReplyTransport for QuicReply {
         loop {
             let env = match ready!(self.reader.poll_envelope(cx)) {
                 Ok(Some(env)) => env,
-                Ok(None) => return Poll::Ready(None),
+                // A stream cut by a refused certificate is `Unauthorized`;
+                // any other end is the plane's to judge (`Disconnected`
+                // without an end marker).
+                Ok(None) => return Poll::Ready(refusal(&self.conn).map(Err)),
                 Err(e) => return Poll::Ready(Some(Err(peer::malformed(e)))),
             };
             if env.id != self.id && env.kind != wire::FrameKind::Error {
