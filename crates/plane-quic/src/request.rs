@@ -31,7 +31,7 @@ use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, Instance, Registration};
 use plane_core::peer::{
     self, call_envelope, check_limits, decode_inbound, decode_reply, frame_envelope, Endpoints,
-    InFlight, Inbound, PeerDirectory, Reply,
+    InFlight, Inbound, PeerDirectory, Reply, Served,
 };
 use plane_core::request::{
     Call, Cancel, Dispatcher, Frame, InstanceId, ReplySink, ReplyTransport, RequestBackend,
@@ -175,8 +175,7 @@ pub(crate) struct Node {
     ca: Option<Arc<rustls::RootCertStore>>,
     server_config: quinn::ServerConfig,
     endpoint: RwLock<quinn::Endpoint>,
-    endpoints: Endpoints,
-    served: Mutex<HashMap<(String, InstanceId), Option<Registration>>>,
+    served: Served,
     pub(crate) directory: PeerDirectory,
     connections: Mutex<HashMap<ConnectionKey, Arc<OnceCell<quinn::Connection>>>>,
     client_configs: Mutex<HashMap<String, quinn::ClientConfig>>,
@@ -260,15 +259,15 @@ impl QuicRequests {
                 .saturating_add(wire::MAX_HEADER_BYTES)
                 .min(u32::MAX as usize),
         );
-        let capabilities = crate::request_capabilities(config.max_payload);
+        let capabilities = peer::request_capabilities(config.max_payload);
+        let served = Served::new(discovery.clone());
         let node = Arc::new(Node {
             directory: PeerDirectory::new(discovery, Default::default()),
             identity,
             ca,
             server_config,
             endpoint: RwLock::new(endpoint.clone()),
-            endpoints: Endpoints::new(),
-            served: Mutex::new(HashMap::new()),
+            served,
             connections: Mutex::new(HashMap::new()),
             client_configs: Mutex::new(HashMap::new()),
             limits,
@@ -278,7 +277,7 @@ impl QuicRequests {
         });
         tokio::spawn(accept_loop(
             endpoint,
-            node.endpoints.clone(),
+            node.served.endpoints().clone(),
             node.subscribers.clone(),
             limits,
         ));
@@ -345,44 +344,13 @@ impl QuicRequests {
             .clear();
         tokio::spawn(accept_loop(
             endpoint,
-            node.endpoints.clone(),
+            node.served.endpoints().clone(),
             node.subscribers.clone(),
             node.limits,
         ));
-        let keys: Vec<(String, InstanceId)> = node
-            .served
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        for key in keys {
-            let old = node
-                .served
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_mut(&key)
-                .and_then(Option::take);
-            if let Some(old) = old {
-                old.deregister().await?;
-            }
-            let registration = node.register(&key.0, key.1).await?;
-            let leftover = {
-                let mut served = node.served.lock().unwrap_or_else(|p| p.into_inner());
-                match served.get_mut(&key) {
-                    Some(slot) => {
-                        *slot = Some(registration);
-                        None
-                    }
-                    // Closed while we re-registered: undo.
-                    None => Some(registration),
-                }
-            };
-            if let Some(r) = leftover {
-                r.deregister().await?;
-            }
-        }
-        Ok(())
+        node.served
+            .reregister(|endpoint, instance| node.record(endpoint, instance))
+            .await
     }
 }
 
@@ -413,14 +381,19 @@ impl Node {
         Ok(addr.to_string())
     }
 
+    /// The discovery record of `instance` of `endpoint` served here.
+    fn record(&self, endpoint: &str, instance: InstanceId) -> Result<Instance> {
+        Ok(Instance::new(endpoint, instance, self.advertised()?)
+            .with_metadata(tls::FINGERPRINT_METADATA, self.identity.fingerprint())
+            .with_metadata(tls::SERVER_NAME_METADATA, self.config.server_name.clone()))
+    }
+
     pub(crate) async fn register(
         &self,
         endpoint: &str,
         instance: InstanceId,
     ) -> Result<Registration> {
-        let record = Instance::new(endpoint, instance, self.advertised()?)
-            .with_metadata(tls::FINGERPRINT_METADATA, self.identity.fingerprint())
-            .with_metadata(tls::SERVER_NAME_METADATA, self.config.server_name.clone());
+        let record = self.record(endpoint, instance)?;
         self.directory.discovery().register(record).await
     }
 
@@ -593,54 +566,8 @@ impl RequestBackend for QuicRequests {
         dispatcher: Dispatcher,
     ) -> Result<Box<dyn ServeTransport>> {
         let node = &self.node;
-        let key = (endpoint.to_owned(), instance);
-        node.endpoints.insert(dispatcher);
-        let registration = match node.register(endpoint, instance).await {
-            Ok(r) => r,
-            Err(e) => {
-                node.endpoints.remove(endpoint, instance);
-                return Err(e);
-            }
-        };
-        node.served
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), Some(registration));
-        Ok(Box::new(QuicServed {
-            node: Arc::downgrade(node),
-            key,
-        }))
-    }
-}
-
-struct QuicServed {
-    node: std::sync::Weak<Node>,
-    key: (String, InstanceId),
-}
-
-impl ServeTransport for QuicServed {
-    fn close(&self) {
-        let Some(node) = self.node.upgrade() else {
-            return;
-        };
-        node.endpoints.remove(&self.key.0, self.key.1);
-        let registration = node
-            .served
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key)
-            .flatten();
-        if let Some(r) = registration {
-            // Remove the record now rather than when its lease runs out, so
-            // callers stop picking this instance at once.
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    if let Err(e) = r.deregister().await {
-                        tracing::warn!(error = %e, "cannot deregister a closed endpoint instance");
-                    }
-                });
-            }
-        }
+        let record = node.record(endpoint, instance)?;
+        node.served.serve(dispatcher, record).await
     }
 }
 
