@@ -88,7 +88,7 @@ use plane_core::events::{
     StreamConfig, SubscribeOptions, SubscriptionTransport,
 };
 use plane_core::peer::events::{
-    decode_event, event_envelope, BufferedSubscription, EventBuffer, Groups, Offered,
+    decode_event, event_envelope, AbortOnDrop, BufferedSubscription, EventBuffer, Groups, Offered,
 };
 use plane_core::request::InstanceId;
 use plane_core::subject;
@@ -461,15 +461,6 @@ impl EventsBackend for ZmqEvents {
 
     async fn consume(&self, _config: ConsumerConfig) -> Result<Box<dyn DeliveryTransport>> {
         Err(Error::unsupported("durable"))
-    }
-}
-
-/// Aborts a subscription's reader task when the subscription goes away.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

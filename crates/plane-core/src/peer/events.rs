@@ -174,6 +174,13 @@ impl<M> Groups<M> {
         Some(member)
     }
 
+    /// Every member of every group.
+    pub fn iter(&self) -> impl Iterator<Item = &M> {
+        self.groups
+            .values()
+            .flat_map(|g| g.members.iter().map(|(_, m)| m))
+    }
+
     /// How many members there are, over all groups.
     pub fn members(&self) -> usize {
         self.groups.values().map(|g| g.members.len()).sum()
@@ -374,6 +381,17 @@ impl EventBuffer {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+}
+
+/// Aborts its task when dropped: the `guard` of a [`BufferedSubscription`]
+/// whose transport is read by tasks.
+#[derive(Debug)]
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
