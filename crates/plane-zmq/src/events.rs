@@ -37,10 +37,10 @@
 //! also subscribes to a unique hello topic, `\xffplane-hello.<token>`, which
 //! libzmq sends after the event or member topic (a SUB socket sends its
 //! subscriptions to a new connection in lexicographic order, and `\xff`
-//! sorts last); the publisher's XPUB sees it and answers on that topic. A publisher that does
-//! not answer within [`ZmqConfig::connect_timeout`] (a stale record, say) is
-//! not waited for any longer; its events reach the subscription once it
-//! connects.
+//! sorts last); the publisher's XPUB sees it and answers on that topic. A
+//! publisher that does not answer within [`ZmqConfig::connect_timeout`] (a
+//! stale record, say) is not waited for any longer; its events reach the
+//! subscription once it connects.
 //!
 //! # Overload
 //!
