@@ -33,6 +33,7 @@ pub fn cases() -> Vec<Case> {
         case!("events", wildcard_matching),
         case!("events", broadcast_every_subscriber_gets_all),
         case!("events", worker_group_once_per_group),
+        case!("events", worker_group_member_leaves),
         case!("events", concurrent_publish_no_loss),
         case!("events", per_publisher_ordering),
         case!("events", sequence_gap_detected),
@@ -57,6 +58,11 @@ pub fn cases() -> Vec<Case> {
 const EVENTUALLY: Duration = Duration::from_secs(10);
 /// How long to watch for something that must not happen.
 const QUIET: Duration = Duration::from_millis(500);
+/// How long a departure may take to reach the publisher. A brokerless
+/// publisher (QUIC, ZeroMQ) hears that a subscription closed over the
+/// network, after `close` returned; whatever it handed the departing
+/// subscription meanwhile is lost with it, as at-most-once allows.
+const DEPARTURE: Duration = Duration::from_secs(1);
 /// Header marking the marker event that ends a batch.
 const MARKER: &str = "x-conformance-marker";
 
@@ -377,6 +383,76 @@ async fn worker_group_once_per_group(cx: &Ctx<'_>) -> CaseResult {
         check_eq!(per_member.iter().sum::<u64>(), N);
     }
     Ok(())
+}
+
+/// Publish events `seqs` (the publisher's sequence numbers) and check that
+/// the `members` of one group together receive each exactly once.
+async fn group_gets_each_once(
+    ev: &Events,
+    subject: &str,
+    members: &mut [Subscription],
+    seqs: std::ops::RangeInclusive<u64>,
+    what: &str,
+) -> CaseResult {
+    for i in seqs.clone() {
+        ev.publish(subject, format!("{i}")).await?;
+    }
+    let want: BTreeSet<u64> = seqs.collect();
+    let mut seen = BTreeSet::new();
+    let mut merged = futures_util::stream::select_all(members.iter_mut());
+    while seen.len() < want.len() {
+        let item = match tokio::time::timeout(EVENTUALLY, merged.next()).await {
+            Ok(Some(item)) => item,
+            Ok(None) => return Err(Verdict::Fail(format!("every member ended ({what})"))),
+            Err(_) => {
+                let missing: Vec<u64> = want.difference(&seen).copied().collect();
+                return Err(Verdict::Fail(format!(
+                    "events {missing:?} reached no member within {EVENTUALLY:?} ({what})"
+                )));
+            }
+        };
+        let seq = sequence(&item?)?;
+        check!(want.contains(&seq), "unexpected event {seq} ({what})");
+        check!(seen.insert(seq), "event {seq} delivered twice ({what})");
+    }
+    expect_quiet(&mut merged, QUIET, what).await
+}
+
+async fn worker_group_member_leaves(cx: &Ctx<'_>) -> CaseResult {
+    let ev = events(cx)?;
+    if !ev.capabilities().groups {
+        skip!("backend does not declare `groups`");
+    }
+    let subject = cx.name("wl");
+    let group = cx.name("g");
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        let opts = SubscribeOptions::new(subject.clone()).group(group.clone());
+        members.push(ev.subscribe_with(opts).await?);
+    }
+    const N: u64 = 30;
+    group_gets_each_once(&ev, &subject, &mut members, 1..=N, "three members").await?;
+
+    // One member unsubscribes: it gets nothing more, the other two get
+    // every later event once.
+    let mut closed = members.remove(0);
+    closed.close();
+    tokio::time::sleep(DEPARTURE).await;
+    group_gets_each_once(&ev, &subject, &mut members, N + 1..=2 * N, "after a close").await?;
+    let after = closed.next().await;
+    check!(after.is_none(), "a closed member yielded {after:?}");
+
+    // Another member is dropped without closing: the last one gets all.
+    drop(members.remove(0));
+    tokio::time::sleep(DEPARTURE).await;
+    group_gets_each_once(
+        &ev,
+        &subject,
+        &mut members,
+        2 * N + 1..=3 * N,
+        "after a drop",
+    )
+    .await
 }
 
 async fn concurrent_publish_no_loss(cx: &Ctx<'_>) -> CaseResult {

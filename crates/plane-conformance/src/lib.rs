@@ -31,6 +31,7 @@ pub mod discovery;
 pub mod events;
 pub mod kv;
 pub mod objects;
+pub mod peer;
 pub mod queue;
 pub mod request;
 
@@ -454,6 +455,34 @@ pub fn report_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
     target.join("conformance")
+}
+
+/// A backend's conformance test: run the cases `PLANE_CONFORMANCE_ONLY`
+/// selects ([`Filter::from_env`]) against `target`, write the report to
+/// [`report_dir`], and check that every case passed or was skipped with a
+/// reason.
+///
+/// # Panics
+/// When the report cannot be written, a case was skipped without a reason,
+/// or a case failed.
+pub async fn assert_conforms(target: &Target) -> Report {
+    let report = run(target, &Filter::from_env()).await;
+    let path = report.write(&report_dir()).expect("write report");
+    eprintln!("{}report: {}", report.summary(), path.display());
+    for skipped in report.cases.iter().filter(|c| c.status == Status::Skip) {
+        assert!(
+            skipped.reason.as_deref().is_some_and(|r| !r.is_empty()),
+            "{}/{} skipped without a reason",
+            skipped.plane,
+            skipped.case
+        );
+    }
+    assert!(
+        report.failures().is_empty(),
+        "conformance failures:\n{}",
+        report.summary()
+    );
+    report
 }
 
 /// Which cases to run.

@@ -10,6 +10,9 @@
 //!   endpoint instance ([`Endpoints`]).
 //! - **The events mapping** ([`events`]): how an event travels as an
 //!   envelope, and the bounded, visibly dropping buffer of a subscription.
+//! - **The served instances** ([`Served`]): the routing table of a serving
+//!   process and the discovery registration of each instance it serves,
+//!   withdrawn when the instance closes and renewed after a restart.
 //! - **The peer directory** ([`PeerDirectory`]): servers register an
 //!   [`Instance`] in [discovery](crate::discovery); callers list and watch an
 //!   endpoint's instances, pick one with a [`Balancer`] according to the
@@ -34,6 +37,9 @@
 //! adds before the handler or the caller sees the message.
 
 pub mod events;
+mod served;
+
+pub use served::Served;
 
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -41,9 +47,11 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
-use crate::discovery::{Discovery, DiscoveryEvent, Instance};
+use crate::capabilities::RequestCapabilities;
+use crate::discovery::{Discovery, DiscoveryConfig, DiscoveryEvent, Instance};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
+use crate::registry::{QueryParams, Registry};
 use crate::request::{Balancer, Call, Cancel, Dispatcher, Frame, Incoming, InstanceId, Route};
 use crate::wire::{Envelope, FrameKind, Limits, RequestId, WireError};
 
@@ -207,6 +215,59 @@ pub fn decode_inbound(env: Envelope) -> Result<Inbound> {
             ErrorKind::Decode,
             format!("unexpected `{other}` frame from a caller"),
         )),
+    }
+}
+
+/// The discovery part of a brokerless backend's URL: the required
+/// `discovery` key (the kv URL of the discovery plane, percent-encoded) and
+/// the optional `bucket` and `lease_ms`. Returns the kv URL and the
+/// discovery configuration.
+///
+/// # Errors
+/// `InvalidConfig` when `discovery` is missing or `lease_ms` is invalid;
+/// `backend` names the backend in the message.
+pub fn discovery_query(q: &mut QueryParams, backend: &str) -> Result<(String, DiscoveryConfig)> {
+    let url = q.take_str("discovery").ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidConfig,
+            format!("{backend} url needs `discovery=<percent-encoded kv url>`"),
+        )
+    })?;
+    let mut config = DiscoveryConfig::default();
+    if let Some(b) = q.take_str("bucket") {
+        config = config.bucket(b);
+    }
+    if let Some(l) = q.take_millis("lease_ms")? {
+        config = config.lease(l);
+    }
+    Ok((url, config))
+}
+
+/// Open the discovery plane kept on the kv plane at `url`.
+///
+/// # Errors
+/// Whatever building the kv plane or opening the bucket fails with.
+pub async fn open_discovery(
+    registry: &Registry,
+    url: &str,
+    config: &DiscoveryConfig,
+) -> Result<Discovery> {
+    let kv = registry.kv(url).await?;
+    Discovery::open(&kv, config.clone()).await
+}
+
+/// What the request plane of a brokerless backend offers: streaming,
+/// cancellation and every route, up to `max_payload`.
+pub fn request_capabilities(max_payload: usize) -> RequestCapabilities {
+    RequestCapabilities {
+        streaming: true,
+        cancellation: true,
+        round_robin: true,
+        random: true,
+        power_of_two: true,
+        direct: true,
+        max_payload,
+        ..RequestCapabilities::default()
     }
 }
 
@@ -576,7 +637,12 @@ impl PeerDirectory {
             let peer = match self.pick(&view, endpoint, route, &exclude, relist).await {
                 Ok(p) => p,
                 Err(e) if e.kind() == ErrorKind::NoResponders && !relist => {
-                    self.pick(&view, endpoint, route, &exclude, true).await?
+                    match self.pick(&view, endpoint, route, &exclude, true).await {
+                        Ok(p) => p,
+                        // Every instance there is failed to connect: that
+                        // failure, not "nobody serves", is the answer.
+                        Err(e) => return Err(last_error.unwrap_or(e)),
+                    }
                 }
                 Err(e) => return Err(last_error.unwrap_or(e)),
             };
@@ -776,6 +842,19 @@ mod tests {
             ErrorKind::NoResponders
         );
 
+        // When each of the two instances left fails to connect (fewer
+        // than the attempts), the caller learns
+        // why rather than `NoResponders`.
+        let down = |_: Instance| async move {
+            Err::<InstanceId, _>(Error::new(ErrorKind::Connection, "refused"))
+        };
+        assert_eq!(
+            dir.connect("svc", Route::RoundRobin, down)
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Connection
+        );
         // Nobody serving: NoResponders at once.
         assert_eq!(
             dir.connect("nobody", Route::RoundRobin, ok)

@@ -13,7 +13,8 @@
 //! # Streams
 //!
 //! The subscriber writes one `request` envelope carrying the pattern in
-//! [`SUBSCRIBE_HEADER`] and keeps its side open: finishing or resetting it
+//! [`SUBSCRIBE_HEADER`] (and, for a worker-group member, the group name in
+//! [`GROUP_HEADER`]) and keeps its side open: finishing or resetting it
 //! unsubscribes. The publisher answers with an `ack` envelope once the
 //! subscription is in place — `subscribe` returns only after every publisher
 //! known at that moment answered (or [`QuicConfig::connect_timeout`]
@@ -35,12 +36,23 @@
 //! subscription's bounded buffer, dropping and counting when it is full.
 //! Either way the subscriber reads one `Overloaded` item at the gap.
 //!
-//! Worker groups are not offered: each publisher would have to pick one
-//! member of a group among subscribers it only knows separately, and
-//! members at different publishers could not agree without a coordinator.
+//! # Worker groups
+//!
+//! Every event starts at exactly one publisher, and every subscription —
+//! group member or not — subscribes at every publisher in discovery, so each
+//! publisher knows every member of every group and picks one member per
+//! group for each event ([`Groups`]): a group is (group name, pattern), as
+//! on the in-memory backend; members take turns (round-robin, in the order
+//! they subscribed at this publisher). A member whose queue is full is
+//! skipped for the next one, so one stalled member does not lose events its
+//! peers could take; only when every member of the group is full is the
+//! event dropped, counted at the member whose turn it was (it reads one
+//! `Overloaded` item). A member whose stream ended is forgotten. Members
+//! leave a publisher's table when their stream ends, which takes one trip
+//! over the network: events the publisher handed to a member before it
+//! heard of its departure are lost with that member, at most once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,20 +62,25 @@ use plane_core::events::{
     ConsumerConfig, DeliveryTransport, Event, EventsBackend, EventsCapabilities, PublishAck,
     StreamConfig, SubscribeOptions, SubscriptionTransport,
 };
-use plane_core::peer::events::{decode_event, event_envelope, BufferedSubscription, EventBuffer};
+use plane_core::peer::events::{
+    decode_event, event_envelope, AbortOnDrop, BufferedSubscription, EventBuffer, Groups, Offered,
+};
 use plane_core::request::InstanceId;
 use plane_core::subject;
 use plane_core::wire::{Envelope, FrameKind, RequestId};
 use plane_core::{Error, ErrorKind, Headers, Result};
 use tokio::sync::mpsc;
 
-use crate::request::{write_envelope, EnvelopeReader, Node, QuicRequests};
+use crate::request::{refusal, write_envelope, EnvelopeReader, Node, QuicRequests};
 use crate::QuicConfig;
 
 /// The discovery endpoint under which publishers register.
 pub const EVENTS_ENDPOINT: &str = "plane-events";
 /// Header of a subscription request: the subject pattern.
 pub const SUBSCRIBE_HEADER: &str = "plane-subscribe";
+/// Header of a subscription request: the worker group the subscriber joins
+/// (absent for a subscription outside groups).
+pub const GROUP_HEADER: &str = "plane-group";
 /// Envelopes queued per subscriber at a publisher before events are dropped.
 pub const SUBSCRIBER_QUEUE: usize = 1024;
 
@@ -76,14 +93,44 @@ pub(crate) struct Subscribers {
 #[derive(Default)]
 struct SubscriberTable {
     next: u64,
+    /// Subscribers outside any worker group, by slot id.
     slots: HashMap<u64, Slot>,
+    /// Members of worker groups, by slot id.
+    groups: Groups<Slot>,
 }
 
 struct Slot {
     pattern: String,
     tx: mpsc::Sender<Envelope>,
     /// Events dropped for this subscriber since the last one sent.
-    dropped: AtomicU64,
+    dropped: u64,
+}
+
+impl Slot {
+    /// Queue `event` for this subscriber if its queue has room. When it is
+    /// full the event is counted as dropped only as a `last_resort` (a group
+    /// may still hand it to another member).
+    fn offer(&mut self, event: &Event, last_resort: bool) -> Offered {
+        if self.tx.is_closed() {
+            return Offered::Gone;
+        }
+        // Checked before encoding: the table's lock makes this the only
+        // sender, so room seen here is still there for `try_send`.
+        if self.tx.capacity() > 0 {
+            match self.tx.try_send(event_envelope(event, self.dropped)) {
+                Ok(()) => {
+                    self.dropped = 0;
+                    return Offered::Taken;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Offered::Gone,
+                Err(mpsc::error::TrySendError::Full(_)) => {}
+            }
+        }
+        if last_resort {
+            self.dropped += 1;
+        }
+        Offered::Full
+    }
 }
 
 impl Subscribers {
@@ -91,42 +138,54 @@ impl Subscribers {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Offer `event` to every matching subscriber. Never waits.
+    /// Offer `event` to every matching subscriber outside groups, and to one
+    /// matching member of each group. Never waits.
     fn publish(&self, event: &Event) {
         let mut table = self.lock();
-        let mut gone = Vec::new();
-        for (id, slot) in &table.slots {
-            if !subject::matches(&slot.pattern, &event.subject) {
-                continue;
-            }
-            let dropped = slot.dropped.swap(0, Ordering::Relaxed);
-            match slot.tx.try_send(event_envelope(event, dropped)) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    slot.dropped.fetch_add(dropped + 1, Ordering::Relaxed);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => gone.push(*id),
-            }
-        }
-        for id in gone {
-            table.slots.remove(&id);
-        }
+        let SubscriberTable { slots, groups, .. } = &mut *table;
+        slots.retain(|_, slot| {
+            !subject::matches(&slot.pattern, &event.subject)
+                || slot.offer(event, true) != Offered::Gone
+        });
+        groups.deliver(&event.subject, |slot, last_resort| {
+            slot.offer(event, last_resort)
+        });
     }
 
-    /// Add a subscriber whose events go to `tx`; returns its slot.
-    fn add(&self, pattern: String, tx: mpsc::Sender<Envelope>) -> u64 {
+    /// Add a subscriber (a member of `group` if given) whose events go to
+    /// `tx`; returns its slot.
+    fn add(&self, pattern: String, group: Option<&str>, tx: mpsc::Sender<Envelope>) -> u64 {
         let mut table = self.lock();
         table.next += 1;
         let id = table.next;
-        table.slots.insert(
-            id,
-            Slot {
-                pattern,
-                tx,
-                dropped: AtomicU64::new(0),
-            },
-        );
+        match group {
+            Some(group) => {
+                let slot = Slot {
+                    pattern: pattern.clone(),
+                    tx,
+                    dropped: 0,
+                };
+                table.groups.join(&pattern, group, id, slot);
+            }
+            None => {
+                let slot = Slot {
+                    pattern,
+                    tx,
+                    dropped: 0,
+                };
+                table.slots.insert(id, slot);
+            }
+        }
         id
+    }
+
+    /// Forget slot `id` (added with `pattern` and `group`).
+    fn remove(&self, id: u64, pattern: &str, group: Option<&str>) {
+        let mut table = self.lock();
+        match group {
+            Some(group) => drop(table.groups.leave(pattern, group, id)),
+            None => drop(table.slots.remove(&id)),
+        }
     }
 
     /// Serve one subscriber's stream, opened by `first` (a subscription
@@ -142,13 +201,18 @@ impl Subscribers {
             .get(SUBSCRIBE_HEADER)
             .unwrap_or_default()
             .to_owned();
-        if let Err(e) = subject::validate_pattern(&pattern) {
+        let group = first.headers.get(GROUP_HEADER).map(str::to_owned);
+        let valid = subject::validate_pattern(&pattern).and_then(|()| match &group {
+            Some(g) => subject::validate_name("group", g),
+            None => Ok(()),
+        });
+        if let Err(e) = valid {
             let _ = write_envelope(&mut send, &Envelope::error(first.id, &e)).await;
             let _ = send.finish();
             return;
         }
         let (tx, mut rx) = mpsc::channel(SUBSCRIBER_QUEUE);
-        let id = self.add(pattern, tx);
+        let id = self.add(pattern.clone(), group.as_deref(), tx);
         // In place from here on: confirm, so the subscriber can return.
         let welcome = Envelope::new(FrameKind::Ack, first.id);
         if write_envelope(&mut send, &welcome).await.is_ok() {
@@ -168,7 +232,7 @@ impl Subscribers {
                 }
             }
         }
-        self.lock().slots.remove(&id);
+        self.remove(id, &pattern, group.as_deref());
     }
 }
 
@@ -222,6 +286,8 @@ impl QuicEvents {
     pub async fn connect(config: QuicConfig, discovery: Discovery) -> Result<Self> {
         let mut capabilities = EventsCapabilities::default();
         capabilities.wildcards = true;
+        // Each publisher picks one member per group (see the module docs).
+        capabilities.groups = true;
         // One queue and one stream per subscriber, fed in publish order.
         capabilities.ordered_per_publisher = true;
         capabilities.max_payload = config.max_payload;
@@ -272,16 +338,19 @@ impl EventsBackend for QuicEvents {
         // Watch before listing, so no publisher appearing meanwhile is missed.
         let watch = discovery.watch(EVENTS_ENDPOINT).await?;
         let buffer = EventBuffer::new(options.capacity);
-        let pattern = options.pattern;
+        let interest = Interest {
+            pattern: options.pattern,
+            group: options.group,
+        };
         let publishers = discovery.list(EVENTS_ENDPOINT).await?;
         let joined = futures_util::future::join_all(
             publishers
                 .into_iter()
-                .map(|p| join(node.clone(), p, pattern.clone(), buffer.clone())),
+                .map(|p| join(node.clone(), p, interest.clone(), buffer.clone())),
         )
         .await;
         let readers: HashMap<InstanceId, AbortOnDrop> = joined.into_iter().flatten().collect();
-        let task = tokio::spawn(follow(node, watch, pattern, buffer.clone(), readers));
+        let task = tokio::spawn(follow(node, watch, interest, buffer.clone(), readers));
         Ok(Box::new(BufferedSubscription::new(
             buffer,
             AbortOnDrop(task),
@@ -305,13 +374,13 @@ impl EventsBackend for QuicEvents {
     }
 }
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// What a subscription asks every publisher for.
+#[derive(Clone)]
+struct Interest {
+    pattern: String,
+    /// The worker group joined, if any: each publisher then hands each
+    /// matching event to one member of the group.
+    group: Option<String>,
 }
 
 /// Subscribe at `publisher` and start reading its events into `buffer`.
@@ -320,7 +389,7 @@ impl Drop for AbortOnDrop {
 async fn join(
     node: Arc<Node>,
     publisher: Instance,
-    pattern: String,
+    interest: Interest,
     buffer: EventBuffer,
 ) -> Option<(InstanceId, AbortOnDrop)> {
     let timeout = node.config.connect_timeout;
@@ -328,22 +397,27 @@ async fn join(
     let limits = node.limits;
     let attempt = async {
         let (conn, mut send, recv) = node.open(publisher).await?;
-        let request = Envelope::new(FrameKind::Request, RequestId::new_v7())
-            .with_headers(Headers::new().with(SUBSCRIBE_HEADER, pattern.clone()));
+        let mut headers = Headers::new().with(SUBSCRIBE_HEADER, interest.pattern.clone());
+        if let Some(group) = &interest.group {
+            headers.insert(GROUP_HEADER, group.clone());
+        }
+        let request = Envelope::new(FrameKind::Request, RequestId::new_v7()).with_headers(headers);
         write_envelope(&mut send, &request).await?;
         let mut reader = EnvelopeReader::new(recv, limits);
         match reader.next().await {
             Ok(Some(env)) if env.kind == FrameKind::Ack => Ok((conn, send, reader)),
             Ok(Some(env)) if env.kind == FrameKind::Error => Err(env.to_error()),
-            _ => Err(Error::new(
-                ErrorKind::Connection,
-                "the publisher did not confirm the subscription",
-            )),
+            _ => Err(refusal(&conn).unwrap_or_else(|| {
+                Error::new(
+                    ErrorKind::Connection,
+                    "the publisher did not confirm the subscription",
+                )
+            })),
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok((conn, send, reader))) => {
-            let task = tokio::spawn(read_events(conn, send, reader, pattern, buffer));
+            let task = tokio::spawn(read_events(conn, send, reader, interest.pattern, buffer));
             Some((id, AbortOnDrop(task)))
         }
         Ok(Err(e)) => {
@@ -393,7 +467,7 @@ async fn read_events(
 async fn follow(
     node: Arc<Node>,
     mut watch: plane_core::discovery::DiscoveryWatch,
-    pattern: String,
+    interest: Interest,
     buffer: EventBuffer,
     mut readers: HashMap<InstanceId, AbortOnDrop>,
 ) {
@@ -407,7 +481,7 @@ async fn follow(
                     known.insert(instance.id, instance.clone());
                     let stale = readers.get(&instance.id).is_none_or(|r| r.0.is_finished());
                     if stale {
-                        if let Some((id, r)) = join(node.clone(), instance, pattern.clone(), buffer.clone()).await {
+                        if let Some((id, r)) = join(node.clone(), instance, interest.clone(), buffer.clone()).await {
                             readers.insert(id, r);
                         }
                     }
@@ -425,7 +499,7 @@ async fn follow(
                     .cloned()
                     .collect();
                 for instance in ended {
-                    if let Some((id, r)) = join(node.clone(), instance, pattern.clone(), buffer.clone()).await {
+                    if let Some((id, r)) = join(node.clone(), instance, interest.clone(), buffer.clone()).await {
                         readers.insert(id, r);
                     }
                 }
@@ -455,7 +529,7 @@ mod tests {
     async fn a_full_subscriber_queue_drops_and_the_next_event_says_how_many() {
         let subscribers = Subscribers::default();
         let (tx, mut rx) = mpsc::channel(1);
-        subscribers.add("s.*".to_owned(), tx);
+        subscribers.add("s.*".to_owned(), None, tx);
         for seq in 1..=3 {
             subscribers.publish(&event("s.a", seq));
         }
@@ -472,9 +546,68 @@ mod tests {
     async fn a_subscriber_that_went_away_is_forgotten() {
         let subscribers = Subscribers::default();
         let (tx, rx) = mpsc::channel(1);
-        subscribers.add(">".to_owned(), tx);
+        subscribers.add(">".to_owned(), None, tx);
         drop(rx);
         subscribers.publish(&event("s.a", 1));
         assert!(subscribers.lock().slots.is_empty());
+    }
+
+    fn sequences(rx: &mut mpsc::Receiver<Envelope>) -> Vec<(u64, u64)> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|env| {
+                let (e, dropped) = decode_event(env).unwrap();
+                (e.origin.unwrap().sequence, dropped)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_group_member_that_is_full_or_gone_is_passed_over() {
+        let subscribers = Subscribers::default();
+        let (tx1, mut rx1) = mpsc::channel(1);
+        let (tx2, mut rx2) = mpsc::channel(8);
+        let (tx3, rx3) = mpsc::channel(8);
+        subscribers.add("s.*".to_owned(), Some("w"), tx1);
+        subscribers.add("s.*".to_owned(), Some("w"), tx2);
+        subscribers.add("s.*".to_owned(), Some("w"), tx3);
+        // Another group (same name, other pattern) and a broadcast
+        // subscriber get every event.
+        let (other, mut other_rx) = mpsc::channel(8);
+        subscribers.add("s.a".to_owned(), Some("w"), other);
+        let (all, mut all_rx) = mpsc::channel(8);
+        subscribers.add(">".to_owned(), None, all);
+        drop(rx3);
+        for seq in 1..=4 {
+            subscribers.publish(&event("s.a", seq));
+        }
+        // 1 takes event 1 and is then full; 2 takes the rest; 3 is gone.
+        assert_eq!(sequences(&mut rx1), vec![(1, 0)]);
+        assert_eq!(sequences(&mut rx2), vec![(2, 0), (3, 0), (4, 0)]);
+        assert_eq!(subscribers.lock().groups.members(), 3);
+        let every: Vec<(u64, u64)> = (1..=4).map(|s| (s, 0)).collect();
+        assert_eq!(sequences(&mut other_rx), every);
+        assert_eq!(sequences(&mut all_rx), every);
+    }
+
+    #[tokio::test]
+    async fn a_group_whose_members_are_all_full_drops_at_the_member_whose_turn_it_was() {
+        let subscribers = Subscribers::default();
+        let (tx1, mut rx1) = mpsc::channel(1);
+        let (tx2, mut rx2) = mpsc::channel(1);
+        subscribers.add(">".to_owned(), Some("w"), tx1);
+        subscribers.add(">".to_owned(), Some("w"), tx2);
+        for seq in 1..=3 {
+            subscribers.publish(&event("s.a", seq));
+        }
+        // Event 3 found both full: dropped at member 1, whose turn it was.
+        assert_eq!(sequences(&mut rx1), vec![(1, 0)]);
+        assert_eq!(sequences(&mut rx2), vec![(2, 0)]);
+        subscribers.publish(&event("s.a", 4));
+        subscribers.publish(&event("s.a", 5));
+        assert_eq!(sequences(&mut rx2), vec![(4, 0)]);
+        assert_eq!(sequences(&mut rx1), vec![(5, 1)]);
+        subscribers.remove(1, ">", Some("w"));
+        subscribers.remove(2, ">", Some("w"));
+        assert_eq!(subscribers.lock().groups.members(), 0);
     }
 }

@@ -12,7 +12,8 @@
 //! binds its own QUIC endpoint, registered in discovery under the reserved
 //! endpoint [`events::EVENTS_ENDPOINT`] (`plane-events`), and each
 //! subscription opens one stream to every publisher. At-most-once only:
-//! wildcards and per-publisher order, no worker groups, no durable streams.
+//! wildcards, worker groups (each publisher picks one member) and
+//! per-publisher order, no durable streams.
 //! See [`events`]. An events handle built from a URL binds its own port (the
 //! `quic://` port is best left 0 when both planes are built from one URL).
 //!
@@ -74,8 +75,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, DiscoveryConfig};
+use plane_core::peer;
 use plane_core::registry::{Connector, QueryParams, Registry};
-use plane_core::request::RequestCapabilities;
 use plane_core::{Error, ErrorKind, Events, Requests, Result};
 use url::Url;
 
@@ -160,19 +161,9 @@ impl QuicConfig {
             )
         })?;
         let mut q = QueryParams::new(url)?;
-        let discovery = q.take_str("discovery").ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidConfig,
-                "quic url needs `discovery=<percent-encoded kv url>`",
-            )
-        })?;
+        let (discovery, discovery_config) = peer::discovery_query(&mut q, "quic")?;
         let mut c = QuicConfig::new(SocketAddr::new(ip, port), discovery);
-        if let Some(b) = q.take_str("bucket") {
-            c.discovery_config = c.discovery_config.bucket(b);
-        }
-        if let Some(l) = q.take_millis("lease_ms")? {
-            c.discovery_config = c.discovery_config.lease(l);
-        }
+        c.discovery_config = discovery_config;
         c.advertise = q.take_str("advertise");
         c.cert = q.take_str("cert").map(PathBuf::from);
         c.key = q.take_str("key").map(PathBuf::from);
@@ -212,21 +203,8 @@ impl QuicConfig {
     /// # Errors
     /// Whatever building the kv plane or opening the bucket fails with.
     pub async fn discovery(&self, registry: &Registry) -> Result<Discovery> {
-        let kv = registry.kv(&self.discovery).await?;
-        Discovery::open(&kv, self.discovery_config.clone()).await
+        peer::open_discovery(registry, &self.discovery, &self.discovery_config).await
     }
-}
-
-pub(crate) fn request_capabilities(max_payload: usize) -> RequestCapabilities {
-    let mut c = RequestCapabilities::default();
-    c.streaming = true;
-    c.cancellation = true;
-    c.round_robin = true;
-    c.random = true;
-    c.power_of_two = true;
-    c.direct = true;
-    c.max_payload = max_payload;
-    c
 }
 
 /// The `quic://` connector.

@@ -31,7 +31,7 @@ use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, Instance, Registration};
 use plane_core::peer::{
     self, call_envelope, check_limits, decode_inbound, decode_reply, frame_envelope, Endpoints,
-    InFlight, Inbound, PeerDirectory, Reply,
+    InFlight, Inbound, PeerDirectory, Reply, Served,
 };
 use plane_core::request::{
     Call, Cancel, Dispatcher, Frame, InstanceId, ReplySink, ReplyTransport, RequestBackend,
@@ -57,6 +57,31 @@ const READ_CHUNK: usize = 16 * 1024;
 
 fn connection_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::new(ErrorKind::Connection, format!("{what}: {e}")).with_source(e)
+}
+
+/// TLS alerts (RFC 8446, section 6.2) by which a peer refuses a
+/// certificate: bad, unsupported, revoked, expired or unknown certificate,
+/// unknown CA, access denied, certificate required.
+const CERTIFICATE_ALERTS: &[u8] = &[42, 43, 44, 45, 46, 48, 49, 116];
+
+/// `Unauthorized` if the peer closed `conn` because it refused this
+/// process's certificate, or its lack of one. Under mutual TLS the server
+/// checks the client's certificate only after the client considers the
+/// handshake done, so the refusal ends the first call on the connection
+/// rather than the connect; this tells it from a lost peer.
+pub(crate) fn refusal(conn: &quinn::Connection) -> Option<Error> {
+    let quinn::ConnectionError::ConnectionClosed(close) = conn.close_reason()? else {
+        return None;
+    };
+    // QUIC carries a TLS alert as the transport error 0x100 + alert.
+    let alert = u64::from(close.error_code).checked_sub(0x100)?;
+    let alert = u8::try_from(alert).ok()?;
+    CERTIFICATE_ALERTS.contains(&alert).then(|| {
+        Error::new(
+            ErrorKind::Unauthorized,
+            format!("the peer refused this process's TLS certificate: {close}"),
+        )
+    })
 }
 
 fn write_error(e: quinn::WriteError) -> Error {
@@ -150,8 +175,7 @@ pub(crate) struct Node {
     ca: Option<Arc<rustls::RootCertStore>>,
     server_config: quinn::ServerConfig,
     endpoint: RwLock<quinn::Endpoint>,
-    endpoints: Endpoints,
-    served: Mutex<HashMap<(String, InstanceId), Option<Registration>>>,
+    served: Served,
     pub(crate) directory: PeerDirectory,
     connections: Mutex<HashMap<ConnectionKey, Arc<OnceCell<quinn::Connection>>>>,
     client_configs: Mutex<HashMap<String, quinn::ClientConfig>>,
@@ -235,15 +259,15 @@ impl QuicRequests {
                 .saturating_add(wire::MAX_HEADER_BYTES)
                 .min(u32::MAX as usize),
         );
-        let capabilities = crate::request_capabilities(config.max_payload);
+        let capabilities = peer::request_capabilities(config.max_payload);
+        let served = Served::new(discovery.clone());
         let node = Arc::new(Node {
             directory: PeerDirectory::new(discovery, Default::default()),
             identity,
             ca,
             server_config,
             endpoint: RwLock::new(endpoint.clone()),
-            endpoints: Endpoints::new(),
-            served: Mutex::new(HashMap::new()),
+            served,
             connections: Mutex::new(HashMap::new()),
             client_configs: Mutex::new(HashMap::new()),
             limits,
@@ -253,7 +277,7 @@ impl QuicRequests {
         });
         tokio::spawn(accept_loop(
             endpoint,
-            node.endpoints.clone(),
+            node.served.endpoints().clone(),
             node.subscribers.clone(),
             limits,
         ));
@@ -320,44 +344,13 @@ impl QuicRequests {
             .clear();
         tokio::spawn(accept_loop(
             endpoint,
-            node.endpoints.clone(),
+            node.served.endpoints().clone(),
             node.subscribers.clone(),
             node.limits,
         ));
-        let keys: Vec<(String, InstanceId)> = node
-            .served
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        for key in keys {
-            let old = node
-                .served
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_mut(&key)
-                .and_then(Option::take);
-            if let Some(old) = old {
-                old.deregister().await?;
-            }
-            let registration = node.register(&key.0, key.1).await?;
-            let leftover = {
-                let mut served = node.served.lock().unwrap_or_else(|p| p.into_inner());
-                match served.get_mut(&key) {
-                    Some(slot) => {
-                        *slot = Some(registration);
-                        None
-                    }
-                    // Closed while we re-registered: undo.
-                    None => Some(registration),
-                }
-            };
-            if let Some(r) = leftover {
-                r.deregister().await?;
-            }
-        }
-        Ok(())
+        node.served
+            .reregister(|endpoint, instance| node.record(endpoint, instance))
+            .await
     }
 }
 
@@ -388,14 +381,19 @@ impl Node {
         Ok(addr.to_string())
     }
 
+    /// The discovery record of `instance` of `endpoint` served here.
+    fn record(&self, endpoint: &str, instance: InstanceId) -> Result<Instance> {
+        Ok(Instance::new(endpoint, instance, self.advertised()?)
+            .with_metadata(tls::FINGERPRINT_METADATA, self.identity.fingerprint())
+            .with_metadata(tls::SERVER_NAME_METADATA, self.config.server_name.clone()))
+    }
+
     pub(crate) async fn register(
         &self,
         endpoint: &str,
         instance: InstanceId,
     ) -> Result<Registration> {
-        let record = Instance::new(endpoint, instance, self.advertised()?)
-            .with_metadata(tls::FINGERPRINT_METADATA, self.identity.fingerprint())
-            .with_metadata(tls::SERVER_NAME_METADATA, self.config.server_name.clone());
+        let record = self.record(endpoint, instance)?;
         self.directory.discovery().register(record).await
     }
 
@@ -518,10 +516,9 @@ impl Node {
             Ok((s, r)) => Ok((conn, s, r)),
             Err(_) => {
                 let conn = self.connection(&instance, true).await?;
-                let (s, r) = conn
-                    .open_bi()
-                    .await
-                    .map_err(|e| connection_error("cannot open a stream", e))?;
+                let (s, r) = conn.open_bi().await.map_err(|e| {
+                    refusal(&conn).unwrap_or_else(|| connection_error("cannot open a stream", e))
+                })?;
                 Ok((conn, s, r))
             }
         }
@@ -549,13 +546,15 @@ impl RequestBackend for QuicRequests {
             .await?;
         let env = call_envelope(call, instance.id);
         write_envelope(&mut send, &env).await.map_err(|e| {
-            Error::new(ErrorKind::Disconnected, "the call could not be sent").with_source(e)
+            refusal(&conn).unwrap_or_else(|| {
+                Error::new(ErrorKind::Disconnected, "the call could not be sent").with_source(e)
+            })
         })?;
         Ok(Box::new(QuicReply {
             id,
             reader: EnvelopeReader::new(recv, node.limits),
             send: Arc::new(tokio::sync::Mutex::new(Some(send))),
-            _conn: conn,
+            conn,
             _in_flight: in_flight,
         }))
     }
@@ -567,54 +566,8 @@ impl RequestBackend for QuicRequests {
         dispatcher: Dispatcher,
     ) -> Result<Box<dyn ServeTransport>> {
         let node = &self.node;
-        let key = (endpoint.to_owned(), instance);
-        node.endpoints.insert(dispatcher);
-        let registration = match node.register(endpoint, instance).await {
-            Ok(r) => r,
-            Err(e) => {
-                node.endpoints.remove(endpoint, instance);
-                return Err(e);
-            }
-        };
-        node.served
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), Some(registration));
-        Ok(Box::new(QuicServed {
-            node: Arc::downgrade(node),
-            key,
-        }))
-    }
-}
-
-struct QuicServed {
-    node: std::sync::Weak<Node>,
-    key: (String, InstanceId),
-}
-
-impl ServeTransport for QuicServed {
-    fn close(&self) {
-        let Some(node) = self.node.upgrade() else {
-            return;
-        };
-        node.endpoints.remove(&self.key.0, self.key.1);
-        let registration = node
-            .served
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key)
-            .flatten();
-        if let Some(r) = registration {
-            // Remove the record now rather than when its lease runs out, so
-            // callers stop picking this instance at once.
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    if let Err(e) = r.deregister().await {
-                        tracing::warn!(error = %e, "cannot deregister a closed endpoint instance");
-                    }
-                });
-            }
-        }
+        let record = node.record(endpoint, instance)?;
+        node.served.serve(dispatcher, record).await
     }
 }
 
@@ -623,7 +576,7 @@ struct QuicReply {
     id: RequestId,
     reader: EnvelopeReader,
     send: Arc<tokio::sync::Mutex<Option<quinn::SendStream>>>,
-    _conn: quinn::Connection,
+    conn: quinn::Connection,
     _in_flight: InFlight,
 }
 
@@ -632,7 +585,10 @@ impl ReplyTransport for QuicReply {
         loop {
             let env = match ready!(self.reader.poll_envelope(cx)) {
                 Ok(Some(env)) => env,
-                Ok(None) => return Poll::Ready(None),
+                // A stream cut by a refused certificate is `Unauthorized`;
+                // any other end is the plane's to judge (`Disconnected`
+                // without an end marker).
+                Ok(None) => return Poll::Ready(refusal(&self.conn).map(Err)),
                 Err(e) => return Poll::Ready(Some(Err(peer::malformed(e)))),
             };
             if env.id != self.id && env.kind != wire::FrameKind::Error {

@@ -13,6 +13,17 @@
 //!
 //! With `client_ca` set, a server requires callers to present a certificate
 //! issued by that CA (mutual TLS); callers present their own identity.
+//!
+//! # Refusals
+//!
+//! - A caller that refuses the server's certificate (wrong fingerprint, or a
+//!   chain its CA does not verify) fails to connect: `Connection`, and the
+//!   call moves on to another instance of the endpoint if there is one.
+//! - A server that refuses the caller's certificate (none presented, or not
+//!   issued by its `client_ca`) closes the connection with a TLS alert; the
+//!   caller's call fails with `Unauthorized`. TLS 1.3 checks the client's
+//!   certificate after the client finished its handshake, so this shows on
+//!   the first call rather than on connecting.
 
 use std::fmt::Write as _;
 use std::path::Path;

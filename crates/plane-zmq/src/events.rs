@@ -13,10 +13,21 @@
 //!
 //! # Messages
 //!
-//! An event is one multipart message: the subject as the first frame (what
+//! An event is one multipart message: a topic as the first frame (what
 //! ZeroMQ filters on), then the wire envelope in the multipart form
 //! ([`event_envelope`]: origin in the `plane-publisher` and `plane-seq`
-//! headers).
+//! headers). The first byte of a topic says what it is; none of them can
+//! start (or occur in) a UTF-8 subject, and they sort in this order:
+//!
+//! | topic | what |
+//! |---|---|
+//! | `\xfd` + subject | an event for the subscriptions outside groups; they subscribe to `\xfd` + the literal prefix of their pattern |
+//! | `\xfe<token>.<group>.<pattern>` | an event for one worker-group member: the topic the member subscribed to, `<token>` its 32 random hex digits |
+//! | `\xffplane-hello.<token>` | a publisher's answer to a joining subscription (below), then the publisher's instance id as a second frame |
+//!
+//! The `\xfd` marker keeps the other topics out of ordinary subscriptions:
+//! a pattern such as `>` has an empty literal prefix, and without a marker
+//! its subscription would match every member's topic too.
 //!
 //! # Joining
 //!
@@ -24,12 +35,12 @@
 //! publisher ("slow joiner"). So `subscribe` returns only once every
 //! publisher known at that moment confirmed the subscription: the SUB socket
 //! also subscribes to a unique hello topic, `\xffplane-hello.<token>`, which
-//! libzmq sends after the subject prefix (subscriptions are sent in
-//! lexicographic order, and `\xff` never occurs in UTF-8 subjects); the
-//! publisher's XPUB sees it and answers on that topic. A publisher that does
-//! not answer within [`ZmqConfig::connect_timeout`] (a stale record, say) is
-//! not waited for any longer; its events reach the subscription once it
-//! connects.
+//! libzmq sends after the event or member topic (a SUB socket sends its
+//! subscriptions to a new connection in lexicographic order, and `\xff`
+//! sorts last); the publisher's XPUB sees it and answers on that topic. A
+//! publisher that does not answer within [`ZmqConfig::connect_timeout`] (a
+//! stale record, say) is not waited for any longer; its events reach the
+//! subscription once it connects.
 //!
 //! # Overload
 //!
@@ -42,9 +53,29 @@
 //! ([`ZmqConfig::events_hwm`]) fills: ZeroMQ drops without telling anyone,
 //! and subscribers see that only as a gap in the publisher's sequence.
 //!
-//! Worker groups are not offered: ZeroMQ has no way to send an event to one
-//! member of a group, and electing one on the subscribers' side would depend
-//! on every member seeing the same membership at the same moment.
+//! # Worker groups
+//!
+//! Every event starts at exactly one publisher, and every subscription —
+//! group member or not — connects to every publisher in discovery, so each
+//! publisher can know every member of every group and send each event to one
+//! of them. A member's SUB socket subscribes to its own member topic (and its
+//! hello topic) only, never to the `\xfd` event topics. The XPUB is verbose:
+//! the publisher reads each `\x01` + member topic subscription, and the
+//! `\x00` + member topic unsubscription libzmq passes up when the member's
+//! socket unsubscribes, closes or disconnects (its topic is unique, so its
+//! last subscriber is gone). A group is (group name, pattern), as on the
+//! in-memory backend; for each event the publisher sends the plain event
+//! topic once (for subscriptions outside groups) and, per group whose pattern
+//! matches, one copy with the member topic of the member whose turn it is
+//! (round-robin, in the order they subscribed at this publisher; see
+//! [`Groups`]). Since the member topic is sent before the hello topic, a
+//! member's `subscribe` returns only once every known publisher counts it in.
+//!
+//! libzmq does not tell the sender that one subscriber's queue is full (the
+//! XPUB is lossy), so a full member cannot be passed over for the next one:
+//! the event is lost for the group as described under Overload. Events the
+//! publisher sent to a member before it heard of its departure are lost with
+//! that member, at most once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,7 +87,9 @@ use plane_core::events::{
     ConsumerConfig, DeliveryTransport, Event, EventsBackend, EventsCapabilities, PublishAck,
     StreamConfig, SubscribeOptions, SubscriptionTransport,
 };
-use plane_core::peer::events::{decode_event, event_envelope, BufferedSubscription, EventBuffer};
+use plane_core::peer::events::{
+    decode_event, event_envelope, AbortOnDrop, BufferedSubscription, EventBuffer, Groups, Offered,
+};
 use plane_core::request::InstanceId;
 use plane_core::subject;
 use plane_core::wire::{self, Limits};
@@ -65,12 +98,16 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::request::{advertised, socket};
-use crate::socket::{zmq_error, AsyncSocket, Sent};
+use crate::socket::{zmq_error, AsyncSocket};
 use crate::ZmqConfig;
 
 /// The discovery endpoint under which publishers register their XPUB socket.
 pub const EVENTS_ENDPOINT: &str = "plane-events";
-/// First bytes of a hello topic; `\xff` sorts after every UTF-8 subject.
+/// First byte of an event topic for subscriptions outside groups.
+const EVENT: u8 = 0xfd;
+/// First byte of a worker-group member's topic.
+const MEMBER: u8 = 0xfe;
+/// First bytes of a hello topic; `\xff` sorts after every other topic.
 const HELLO: &[u8] = b"\xffplane-hello.";
 /// Events waiting for the publisher task.
 const PUBLISH_QUEUE: usize = 1024;
@@ -96,7 +133,7 @@ struct Node {
     context: zmq::Context,
     discovery: Discovery,
     address: String,
-    publish: mpsc::Sender<Vec<Bytes>>,
+    publish: mpsc::Sender<Outgoing>,
     /// Kept so the record is renewed; dropped (and so expiring) with the node.
     registration: Mutex<Option<Registration>>,
     task: tokio::task::JoinHandle<()>,
@@ -172,6 +209,8 @@ impl ZmqEvents {
         );
         let mut capabilities = EventsCapabilities::default();
         capabilities.wildcards = true;
+        // Each publisher picks one member per group (see the module docs).
+        capabilities.groups = true;
         // One socket, fed in publish order, one connection per subscriber.
         capabilities.ordered_per_publisher = true;
         capabilities.max_payload = config.max_payload;
@@ -199,10 +238,103 @@ impl ZmqEvents {
     }
 }
 
-/// Owns the XPUB: sends the events queued by `publish`, and answers hello
-/// subscriptions. Ends when the node (the only sender) is gone.
-async fn publisher_loop(socket: AsyncSocket, mut rx: mpsc::Receiver<Vec<Bytes>>, id: InstanceId) {
+/// An event on its way to the publisher task: its subject and its envelope
+/// in the multipart form, without a topic.
+struct Outgoing {
+    subject: String,
+    envelope: Vec<Bytes>,
+}
+
+/// The topic of worker-group member `token` (hex digits, no `.`) of `group`
+/// subscribing to `pattern`.
+fn member_topic(token: &str, group: &str, pattern: &str) -> Bytes {
+    let mut t = vec![MEMBER];
+    t.extend_from_slice(format!("{token}.{group}.{pattern}").as_bytes());
+    Bytes::from(t)
+}
+
+/// The group and pattern of a member topic; `None` (logged) for a topic that
+/// is not one, or names an invalid group or pattern.
+fn parse_member_topic(topic: &[u8]) -> Option<(&str, &str)> {
+    let parsed = topic
+        .strip_prefix(&[MEMBER])
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .and_then(|t| t.split_once('.'))
+        .and_then(|(_token, rest)| rest.split_once('.'))
+        .filter(|(group, pattern)| {
+            subject::validate_name("group", group).is_ok()
+                && subject::validate_pattern(pattern).is_ok()
+        });
+    if parsed.is_none() {
+        tracing::debug!(topic = ?topic, "malformed member subscription ignored");
+    }
+    parsed
+}
+
+/// The worker-group members subscribed at one publisher, as its XPUB
+/// reported them. Owned by the publisher task.
+#[derive(Default)]
+struct Members {
+    next: u64,
+    /// Member topic → its id, pattern and group.
+    known: HashMap<Bytes, (u64, String, String)>,
+    /// The member topics by group.
+    groups: Groups<Bytes>,
+}
+
+impl Members {
+    fn join(&mut self, topic: Bytes) {
+        if self.known.contains_key(&topic) {
+            return;
+        }
+        let Some((group, pattern)) = parse_member_topic(&topic) else {
+            return;
+        };
+        let (group, pattern) = (group.to_owned(), pattern.to_owned());
+        self.next += 1;
+        self.groups.join(&pattern, &group, self.next, topic.clone());
+        self.known.insert(topic, (self.next, pattern, group));
+    }
+
+    fn leave(&mut self, topic: &[u8]) {
+        if let Some((id, pattern, group)) = self.known.remove(topic) {
+            self.groups.leave(&pattern, &group, id);
+        }
+    }
+
+    /// Send `out` to the subscriptions outside groups, and to one member of
+    /// each matching group.
+    fn send(&mut self, socket: &AsyncSocket, out: Outgoing) -> Result<()> {
+        let mut topic = Vec::with_capacity(1 + out.subject.len());
+        topic.push(EVENT);
+        topic.extend_from_slice(out.subject.as_bytes());
+        let mut parts = Vec::with_capacity(1 + out.envelope.len());
+        parts.push(Bytes::from(topic));
+        parts.extend(out.envelope);
+        // Without `ZMQ_XPUB_NODROP` a full subscriber pipe drops the message
+        // for that subscriber, the send never blocks; so every `Sent` is as
+        // good as done.
+        socket.try_send(&parts)?;
+        let mut failed = None;
+        self.groups.deliver(&out.subject, |member, _last_resort| {
+            parts[0] = member.clone();
+            if let Err(e) = socket.try_send(&parts) {
+                failed = Some(e);
+            }
+            // Whether the member's pipe had room is not known (see the
+            // module docs): the member was given its turn.
+            Offered::Taken
+        });
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+/// Owns the XPUB: sends the events queued by `publish`, answers hello
+/// subscriptions and tracks group members. Ends when the node (the only
+/// sender) is gone.
+async fn publisher_loop(socket: AsyncSocket, mut rx: mpsc::Receiver<Outgoing>, id: InstanceId) {
     let me = Bytes::from(id.to_string());
+    let mut members = Members::default();
     loop {
         loop {
             match socket.try_recv() {
@@ -211,11 +343,15 @@ async fn publisher_loop(socket: AsyncSocket, mut rx: mpsc::Receiver<Vec<Bytes>>,
                     let Some(first) = frames.first() else {
                         continue;
                     };
-                    if first.first() == Some(&1) && first[1..].starts_with(HELLO) {
-                        let topic = first.slice(1..);
-                        // XPUB never blocks; a lost hello only makes that
-                        // subscriber wait its connect timeout.
-                        let _ = socket.try_send(&[topic, me.clone()]);
+                    match first.split_first() {
+                        Some((1, topic)) if topic.starts_with(HELLO) => {
+                            // XPUB never blocks; a lost hello only makes that
+                            // subscriber wait its connect timeout.
+                            let _ = socket.try_send(&[first.slice(1..), me.clone()]);
+                        }
+                        Some((1, [MEMBER, ..])) => members.join(first.slice(1..)),
+                        Some((0, topic @ [MEMBER, ..])) => members.leave(topic),
+                        _ => {}
                     }
                 }
                 Ok(None) => break,
@@ -227,16 +363,13 @@ async fn publisher_loop(socket: AsyncSocket, mut rx: mpsc::Receiver<Vec<Bytes>>,
         }
         tokio::select! {
             _ = socket.changed() => {}
-            parts = rx.recv() => match parts {
-                Some(parts) => match socket.try_send(&parts) {
-                    // Without `ZMQ_XPUB_NODROP` a full subscriber pipe drops
-                    // the message for that subscriber, it never blocks.
-                    Ok(Sent::Done | Sent::WouldBlock | Sent::Unreachable) => {}
-                    Err(e) => {
+            out = rx.recv() => match out {
+                Some(out) => {
+                    if let Err(e) = members.send(&socket, out) {
                         tracing::warn!(error = %e, "zmq publisher failed");
                         return;
                     }
-                },
+                }
                 None => return,
             },
         }
@@ -253,11 +386,14 @@ impl EventsBackend for ZmqEvents {
     }
 
     async fn publish(&self, event: Event) -> Result<()> {
-        let mut parts = vec![Bytes::from(event.subject.clone())];
-        parts.extend(wire::encode_parts(&event_envelope(&event, 0)));
+        let envelope = wire::encode_parts(&event_envelope(&event, 0));
+        let out = Outgoing {
+            subject: event.subject,
+            envelope,
+        };
         self.node
             .publish
-            .send(parts)
+            .send(out)
             .await
             .map_err(|_| Error::new(ErrorKind::Closed, "the events publisher is closed"))
     }
@@ -270,7 +406,20 @@ impl EventsBackend for ZmqEvents {
         let mut hello = HELLO.to_vec();
         hello.extend_from_slice(token.as_bytes());
         let set = |r: zmq::Result<()>| r.map_err(|e| zmq_error("cannot subscribe", e));
-        set(s.set_subscribe(subject::literal_prefix(&options.pattern).as_bytes()))?;
+        // A group member subscribes to its own topic only, so that it gets
+        // nothing but what a publisher chose it for.
+        let member = options
+            .group
+            .as_deref()
+            .map(|g| member_topic(&token, g, &options.pattern));
+        match &member {
+            Some(topic) => set(s.set_subscribe(topic))?,
+            None => {
+                let mut prefix = vec![EVENT];
+                prefix.extend_from_slice(subject::literal_prefix(&options.pattern).as_bytes());
+                set(s.set_subscribe(&prefix))?;
+            }
+        }
         set(s.set_subscribe(&hello))?;
         let socket = AsyncSocket::new(&node.context, s)?;
         // Watch before connecting, so no publisher appearing meanwhile is
@@ -280,6 +429,7 @@ impl EventsBackend for ZmqEvents {
         let mut sub = Subscriber {
             socket,
             pattern: options.pattern,
+            member,
             hello: Bytes::from(hello),
             buffer: buffer.clone(),
             limits: node.limits,
@@ -314,19 +464,12 @@ impl EventsBackend for ZmqEvents {
     }
 }
 
-/// Aborts a subscription's reader task when the subscription goes away.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// One subscription's SUB socket and what it is connected to.
 struct Subscriber {
     socket: AsyncSocket,
     pattern: String,
+    /// The member topic, for a worker-group member.
+    member: Option<Bytes>,
     hello: Bytes,
     buffer: EventBuffer,
     limits: Limits,
@@ -386,9 +529,18 @@ impl Subscriber {
                     self.waiting.remove(&id);
                 }
             }
-            // Other subscribers' hellos reach subscriptions to every subject.
             return;
         }
+        // The subject the topic names, checked against the event's below; a
+        // member's topic names none, and the member's own is all it takes.
+        let named = match &self.member {
+            Some(own) if topic == own => None,
+            Some(_) => return,
+            None => match topic.split_first() {
+                Some((&EVENT, subject)) => Some(subject),
+                _ => return,
+            },
+        };
         let decoded = wire::decode_parts_with(rest, &self.limits)
             .map_err(plane_core::peer::malformed)
             .and_then(decode_event);
@@ -399,7 +551,7 @@ impl Subscriber {
                 return;
             }
         };
-        if event.subject.as_bytes() != &topic[..]
+        if named.is_some_and(|s| s != event.subject.as_bytes())
             || !subject::matches(&self.pattern, &event.subject)
         {
             return;
@@ -452,5 +604,52 @@ impl Subscriber {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_topics_round_trip_and_sort_between_events_and_hellos() {
+        let t = member_topic("0123abcd", "workers", "a.*.>");
+        assert_eq!(parse_member_topic(&t), Some(("workers", "a.*.>")));
+        assert_eq!(parse_member_topic(b"\xfe0123.bad group.a"), None);
+        assert_eq!(parse_member_topic(b"\xfe0123.g.a..b"), None);
+        assert_eq!(parse_member_topic(b"\xfdsubject"), None);
+        // Sent in this order to a new connection: event prefix, member
+        // topic, then the hello that confirms both.
+        assert!([EVENT] < [MEMBER] && [MEMBER] < [HELLO[0]]);
+    }
+
+    /// What the group tracking relies on, checked against libzmq itself: a
+    /// verbose XPUB reads `\x01` and the topic when a SUB subscribes, and
+    /// `\x00` and the topic when the topic's only subscriber unsubscribes or
+    /// closes its socket.
+    #[test]
+    fn xpub_reports_unsubscription_and_closed_subscribers() {
+        let ctx = zmq::Context::new();
+        let xpub = ctx.socket(zmq::XPUB).unwrap();
+        xpub.set_xpub_verbose(true).unwrap();
+        xpub.set_rcvtimeo(5000).unwrap();
+        xpub.bind("tcp://127.0.0.1:0").unwrap();
+        let address = xpub.get_last_endpoint().unwrap().unwrap();
+        let recv = || xpub.recv_bytes(0).expect("a (un)subscription in time");
+
+        let closing = ctx.socket(zmq::SUB).unwrap();
+        closing.set_linger(0).unwrap();
+        closing.set_subscribe(b"\xfeone").unwrap();
+        closing.connect(&address).unwrap();
+        assert_eq!(recv(), b"\x01\xfeone");
+        drop(closing);
+        assert_eq!(recv(), b"\x00\xfeone");
+
+        let leaving = ctx.socket(zmq::SUB).unwrap();
+        leaving.set_subscribe(b"\xfetwo").unwrap();
+        leaving.connect(&address).unwrap();
+        assert_eq!(recv(), b"\x01\xfetwo");
+        leaving.set_unsubscribe(b"\xfetwo").unwrap();
+        assert_eq!(recv(), b"\x00\xfetwo");
     }
 }

@@ -11,9 +11,9 @@
 //! Events go straight from publisher to subscriber too: each events handle
 //! binds an XPUB socket registered in discovery under the reserved endpoint
 //! [`events::EVENTS_ENDPOINT`] (`plane-events`), and each subscription
-//! connects a SUB socket to every publisher. At-most-once only: wildcards
-//! and per-publisher order, no worker groups, no durable streams. See
-//! [`events`].
+//! connects a SUB socket to every publisher. At-most-once only: wildcards,
+//! worker groups (each publisher picks one member) and per-publisher order,
+//! no durable streams. See [`events`].
 //!
 //! libzmq is built from source by `zmq-sys` (a C++ compiler is needed, no
 //! system package). Unix only (the socket is driven through its `ZMQ_FD`).
@@ -75,8 +75,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, DiscoveryConfig};
+use plane_core::peer;
 use plane_core::registry::{Connector, QueryParams, Registry};
-use plane_core::request::RequestCapabilities;
 use plane_core::{Error, ErrorKind, Events, Requests, Result};
 use url::Url;
 
@@ -172,19 +172,9 @@ impl ZmqConfig {
             }
         };
         let mut q = QueryParams::new(url)?;
-        let discovery = q.take_str("discovery").ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidConfig,
-                "zmq url needs `discovery=<percent-encoded kv url>`",
-            )
-        })?;
+        let (discovery, discovery_config) = peer::discovery_query(&mut q, "zmq")?;
         let mut c = ZmqConfig::new(bind, discovery);
-        if let Some(b) = q.take_str("bucket") {
-            c.discovery_config = c.discovery_config.bucket(b);
-        }
-        if let Some(l) = q.take_millis("lease_ms")? {
-            c.discovery_config = c.discovery_config.lease(l);
-        }
+        c.discovery_config = discovery_config;
         c.advertise = q.take_str("advertise");
         c.events_bind = q.take_str("events_bind");
         c.events_advertise = q.take_str("events_advertise");
@@ -228,21 +218,8 @@ impl ZmqConfig {
     /// # Errors
     /// Whatever building the kv plane or opening the bucket fails with.
     pub async fn discovery(&self, registry: &Registry) -> Result<Discovery> {
-        let kv = registry.kv(&self.discovery).await?;
-        Discovery::open(&kv, self.discovery_config.clone()).await
+        peer::open_discovery(registry, &self.discovery, &self.discovery_config).await
     }
-}
-
-pub(crate) fn request_capabilities(max_payload: usize) -> RequestCapabilities {
-    let mut c = RequestCapabilities::default();
-    c.streaming = true;
-    c.cancellation = true;
-    c.round_robin = true;
-    c.random = true;
-    c.power_of_two = true;
-    c.direct = true;
-    c.max_payload = max_payload;
-    c
 }
 
 /// The `zmq+tcp://` and `zmq+ipc://` connector.

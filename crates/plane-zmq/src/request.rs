@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use plane_core::discovery::{Discovery, Instance, Registration};
+use plane_core::discovery::{Discovery, Instance};
 use plane_core::peer::{
     self, call_envelope, check_limits, decode_inbound, decode_reply, frame_envelope, Endpoints,
     InFlight, Inbound, PeerDirectory, Reply,
@@ -96,8 +96,7 @@ struct Node {
     config: ZmqConfig,
     context: zmq::Context,
     router: Mutex<RouterHandle>,
-    endpoints: Endpoints,
-    served: Mutex<HashMap<(String, InstanceId), Option<Registration>>>,
+    served: peer::Served,
     directory: PeerDirectory,
     dealers: Mutex<HashMap<String, DealerHandle>>,
     limits: Limits,
@@ -138,16 +137,15 @@ impl ZmqRequests {
                 .saturating_add(wire::MAX_HEADER_BYTES)
                 .min(u32::MAX as usize),
         );
-        let endpoints = Endpoints::new();
-        let router = start_router(&context, &config, endpoints.clone(), limits)?;
-        let capabilities = crate::request_capabilities(config.max_payload);
+        let served = peer::Served::new(discovery.clone());
+        let router = start_router(&context, &config, served.endpoints().clone(), limits)?;
+        let capabilities = peer::request_capabilities(config.max_payload);
         Ok(ZmqRequests {
             node: Arc::new(Node {
                 directory: PeerDirectory::new(discovery, Default::default()),
                 context,
                 router: Mutex::new(router),
-                endpoints,
-                served: Mutex::new(HashMap::new()),
+                served,
                 dealers: Mutex::new(HashMap::new()),
                 limits,
                 capabilities,
@@ -202,7 +200,7 @@ impl ZmqRequests {
         let fresh = start_router(
             &node.context,
             &node.config,
-            node.endpoints.clone(),
+            node.served.endpoints().clone(),
             node.limits,
         )?;
         // Dropping the old handle aborts its task, which closes its socket.
@@ -211,40 +209,9 @@ impl ZmqRequests {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        let keys: Vec<(String, InstanceId)> = node
-            .served
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        for key in keys {
-            let old = node
-                .served
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_mut(&key)
-                .and_then(Option::take);
-            if let Some(old) = old {
-                old.deregister().await?;
-            }
-            let registration = node.register(&key.0, key.1).await?;
-            let leftover = {
-                let mut served = node.served.lock().unwrap_or_else(|p| p.into_inner());
-                match served.get_mut(&key) {
-                    Some(slot) => {
-                        *slot = Some(registration);
-                        None
-                    }
-                    // Closed while we re-registered: undo.
-                    None => Some(registration),
-                }
-            };
-            if let Some(r) = leftover {
-                r.deregister().await?;
-            }
-        }
-        Ok(())
+        node.served
+            .reregister(|endpoint, instance| Ok(node.record(endpoint, instance)))
+            .await
     }
 }
 
@@ -253,12 +220,9 @@ impl Node {
         self.router.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn register(&self, endpoint: &str, instance: InstanceId) -> Result<Registration> {
-        let address = self.lock_router().address.clone();
-        self.directory
-            .discovery()
-            .register(Instance::new(endpoint, instance, address))
-            .await
+    /// The discovery record of `instance` of `endpoint` served here.
+    fn record(&self, endpoint: &str, instance: InstanceId) -> Instance {
+        Instance::new(endpoint, instance, self.lock_router().address.clone())
     }
 
     /// The DEALER for `address`, created on first use.
@@ -368,54 +332,8 @@ impl RequestBackend for ZmqRequests {
         instance: InstanceId,
         dispatcher: Dispatcher,
     ) -> Result<Box<dyn ServeTransport>> {
-        let node = &self.node;
-        let key = (endpoint.to_owned(), instance);
-        node.endpoints.insert(dispatcher);
-        let registration = match node.register(endpoint, instance).await {
-            Ok(r) => r,
-            Err(e) => {
-                node.endpoints.remove(endpoint, instance);
-                return Err(e);
-            }
-        };
-        node.served
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), Some(registration));
-        Ok(Box::new(ZmqServed {
-            node: Arc::downgrade(node),
-            key,
-        }))
-    }
-}
-
-struct ZmqServed {
-    node: std::sync::Weak<Node>,
-    key: (String, InstanceId),
-}
-
-impl ServeTransport for ZmqServed {
-    fn close(&self) {
-        let Some(node) = self.node.upgrade() else {
-            return;
-        };
-        node.endpoints.remove(&self.key.0, self.key.1);
-        let registration = node
-            .served
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key)
-            .flatten();
-        if let Some(r) = registration {
-            // Remove the record now rather than when its lease runs out.
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    if let Err(e) = r.deregister().await {
-                        tracing::warn!(error = %e, "cannot deregister a closed endpoint instance");
-                    }
-                });
-            }
-        }
+        let record = self.node.record(endpoint, instance);
+        self.node.served.serve(dispatcher, record).await
     }
 }
 

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use plane_conformance::{report_dir, run, Filter, Hooks, Status, Target};
+use plane_conformance::{assert_conforms, Hooks, Target};
 use plane_core::{Events, Registry, Requests};
 use plane_zmq::{ZmqConfig, ZmqEvents, ZmqRequests};
 
@@ -51,20 +51,5 @@ async fn zmq_backend_conforms() {
     target.events = Some(Events::new(events));
     target.discovery_kv = Some(registry.kv(&hub).await.expect("discovery kv"));
     target.hooks = Arc::new(ZmqHooks(backend));
-    let report = run(&target, &Filter::from_env()).await;
-    let path = report.write(&report_dir()).expect("write report");
-    eprintln!("{}report: {}", report.summary(), path.display());
-    for skipped in report.cases.iter().filter(|c| c.status == Status::Skip) {
-        assert!(
-            skipped.reason.as_deref().is_some_and(|r| !r.is_empty()),
-            "{}/{} skipped without a reason",
-            skipped.plane,
-            skipped.case
-        );
-    }
-    assert!(
-        report.failures().is_empty(),
-        "conformance failures:\n{}",
-        report.summary()
-    );
+    assert_conforms(&target).await;
 }

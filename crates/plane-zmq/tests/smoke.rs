@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use plane_core::request::{handler_fn, unary_fn, Call, Request, Responder, Route};
-use plane_core::{ErrorKind, Registry, Requests};
+use plane_core::request::{unary_fn, Request};
+use plane_core::{Registry, Requests};
 use plane_zmq::ZmqRequests;
 
 fn hub() -> String {
@@ -23,74 +23,7 @@ async fn unary_stream_cancel_and_refusals() {
     let hub = hub();
     let (_server_backend, server) = plane(&hub).await;
     let (_caller_backend, caller) = plane(&hub).await;
-    let _echo = server
-        .serve("echo", unary_fn(|r: Request| async move { Ok(r.message) }))
-        .await
-        .unwrap();
-    let reply = caller.call("echo", "hello").await.unwrap();
-    assert_eq!(reply.to_bytes(), "hello");
-
-    let _count = server
-        .serve(
-            "count",
-            handler_fn(|_r: Request, out: Responder| async move {
-                for i in 0..5u8 {
-                    out.send(vec![i]).await?;
-                }
-                Ok(())
-            }),
-        )
-        .await
-        .unwrap();
-    let mut replies = caller.stream(Call::new("count", "")).await.unwrap();
-    let mut got = Vec::new();
-    while let Some(r) = replies.next_reply().await {
-        got.push(r.unwrap().body.to_bytes()[0]);
-    }
-    assert_eq!(got, vec![0, 1, 2, 3, 4]);
-
-    assert_eq!(
-        caller.call("nobody", "x").await.unwrap_err().kind(),
-        ErrorKind::NoResponders
-    );
-    let big = vec![0u8; caller.capabilities().max_payload + 1];
-    assert_eq!(
-        caller.call("echo", big).await.unwrap_err().kind(),
-        ErrorKind::PayloadTooLarge
-    );
-
-    // A handler that vanishes mid-stream: Disconnected, not a clean end.
-    let vanish = server
-        .serve(
-            "vanish",
-            handler_fn(|_r: Request, out: Responder| async move {
-                out.send("one").await?;
-                std::future::pending::<()>().await;
-                Ok(())
-            }),
-        )
-        .await
-        .unwrap();
-    let mut replies = caller.stream(Call::new("vanish", "")).await.unwrap();
-    assert_eq!(
-        replies.next_reply().await.unwrap().unwrap().body.to_bytes(),
-        "one"
-    );
-    vanish.abort();
-    let end = tokio::time::timeout(Duration::from_secs(5), replies.next_reply())
-        .await
-        .unwrap();
-    assert_eq!(end.unwrap().unwrap_err().kind(), ErrorKind::Disconnected);
-
-    // Direct routing.
-    let direct = server
-        .serve("echo", unary_fn(|r: Request| async move { Ok(r.message) }))
-        .await
-        .unwrap();
-    for _ in 0..3 {
-        let call = Call::new("echo", "d").route(Route::Instance(direct.instance()));
-        caller.call_with(call).await.unwrap();
-    }
+    plane_conformance::peer::requests_between_handles(server, caller).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,14 +47,5 @@ async fn garbage_refused_and_restart_recovers() {
     let before = backend.address();
     backend.restart().await.unwrap();
     assert_ne!(before, backend.address());
-    tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if requests.call("echo", "again").await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("calls succeed after a restart");
+    plane_conformance::peer::calls_recover_after_restart(&requests).await;
 }

@@ -33,6 +33,7 @@ use super::MemConfig;
 use crate::ack::{AckHandle, Acker};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::*;
+use crate::peer::events::{Groups, Offered};
 use crate::subject::matches;
 
 /// Lock a mutex, recovering from poisoning: no code path panics while holding
@@ -86,14 +87,9 @@ pub(crate) struct EventHub {
 struct HubState {
     next_id: u64,
     broadcast: Vec<Arc<SubShared>>,
-    /// Worker groups keyed by (pattern, group name).
-    groups: HashMap<(String, String), Group>,
+    /// Worker groups keyed by (pattern, group name), members by id.
+    groups: Groups<Arc<SubShared>>,
     streams: BTreeMap<String, Arc<StreamShared>>,
-}
-
-struct Group {
-    members: Vec<Arc<SubShared>>,
-    next: usize,
 }
 
 impl HubState {
@@ -105,41 +101,22 @@ impl HubState {
                 sub.offer(event, true, wake);
             }
         }
-        for ((pattern, _), group) in &mut self.groups {
-            if !matches(pattern, &event.subject) || group.members.is_empty() {
-                continue;
-            }
-            let n = group.members.len();
-            // Round-robin, but skip members whose buffer is full so that one
-            // stalled member does not lose events its peers could take.
-            let start = group.next;
-            let taken = (0..n)
-                .map(|i| (start + i) % n)
-                .find(|&idx| group.members[idx].offer(event, false, wake));
-            if let Some(idx) = taken {
-                group.next = idx + 1;
+        // Round-robin, skipping members whose buffer is full; when all are
+        // full the member whose turn it was counts (and later reports) the
+        // drop. Members leave through `remove_sub`, never by an offer.
+        self.groups.deliver(&event.subject, |member, last_resort| {
+            if member.offer(event, last_resort, wake) {
+                Offered::Taken
             } else {
-                // Everyone is full: the drop is counted (and later reported)
-                // by the member whose turn it was.
-                let idx = group.next % n;
-                group.members[idx].offer(event, true, wake);
-                group.next = idx + 1;
+                Offered::Full
             }
-        }
+        });
     }
 
     fn remove_sub(&mut self, sub: &SubShared) {
         match &sub.group {
             None => self.broadcast.retain(|s| s.id != sub.id),
-            Some(name) => {
-                let key = (sub.pattern.clone(), name.clone());
-                if let Some(group) = self.groups.get_mut(&key) {
-                    group.members.retain(|s| s.id != sub.id);
-                    if group.members.is_empty() {
-                        self.groups.remove(&key);
-                    }
-                }
-            }
+            Some(name) => drop(self.groups.leave(&sub.pattern, name, sub.id)),
         }
     }
 }
@@ -189,8 +166,7 @@ impl Drop for EventHub {
         // Nobody can publish any more: end every subscription so that readers
         // see their streams finish instead of waiting forever.
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
-        let groups = state.groups.values().flat_map(|g| g.members.iter());
-        for sub in state.broadcast.iter().chain(groups) {
+        for sub in state.broadcast.iter().chain(state.groups.iter()) {
             sub.close();
         }
         for stream in state.streams.values() {
@@ -945,13 +921,7 @@ impl EventsBackend for MemEvents {
             None => hub.broadcast.push(shared.clone()),
             Some(group) => hub
                 .groups
-                .entry((shared.pattern.clone(), group.clone()))
-                .or_insert_with(|| Group {
-                    members: Vec::new(),
-                    next: 0,
-                })
-                .members
-                .push(shared.clone()),
+                .join(&shared.pattern, group, shared.id, shared.clone()),
         }
         Ok(Box::new(MemSubscription {
             shared,

@@ -1,0 +1,157 @@
+//! End-to-end checks shared by the brokerless backends' own tests
+//! (`plane-quic`, `plane-zmq`): the same behaviour, written once, run over
+//! each transport between separate handles (separate sockets, as separate
+//! processes would have). Unlike the cases of the suite these panic on
+//! failure, like the tests that call them.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use plane_core::request::{handler_fn, unary_fn, Call, Request, Responder, Route};
+use plane_core::{ErrorKind, Events, Requests};
+
+/// Unary and streamed calls, refusals, a vanishing handler and direct
+/// routing, from `caller` to `server` (two handles on one discovery).
+///
+/// # Panics
+/// When a check fails.
+pub async fn requests_between_handles(server: Requests, caller: Requests) {
+    let _echo = server
+        .serve("echo", unary_fn(|r: Request| async move { Ok(r.message) }))
+        .await
+        .unwrap();
+    let reply = caller.call("echo", "hello").await.unwrap();
+    assert_eq!(reply.to_bytes(), "hello");
+
+    let _count = server
+        .serve(
+            "count",
+            handler_fn(|_r: Request, out: Responder| async move {
+                for i in 0..5u8 {
+                    out.send(vec![i]).await?;
+                }
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    let mut replies = caller.stream(Call::new("count", "")).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(r) = replies.next_reply().await {
+        got.push(r.unwrap().body.to_bytes()[0]);
+    }
+    assert_eq!(got, vec![0, 1, 2, 3, 4]);
+
+    assert_eq!(
+        caller.call("nobody", "x").await.unwrap_err().kind(),
+        ErrorKind::NoResponders
+    );
+    let big = vec![0u8; caller.capabilities().max_payload + 1];
+    assert_eq!(
+        caller.call("echo", big).await.unwrap_err().kind(),
+        ErrorKind::PayloadTooLarge
+    );
+
+    // A handler that vanishes mid-stream: Disconnected, not a clean end.
+    let vanish = server
+        .serve(
+            "vanish",
+            handler_fn(|_r: Request, out: Responder| async move {
+                out.send("one").await?;
+                std::future::pending::<()>().await;
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    let mut replies = caller.stream(Call::new("vanish", "")).await.unwrap();
+    assert_eq!(
+        replies.next_reply().await.unwrap().unwrap().body.to_bytes(),
+        "one"
+    );
+    vanish.abort();
+    let end = tokio::time::timeout(Duration::from_secs(5), replies.next_reply())
+        .await
+        .unwrap();
+    assert_eq!(end.unwrap().unwrap_err().kind(), ErrorKind::Disconnected);
+
+    // Direct routing.
+    let direct = server
+        .serve("echo", unary_fn(|r: Request| async move { Ok(r.message) }))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let call = Call::new("echo", "d").route(Route::Instance(direct.instance()));
+        caller.call_with(call).await.unwrap();
+    }
+}
+
+/// Calls to the `echo` endpoint served through `requests` succeed again
+/// (within a few seconds) after the serving side restarted.
+///
+/// # Panics
+/// When no call succeeds in time.
+pub async fn calls_recover_after_restart(requests: &Requests) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if requests.call("echo", "again").await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("calls succeed after a restart");
+}
+
+/// Events reach subscribers of other handles, from publishers known when
+/// subscribing (nothing published after `subscribe` returned is lost) and
+/// from ones that appear later. `handle` makes a new handle on one shared
+/// discovery.
+///
+/// # Panics
+/// When a check fails.
+pub async fn events_between_handles<F, Fut>(handle: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Events>,
+{
+    let publisher = handle().await;
+    let subscriber = handle().await;
+    let mut sub = subscriber.subscribe("peer.>").await.expect("subscribe");
+
+    // A publisher known when subscribing: nothing published after
+    // `subscribe` returned is lost.
+    publisher.publish("peer.a", "one").await.expect("publish");
+    let e = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("the event in time")
+        .expect("an open subscription")
+        .expect("an event");
+    assert_eq!(e.subject, "peer.a");
+    assert_eq!(e.body().to_bytes(), "one");
+    let origin = e.origin.expect("an origin");
+    assert_eq!(origin.publisher, publisher.publisher_id());
+    assert_eq!(origin.sequence, 1);
+
+    // A publisher that appears later is found through the discovery watch.
+    let late = handle().await;
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            late.publish("peer.late", "hello").await.expect("publish");
+            if let Ok(Some(item)) =
+                tokio::time::timeout(Duration::from_millis(200), sub.next()).await
+            {
+                let e = item.expect("an event");
+                if e.origin.map(|o| o.publisher) == Some(late.publisher_id()) {
+                    return e;
+                }
+            }
+        }
+    })
+    .await
+    .expect("an event of the later publisher");
+    assert_eq!(found.subject, "peer.late");
+    sub.close();
+}
