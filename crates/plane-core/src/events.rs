@@ -513,22 +513,37 @@ pub trait EventsBackend: Send + Sync + 'static {
         &self,
         options: SubscribeOptions,
     ) -> impl Future<Output = Result<Box<dyn SubscriptionTransport>>> + Send;
+    // The durable methods default to `Unsupported`, for backends that do not
+    // declare `durable` (the handle refuses before calling them anyway).
+
     /// Create a durable stream, or leave an existing one of that name as is.
-    fn create_stream(&self, config: StreamConfig) -> impl Future<Output = Result<()>> + Send;
+    fn create_stream(&self, config: StreamConfig) -> impl Future<Output = Result<()>> + Send {
+        let _ = config;
+        async { Err(Error::unsupported("durable")) }
+    }
     /// Delete a stream and its consumers. `NotFound` if absent.
-    fn delete_stream(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+    fn delete_stream(&self, name: &str) -> impl Future<Output = Result<()>> + Send {
+        let _ = name;
+        async { Err(Error::unsupported("durable")) }
+    }
     /// Publish into the stream capturing the subject and wait for it to be stored.
     /// `NotFound` if no stream captures it.
     fn publish_durable(
         &self,
         event: Event,
         msg_id: Option<String>,
-    ) -> impl Future<Output = Result<PublishAck>> + Send;
+    ) -> impl Future<Output = Result<PublishAck>> + Send {
+        let _ = (event, msg_id);
+        async { Err(Error::unsupported("durable")) }
+    }
     /// Bind to (creating if needed) a durable consumer.
     fn consume(
         &self,
         config: ConsumerConfig,
-    ) -> impl Future<Output = Result<Box<dyn DeliveryTransport>>> + Send;
+    ) -> impl Future<Output = Result<Box<dyn DeliveryTransport>>> + Send {
+        let _ = config;
+        async { Err(Error::unsupported("durable")) }
+    }
 }
 
 /// Object-safe twin of [`EventsBackend`].

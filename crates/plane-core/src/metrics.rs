@@ -222,11 +222,14 @@ impl std::fmt::Debug for Labels {
     }
 }
 
+/// The handles registered so far, by kind.
 #[derive(Default)]
 struct Cache {
     /// The recorder the handles belong to (its address).
     recorder: usize,
-    handles: Vec<(Slot, Handle)>,
+    counters: Vec<(Slot, ::metrics::Counter)>,
+    gauges: Vec<(Slot, ::metrics::Gauge)>,
+    histograms: Vec<(Slot, ::metrics::Histogram)>,
 }
 
 /// A metric name plus the per-emission label, if any.
@@ -236,19 +239,13 @@ struct Slot {
     extra: Option<(&'static str, &'static str)>,
 }
 
-#[derive(Clone)]
-enum Handle {
-    Counter(::metrics::Counter),
-    Gauge(::metrics::Gauge),
-    Histogram(::metrics::Histogram),
-}
-
 fn current_recorder() -> usize {
     ::metrics::with_recorder(|r| std::ptr::from_ref(r).cast::<()>() as usize)
 }
 
-/// Handles kept per label set; beyond this (label values that vary without
-/// bound), handles are registered per emission instead of cached.
+/// Handles kept per kind and label set (a few metrics, times the few values
+/// of an outcome or error-kind label); beyond this, handles are registered
+/// per emission instead of cached.
 const MAX_CACHED: usize = 32;
 
 impl Labels {
@@ -279,14 +276,24 @@ impl Labels {
         self.0.labels.clone()
     }
 
-    fn handle(&self, slot: Slot, register: impl FnOnce(Vec<::metrics::Label>) -> Handle) -> Handle {
+    /// The handle of `slot` from the cache of its kind (`pick`), registered
+    /// with `register` the first time.
+    fn cached<H: Clone>(
+        &self,
+        slot: Slot,
+        pick: impl FnOnce(&mut Cache) -> &mut Vec<(Slot, H)>,
+        register: impl FnOnce(Vec<::metrics::Label>) -> H,
+    ) -> H {
         let recorder = current_recorder();
         let mut cache = self.0.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.recorder != recorder {
-            cache.recorder = recorder;
-            cache.handles.clear();
+            *cache = Cache {
+                recorder,
+                ..Cache::default()
+            };
         }
-        if let Some((_, h)) = cache.handles.iter().find(|(s, _)| *s == slot) {
+        let handles = pick(&mut cache);
+        if let Some((_, h)) = handles.iter().find(|(s, _)| *s == slot) {
             return h.clone();
         }
         let labels = match slot.extra {
@@ -294,15 +301,15 @@ impl Labels {
             None => self.get(),
         };
         let h = register(labels);
-        if cache.handles.len() < MAX_CACHED {
-            cache.handles.push((slot, h.clone()));
+        if handles.len() < MAX_CACHED {
+            handles.push((slot, h.clone()));
         }
         h
     }
 
     /// The counter `name` with these labels.
     pub(crate) fn counter(&self, name: &'static str) -> ::metrics::Counter {
-        self.counter_and(name, None)
+        self.counter_slot(Slot { name, extra: None })
     }
 
     /// The counter `name` with these labels plus `key = value`.
@@ -312,46 +319,86 @@ impl Labels {
         key: &'static str,
         value: &'static str,
     ) -> ::metrics::Counter {
-        self.counter_and(name, Some((key, value)))
+        self.counter_slot(Slot {
+            name,
+            extra: Some((key, value)),
+        })
     }
 
-    fn counter_and(
-        &self,
-        name: &'static str,
-        extra: Option<(&'static str, &'static str)>,
-    ) -> ::metrics::Counter {
-        match self.handle(Slot { name, extra }, |l| {
-            Handle::Counter(::metrics::counter!(name, l))
-        }) {
-            Handle::Counter(c) => c,
-            // A slot is only ever registered as one kind.
-            _ => ::metrics::counter!(name, self.get()),
-        }
+    fn counter_slot(&self, slot: Slot) -> ::metrics::Counter {
+        self.cached(
+            slot,
+            |c| &mut c.counters,
+            |l| ::metrics::counter!(slot.name, l),
+        )
     }
 
     /// The gauge `name` with these labels.
     pub(crate) fn gauge(&self, name: &'static str) -> ::metrics::Gauge {
-        match self.handle(Slot { name, extra: None }, |l| {
-            Handle::Gauge(::metrics::gauge!(name, l))
-        }) {
-            Handle::Gauge(g) => g,
-            _ => ::metrics::gauge!(name, self.get()),
-        }
+        self.cached(
+            Slot { name, extra: None },
+            |c| &mut c.gauges,
+            |l| ::metrics::gauge!(name, l),
+        )
     }
 
     /// The histogram `name` with these labels.
     pub(crate) fn histogram(&self, name: &'static str) -> ::metrics::Histogram {
-        match self.handle(Slot { name, extra: None }, |l| {
-            Handle::Histogram(::metrics::histogram!(name, l))
-        }) {
-            Handle::Histogram(h) => h,
-            _ => ::metrics::histogram!(name, self.get()),
-        }
+        self.cached(
+            Slot { name, extra: None },
+            |c| &mut c.histograms,
+            |l| ::metrics::histogram!(name, l),
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use ::metrics::{
+        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+
+    /// Counts every increment of every counter it hands out, in one total.
+    #[derive(Default)]
+    struct Total(Arc<AtomicU64>);
+
+    impl Recorder for Total {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(self.0.clone())
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn cached_handles_follow_the_recorder_in_charge() {
+        let labels = super::Labels::new().with("backend", "test");
+        // Registered while no recorder listens: a no-op handle, cached.
+        labels.counter(super::CLIENT_REQUESTS).increment(1);
+        let (a, b) = (Total::default(), Total::default());
+        ::metrics::with_local_recorder(&a, || {
+            labels.counter(super::CLIENT_REQUESTS).increment(2);
+            labels
+                .counter_with(super::CLIENT_ERRORS, "kind", "timeout")
+                .increment(3);
+        });
+        ::metrics::with_local_recorder(&b, || {
+            labels.counter(super::CLIENT_REQUESTS).increment(4);
+        });
+        assert_eq!(a.0.load(Ordering::Relaxed), 5);
+        assert_eq!(b.0.load(Ordering::Relaxed), 4);
+    }
+
     #[test]
     fn every_name_is_documented() {
         let doc = include_str!("../../../docs/metrics.md");

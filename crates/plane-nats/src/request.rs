@@ -348,9 +348,7 @@ impl ServeLoop {
             _ => {}
         }
     }
-}
 
-impl ServeLoop {
     /// Tell every plane caller whose call is still open that it is alive.
     fn heartbeats(&self) {
         let sinks: Vec<Arc<NatsSink>> = lock(&self.calls)
@@ -363,16 +361,9 @@ impl ServeLoop {
         }
         // Publishing waits for the connection's buffer; the loop must not.
         tokio::spawn(async move {
+            let empty = Message::default();
             for sink in sinks {
-                let mut headers = HeaderMap::new();
-                headers.insert(FRAME, frame::HEARTBEAT);
-                headers.insert(CTL, sink.ctl.as_str());
-                if sink
-                    .client
-                    .publish_with_headers(sink.reply.clone(), headers, Bytes::new())
-                    .await
-                    .is_err()
-                {
+                if sink.publish(frame::HEARTBEAT, &empty, &[]).await.is_err() {
                     return;
                 }
             }

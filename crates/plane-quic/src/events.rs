@@ -59,8 +59,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use plane_core::discovery::{Discovery, DiscoveryEvent, Instance, Registration};
 use plane_core::events::{
-    ConsumerConfig, DeliveryTransport, Event, EventsBackend, EventsCapabilities, PublishAck,
-    StreamConfig, SubscribeOptions, SubscriptionTransport,
+    Event, EventsBackend, EventsCapabilities, SubscribeOptions, SubscriptionTransport,
 };
 use plane_core::peer::events::{
     decode_event, event_envelope, AbortOnDrop, BufferedSubscription, EventBuffer, Groups, Offered,
@@ -158,23 +157,17 @@ impl Subscribers {
         let mut table = self.lock();
         table.next += 1;
         let id = table.next;
+        let slot = Slot {
+            pattern,
+            tx,
+            dropped: 0,
+        };
         match group {
             Some(group) => {
-                let slot = Slot {
-                    pattern: pattern.clone(),
-                    tx,
-                    dropped: 0,
-                };
+                let pattern = slot.pattern.clone();
                 table.groups.join(&pattern, group, id, slot);
             }
-            None => {
-                let slot = Slot {
-                    pattern,
-                    tx,
-                    dropped: 0,
-                };
-                table.slots.insert(id, slot);
-            }
+            None => drop(table.slots.insert(id, slot)),
         }
         id
     }
@@ -355,22 +348,6 @@ impl EventsBackend for QuicEvents {
             buffer,
             AbortOnDrop(task),
         )))
-    }
-
-    async fn create_stream(&self, _config: StreamConfig) -> Result<()> {
-        Err(Error::unsupported("durable"))
-    }
-
-    async fn delete_stream(&self, _name: &str) -> Result<()> {
-        Err(Error::unsupported("durable"))
-    }
-
-    async fn publish_durable(&self, _event: Event, _msg_id: Option<String>) -> Result<PublishAck> {
-        Err(Error::unsupported("durable"))
-    }
-
-    async fn consume(&self, _config: ConsumerConfig) -> Result<Box<dyn DeliveryTransport>> {
-        Err(Error::unsupported("durable"))
     }
 }
 

@@ -84,8 +84,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use plane_core::discovery::{Discovery, DiscoveryEvent, DiscoveryWatch, Instance, Registration};
 use plane_core::events::{
-    ConsumerConfig, DeliveryTransport, Event, EventsBackend, EventsCapabilities, PublishAck,
-    StreamConfig, SubscribeOptions, SubscriptionTransport,
+    Event, EventsBackend, EventsCapabilities, SubscribeOptions, SubscriptionTransport,
 };
 use plane_core::peer::events::{
     decode_event, event_envelope, AbortOnDrop, BufferedSubscription, EventBuffer, Groups, Offered,
@@ -445,22 +444,6 @@ impl EventsBackend for ZmqEvents {
             buffer,
             AbortOnDrop(task),
         )))
-    }
-
-    async fn create_stream(&self, _config: StreamConfig) -> Result<()> {
-        Err(Error::unsupported("durable"))
-    }
-
-    async fn delete_stream(&self, _name: &str) -> Result<()> {
-        Err(Error::unsupported("durable"))
-    }
-
-    async fn publish_durable(&self, _event: Event, _msg_id: Option<String>) -> Result<PublishAck> {
-        Err(Error::unsupported("durable"))
-    }
-
-    async fn consume(&self, _config: ConsumerConfig) -> Result<Box<dyn DeliveryTransport>> {
-        Err(Error::unsupported("durable"))
     }
 }
 

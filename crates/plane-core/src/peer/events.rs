@@ -482,8 +482,8 @@ mod tests {
         assert!(matches!(b.poll(&mut cx), Poll::Ready(None)));
     }
 
-    /// A member: its id, whether its queue is full, whether it is gone, and
-    /// what it took or dropped.
+    /// A member: whether its queue is full, whether it is gone, and what it
+    /// took or dropped.
     #[derive(Debug, Default)]
     struct Member {
         full: bool,
