@@ -5,7 +5,7 @@
 //! The drivers alternate plane and raw rounds — plane first on even rounds,
 //! raw first on odd ones — so machine noise lands on both.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -183,25 +183,115 @@ fn quantile_rows(
         .collect())
 }
 
+/// The broker's process id while a backend with a broker is measured; 0
+/// when there is none (or it cannot be found).
+static SERVER_PID: AtomicU32 = AtomicU32::new(0);
+
+/// Count the CPU time of process `pid` (the broker, running on this
+/// machine) in the rounds that follow, until called with `None`.
+pub fn watch_server(pid: Option<u32>) {
+    SERVER_PID.store(pid.unwrap_or(0), Ordering::Relaxed);
+}
+
+/// CPU time (user + system) of the bench process and of the watched
+/// server, from `/proc`; `None` where it cannot be read (not Linux, or the
+/// server runs out of sight). Whole-process figures: a brokerless backend's
+/// server side runs inside the bench, so `own` covers both ends of the call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu {
+    own: Option<Duration>,
+    server: Option<Duration>,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        let pid = SERVER_PID.load(Ordering::Relaxed);
+        Cpu {
+            own: cpu_of("/proc/self/stat"),
+            server: (pid != 0)
+                .then(|| cpu_of(&format!("/proc/{pid}/stat")))
+                .flatten(),
+        }
+    }
+
+    /// CPU used since `start`.
+    fn since(self, start: Cpu) -> Cpu {
+        let delta =
+            |a: Option<Duration>, b: Option<Duration>| a.zip(b).map(|(a, b)| a.saturating_sub(b));
+        Cpu {
+            own: delta(self.own, start.own),
+            server: delta(self.server, start.server),
+        }
+    }
+}
+
+/// `utime + stime` of a `/proc/<pid>/stat` file. The fields after the
+/// command name (which may hold spaces and parentheses) start at field 3;
+/// utime and stime are fields 14 and 15, in `USER_HZ` ticks, which Linux
+/// fixes at 100 per second for this interface.
+fn cpu_of(path: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+}
+
+/// Which process's CPU time a row reports.
+type CpuOf = fn(&Cpu) -> Option<Duration>;
+
+/// One round of a rate scenario: how many operations (or MB), in how long,
+/// for how much CPU.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    count: f64,
+    elapsed: Duration,
+    cpu: Cpu,
+}
+
+/// Run `work`, returning its count with the time and CPU it took.
+async fn sample(work: impl std::future::Future<Output = Result<f64>>) -> Result<Sample> {
+    let (started, cpu) = (Instant::now(), Cpu::now());
+    let count = work.await?;
+    Ok(Sample {
+        count,
+        elapsed: started.elapsed(),
+        cpu: Cpu::now().since(cpu),
+    })
+}
+
 /// Sum of counts over sum of seconds, per side.
-fn rate(rounds: &[(f64, Duration)]) -> Option<f64> {
+fn rate(rounds: &[Sample]) -> Option<f64> {
     if rounds.is_empty() {
         return None;
     }
-    let count: f64 = rounds.iter().map(|r| r.0).sum();
-    let secs: f64 = rounds.iter().map(|r| r.1.as_secs_f64()).sum();
+    let count: f64 = rounds.iter().map(|r| r.count).sum();
+    let secs: f64 = rounds.iter().map(|r| r.elapsed.as_secs_f64()).sum();
     Some(count / secs.max(1e-9))
 }
 
-/// A row of a rate metric (higher is better).
-fn rate_row(
+/// Microseconds of CPU per counted operation, where every round's CPU was
+/// read.
+fn cpu_per_op(rounds: &[Sample], which: CpuOf) -> Option<f64> {
+    let count: f64 = rounds.iter().map(|r| r.count).sum();
+    let cpu: Option<Duration> = rounds.iter().map(|r| which(&r.cpu)).sum();
+    (!rounds.is_empty() && count > 0.0)
+        .then_some(())
+        .and(cpu)
+        .map(|c| c.as_secs_f64() * 1e6 / count)
+}
+
+/// The row of a rate metric (higher is better), followed by the CPU
+/// microseconds per counted unit of the bench process (`cpu`, say
+/// `cpu_us_per_call`) and, where a broker is watched, of the broker
+/// (`server_` + `cpu`).
+fn rate_rows(
     backend: &str,
     scenario: &str,
     payload: Option<usize>,
-    metric: &str,
-    per_side: &PerSide<Vec<(f64, Duration)>>,
-) -> Row {
-    Row::new(
+    (metric, cpu): (&str, &str),
+    per_side: &PerSide<Vec<Sample>>,
+) -> Vec<Row> {
+    let mut rows = vec![Row::new(
         backend,
         scenario,
         payload,
@@ -209,7 +299,25 @@ fn rate_row(
         Better::Higher,
         rate(&per_side.plane).unwrap_or(0.0),
         rate(&per_side.raw),
-    )
+    )];
+    let cpu_metrics: [(String, CpuOf); 2] = [
+        (cpu.to_owned(), |c| c.own),
+        (format!("server_{cpu}"), |c| c.server),
+    ];
+    for (name, which) in cpu_metrics {
+        if let Some(plane) = cpu_per_op(&per_side.plane, which) {
+            rows.push(Row::new(
+                backend,
+                scenario,
+                payload,
+                &name,
+                Better::Lower,
+                plane,
+                cpu_per_op(&per_side.raw, which),
+            ));
+        }
+    }
+    rows
 }
 
 /// `unary_latency`: one call at a time; p50/p99/p99.9 after a warm-up, then
@@ -256,9 +364,16 @@ pub async fn unary_latency(backend: &str, pair: &Pair<Unary>, p: &Params) -> Res
     Ok(rows)
 }
 
-/// `count` operations with [`IN_FLIGHT`] in flight; returns (count, elapsed).
-async fn in_flight(op: Unary, count: u32) -> Result<(f64, Duration)> {
-    let started = Instant::now();
+/// `count` operations with [`IN_FLIGHT`] in flight.
+async fn in_flight(op: Unary, count: u32) -> Result<Sample> {
+    sample(async {
+        run_in_flight(op, count).await?;
+        Ok(f64::from(count))
+    })
+    .await
+}
+
+async fn run_in_flight(op: Unary, count: u32) -> Result<()> {
     let mut pending = FuturesUnordered::new();
     let mut issued = 0;
     while issued < count && pending.len() < IN_FLIGHT {
@@ -272,31 +387,31 @@ async fn in_flight(op: Unary, count: u32) -> Result<(f64, Duration)> {
             issued += 1;
         }
     }
-    Ok((f64::from(count), started.elapsed()))
+    Ok(())
 }
 
 /// `unary_throughput`: calls/s with [`IN_FLIGHT`] calls in flight.
 pub async fn unary_throughput(backend: &str, pair: &Pair<Unary>, p: &Params) -> Result<Vec<Row>> {
     let r = interleave(pair, p.rounds, |op| in_flight(op, p.throughput_calls)).await?;
-    Ok(vec![rate_row(
+    Ok(rate_rows(
         backend,
         "unary_throughput",
         Some(SMALL),
-        "calls_per_s",
+        ("calls_per_s", "cpu_us_per_call"),
         &r,
-    )])
+    ))
 }
 
 /// `durable_publish`: acked publishes/s with [`IN_FLIGHT`] in flight.
 pub async fn durable_publish(backend: &str, pair: &Pair<Unary>, p: &Params) -> Result<Vec<Row>> {
     let r = interleave(pair, p.rounds, |op| in_flight(op, p.durable_publishes)).await?;
-    Ok(vec![rate_row(
+    Ok(rate_rows(
         backend,
         "durable_publish",
         Some(SMALL),
-        "publishes_per_s",
+        ("publishes_per_s", "cpu_us_per_publish"),
         &r,
-    )])
+    ))
 }
 
 /// `stream_throughput`: server-streamed 64 B chunks/s, one call at a time.
@@ -305,28 +420,31 @@ pub async fn stream_throughput(
     pair: &Pair<Streamed>,
     p: &Params,
 ) -> Result<Vec<Row>> {
-    let r = interleave(pair, p.rounds, |op| async move {
-        let started = Instant::now();
-        let mut chunks = 0u64;
-        for _ in 0..p.stream_calls {
-            let got = op(p.stream_chunks).await?;
-            if got != u64::from(p.stream_chunks) {
-                return Err(
-                    format!("a stream ended after {got} of {} chunks", p.stream_chunks).into(),
-                );
+    let r = interleave(pair, p.rounds, |op| {
+        sample(async move {
+            let mut chunks = 0u64;
+            for _ in 0..p.stream_calls {
+                let got = op(p.stream_chunks).await?;
+                if got != u64::from(p.stream_chunks) {
+                    return Err(format!(
+                        "a stream ended after {got} of {} chunks",
+                        p.stream_chunks
+                    )
+                    .into());
+                }
+                chunks += got;
             }
-            chunks += got;
-        }
-        Ok((chunks as f64, started.elapsed()))
+            Ok(chunks as f64)
+        })
     })
     .await?;
-    Ok(vec![rate_row(
+    Ok(rate_rows(
         backend,
         "stream_throughput",
         Some(SMALL),
-        "chunks_per_s",
+        ("chunks_per_s", "cpu_us_per_chunk"),
         &r,
-    )])
+    ))
 }
 
 /// What a subscriber counted, shared with its receiving task.
@@ -422,7 +540,7 @@ pub async fn pubsub_throughput(
             let payload = payload.clone();
             async move {
                 let ps = factory().await?;
-                let started = Instant::now();
+                let (started, cpu) = (Instant::now(), Cpu::now());
                 for _ in 0..count {
                     (ps.publish)(payload.clone()).await?;
                 }
@@ -438,25 +556,31 @@ pub async fn pubsub_throughput(
                         quiet_since = Instant::now();
                     }
                 }
-                let elapsed = ps.counter.last().saturating_duration_since(started);
-                Ok((seen as f64, elapsed, count - seen.min(count)))
+                // The rate is up to the last arrival; the CPU includes the
+                // quiet wait, which costs next to nothing.
+                let sample = Sample {
+                    count: seen as f64,
+                    elapsed: ps.counter.last().saturating_duration_since(started),
+                    cpu: Cpu::now().since(cpu),
+                };
+                Ok((sample, count - seen.min(count)))
             }
         })
         .await?;
-        let split = |v: &Vec<(f64, Duration, u64)>| -> (Vec<(f64, Duration)>, f64) {
+        let split = |v: &Vec<(Sample, u64)>| -> (Vec<Sample>, f64) {
             (
-                v.iter().map(|x| (x.0, x.1)).collect(),
-                v.iter().map(|x| x.2 as f64).sum(),
+                v.iter().map(|x| x.0).collect(),
+                v.iter().map(|x| x.1 as f64).sum(),
             )
         };
         let (plane, plane_drops) = split(&r.plane);
         let (raw, raw_drops) = split(&r.raw);
         let has_raw = !r.raw.is_empty();
-        rows.push(rate_row(
+        rows.extend(rate_rows(
             backend,
             "pubsub_throughput",
             Some(size),
-            "msgs_per_s",
+            ("msgs_per_s", "cpu_us_per_msg"),
             &PerSide { plane, raw },
         ));
         rows.push(Row::new(
@@ -472,9 +596,6 @@ pub async fn pubsub_throughput(
     Ok(rows)
 }
 
-/// One put/get round: (MB, time) of the put, then of the get.
-type PutGetRound = ((f64, Duration), (f64, Duration));
-
 /// `object_put_get`: MB/s storing and reading back one object.
 pub async fn object_put_get(
     backend: &str,
@@ -487,48 +608,49 @@ pub async fn object_put_get(
             .collect::<Vec<u8>>(),
     );
     let size = p.object_bytes;
+    let mb = size as f64 / 1e6;
     let r = interleave(pair, p.object_rounds, |(put, get): (Put, Get)| {
         let data = data.clone();
         async move {
             let name = format!("bench-{size}");
-            let t = Instant::now();
-            put(name.clone(), data).await?;
-            let put_time = t.elapsed();
-            let t = Instant::now();
-            let got = get(name).await?;
-            let get_time = t.elapsed();
-            if got != size as u64 {
-                return Err(format!("read back {got} of {size} bytes").into());
-            }
-            Ok(((size as f64 / 1e6, put_time), (size as f64 / 1e6, get_time)))
+            let put = sample(async {
+                put(name.clone(), data).await?;
+                Ok(mb)
+            })
+            .await?;
+            let get = sample(async {
+                let got = get(name).await?;
+                if got != size as u64 {
+                    return Err(format!("read back {got} of {size} bytes").into());
+                }
+                Ok(mb)
+            })
+            .await?;
+            Ok((put, get))
         }
     })
     .await?;
-    let pick = |v: &Vec<PutGetRound>, get: bool| {
-        v.iter()
+    let pick = |get: bool| PerSide {
+        plane: r
+            .plane
+            .iter()
             .map(|x| if get { x.1 } else { x.0 })
-            .collect::<Vec<_>>()
+            .collect(),
+        raw: r.raw.iter().map(|x| if get { x.1 } else { x.0 }).collect(),
     };
-    Ok(vec![
-        rate_row(
-            backend,
-            "object_put_get",
-            Some(size),
-            "put_mb_per_s",
-            &PerSide {
-                plane: pick(&r.plane, false),
-                raw: pick(&r.raw, false),
-            },
-        ),
-        rate_row(
-            backend,
-            "object_put_get",
-            Some(size),
-            "get_mb_per_s",
-            &PerSide {
-                plane: pick(&r.plane, true),
-                raw: pick(&r.raw, true),
-            },
-        ),
-    ])
+    let mut rows = rate_rows(
+        backend,
+        "object_put_get",
+        Some(size),
+        ("put_mb_per_s", "put_cpu_us_per_mb"),
+        &pick(false),
+    );
+    rows.extend(rate_rows(
+        backend,
+        "object_put_get",
+        Some(size),
+        ("get_mb_per_s", "get_cpu_us_per_mb"),
+        &pick(true),
+    ));
+    Ok(rows)
 }

@@ -29,6 +29,14 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
     let server = NatsServer::start().await?;
     let url = server.url();
     progress(format_args!("  nats-server at {url}"));
+    let pid = server_pid(server.id());
+    match pid {
+        Some(pid) => progress(format_args!(
+            "  nats-server is process {pid}: its CPU is counted"
+        )),
+        None => progress("  nats-server's process cannot be read here: no server CPU rows"),
+    }
+    drive::watch_server(pid);
     let registry = plane::registry();
 
     // Request plane: one plane handle (one connection) serves and calls; the
@@ -129,8 +137,20 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
     .await?;
     objects.delete_bucket("bench-plane").await?;
     js.delete_object_store("bench-raw").await?;
+    drive::watch_server(None);
     drop(server);
     Ok(())
+}
+
+/// The host process id of the server in container `id`, if this machine
+/// runs the container and its `/proc` entry can be read.
+fn server_pid(id: &str) -> Option<u32> {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "--format", "{{.State.Pid}}", id])
+        .output()
+        .ok()?;
+    let pid: u32 = std::str::from_utf8(&out.stdout).ok()?.trim().parse().ok()?;
+    (pid != 0 && std::fs::metadata(format!("/proc/{pid}/stat")).is_ok()).then_some(pid)
 }
 
 /// Echo every request back to its reply subject.

@@ -10,13 +10,19 @@ use bytes::Bytes;
 use quinn::VarInt;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::drive::{self, Pair, Params, Streamed, Unary, SMALL};
+use futures_util::future::BoxFuture;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::drive::{self, Pair, Params, PubSub, PubSubFactory, Streamed, Unary, SMALL};
 use crate::plane_ops;
 use crate::report::Row;
 use crate::{step, Result};
 
 /// Largest request the raw server reads (plane-quic's default `max_payload`).
 const MAX_PAYLOAD: usize = 8 << 20;
+/// Events queued per subscriber at the raw publisher before it drops
+/// (plane-quic's `SUBSCRIBER_QUEUE`).
+const SUBSCRIBER_QUEUE: usize = plane::quic::events::SUBSCRIBER_QUEUE;
 
 /// Run the request scenarios on `quic://`.
 pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
@@ -29,7 +35,8 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
 
     // The raw side: one endpoint that serves and calls itself, like the
     // plane handle above, and one connection shared by every call.
-    let endpoint = raw_endpoint()?;
+    let identity = raw_identity()?;
+    let endpoint = raw_endpoint(&identity)?;
     let addr = endpoint.local_addr()?;
     let server = tokio::spawn(raw_server(endpoint.clone()));
     let connection = endpoint.connect(addr, "plane")?.await?;
@@ -60,8 +67,34 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
         drive::stream_throughput("quic", &streamed, p),
     )
     .await?;
+
+    // Events: one plane handle publishes and subscribes to itself over
+    // loopback; the raw side is one publisher endpoint and a subscriber
+    // connection to it, with the same non-blocking publish (a bounded
+    // queue per subscriber drained into its stream, dropping when full).
+    let events = registry
+        .events("quic://127.0.0.1:0?discovery=mem%3A%2F%2Fbench-quic-events")
+        .await?;
+    let (subscribed, registrations) = mpsc::unbounded_channel();
+    let publisher_endpoint = raw_endpoint(&identity)?;
+    let publisher_addr = publisher_endpoint.local_addr()?;
+    let publisher = tokio::spawn(raw_publisher(publisher_endpoint.clone(), subscribed));
+    let to_publisher = endpoint.connect(publisher_addr, "plane")?.await?;
+    let pubsub = Pair {
+        plane: plane_ops::plane_pubsub(&events, "quic"),
+        raw: Some(raw_pubsub(to_publisher.clone(), registrations)),
+    };
+    step(
+        rows,
+        "quic pubsub_throughput",
+        drive::pubsub_throughput("quic", &pubsub, p),
+    )
+    .await?;
+    to_publisher.close(VarInt::from_u32(0), b"done");
     connection.close(VarInt::from_u32(0), b"done");
     server.abort();
+    publisher.abort();
+    publisher_endpoint.close(VarInt::from_u32(0), b"done");
     endpoint.close(VarInt::from_u32(0), b"done");
     Ok(())
 }
@@ -78,14 +111,22 @@ fn transport() -> Result<Arc<quinn::TransportConfig>> {
     Ok(Arc::new(t))
 }
 
-fn raw_endpoint() -> Result<quinn::Endpoint> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// The raw side's certificate and key, shared by its endpoints so each
+/// trusts the others.
+fn raw_identity() -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
     let generated =
         rcgen::generate_simple_self_signed(vec!["plane".to_owned(), "localhost".to_owned()])?;
-    let cert: CertificateDer<'static> = generated.cert.der().clone();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
         generated.signing_key.serialize_der(),
     ));
+    Ok((generated.cert.der().clone(), key))
+}
+
+fn raw_endpoint(
+    (cert, key): &(CertificateDer<'static>, PrivateKeyDer<'static>),
+) -> Result<quinn::Endpoint> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (cert, key) = (cert.clone(), key.clone_key());
     let alpn = plane::quic::tls::ALPN.to_vec();
 
     let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -126,6 +167,42 @@ async fn raw_server(endpoint: quinn::Endpoint) {
             };
             while let Ok((send, recv)) = connection.accept_bi().await {
                 tokio::spawn(raw_call(send, recv));
+            }
+        });
+    }
+}
+
+/// The raw publisher's side of a subscription: the queue `publish` offers
+/// events to.
+type Subscriber = mpsc::Sender<Bytes>;
+
+/// The raw events publisher: accepts one subscriber connection on its own
+/// endpoint; each bi-stream on it is one subscription. It
+/// answers with one byte once the subscriber's queue exists, hands the queue
+/// to `subscribed` and drains it into the stream, length-prefixed.
+async fn raw_publisher(endpoint: quinn::Endpoint, subscribed: mpsc::UnboundedSender<Subscriber>) {
+    let connection = match endpoint.accept().await {
+        Some(incoming) => match incoming.await {
+            Ok(c) => c,
+            Err(_) => return,
+        },
+        None => return,
+    };
+    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+        let mut request = [0u8; 1];
+        if recv.read_exact(&mut request).await.is_err() {
+            continue;
+        }
+        let (tx, mut rx) = mpsc::channel::<Bytes>(SUBSCRIBER_QUEUE);
+        if send.write_all(b"k").await.is_err() || subscribed.send(tx).is_err() {
+            return;
+        }
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let prefix = Bytes::copy_from_slice(&(event.len() as u32).to_be_bytes());
+                if send.write_all_chunks(&mut [prefix, event]).await.is_err() {
+                    return;
+                }
             }
         });
     }
@@ -193,6 +270,50 @@ fn raw_streamed(connection: quinn::Connection) -> Streamed {
                 recv.read_exact(&mut chunk).await?;
                 got += 1;
             }
+        })
+    })
+}
+
+/// A raw subscription per round: a bi-stream to the raw publisher, counted
+/// frame by frame; publishing offers the event to the subscriber's queue
+/// and drops it when the queue is full, as plane-quic's publisher does.
+fn raw_pubsub(
+    connection: quinn::Connection,
+    registrations: mpsc::UnboundedReceiver<Subscriber>,
+) -> PubSubFactory {
+    let registrations = Arc::new(Mutex::new(registrations));
+    let subscriber = connection;
+    Arc::new(move || {
+        let subscriber = subscriber.clone();
+        let registrations = registrations.clone();
+        Box::pin(async move {
+            let (mut send, mut recv) = subscriber.open_bi().await?;
+            send.write_all(b"s").await?;
+            let mut ack = [0u8; 1];
+            recv.read_exact(&mut ack).await?;
+            let queue = registrations
+                .lock()
+                .await
+                .recv()
+                .await
+                .ok_or("the raw publisher ended")?;
+            // Same settling time as the plane side.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let publish: Arc<dyn Fn(Bytes) -> BoxFuture<'static, Result<()>> + Send + Sync> =
+                Arc::new(move |event: Bytes| {
+                    // Full: dropped, as at-most-once allows; the receiver's
+                    // count shows it.
+                    let _ = queue.try_send(event);
+                    Box::pin(async { Ok(()) })
+                });
+            let frames = futures_util::stream::unfold((send, recv), |(send, mut recv)| async {
+                let mut prefix = [0u8; 4];
+                recv.read_exact(&mut prefix).await.ok()?;
+                let mut event = vec![0u8; u32::from_be_bytes(prefix) as usize];
+                recv.read_exact(&mut event).await.ok()?;
+                Some((event, (send, recv)))
+            });
+            Ok(PubSub::new(publish, Box::pin(frames), |_| true))
         })
     })
 }

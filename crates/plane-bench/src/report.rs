@@ -198,16 +198,18 @@ impl Report {
                 &|v| v >= 0.90,
             );
         }
-        check(
-            "nats: pub/sub 64 B plane/raw ≥ 0.90".to_owned(),
-            ratio("nats", "pubsub_throughput", "msgs_per_s", Some(64)),
-            &|v| v >= 0.90,
-        );
-        check(
-            "nats: pub/sub 64 KiB plane/raw ≥ 0.95".to_owned(),
-            ratio("nats", "pubsub_throughput", "msgs_per_s", Some(64 * 1024)),
-            &|v| v >= 0.95,
-        );
+        for b in ["nats", "quic", "zmq"] {
+            check(
+                format!("{b}: pub/sub 64 B plane/raw ≥ 0.90"),
+                ratio(b, "pubsub_throughput", "msgs_per_s", Some(64)),
+                &|v| v >= 0.90,
+            );
+            check(
+                format!("{b}: pub/sub 64 KiB plane/raw ≥ 0.95"),
+                ratio(b, "pubsub_throughput", "msgs_per_s", Some(64 * 1024)),
+                &|v| v >= 0.95,
+            );
+        }
         let nats_p50 = self
             .find("nats", "unary_latency", "p50_us", None)
             .map(|r| r.plane);
@@ -328,7 +330,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            r##"<text x="10" y="34" fill="#555">bar = plane / raw; latencies: lower is better, rates: higher is better; green = plane ahead, orange = plane behind; bars are cut at {max:.1}</text>"##
+            r##"<text x="10" y="34" fill="#555">bar = plane / raw; latencies and CPU: lower is better, rates: higher is better; green = plane ahead, orange = plane behind; bars are cut at {max:.1}</text>"##
         );
         let mut y = 50.0;
         for backend in &backends {
@@ -421,10 +423,23 @@ const NOTES: &str = r#"
   (a fresh subscriber and subject per round); `drops` are messages published but never
   received (slow-consumer drops, summed over rounds).
 - **Objects** store then read back one object, streaming the read.
+- **CPU** (`cpu_us_per_call`, `_per_chunk`, `_per_msg`, `_per_publish`, `_per_mb`) is
+  the CPU time, user plus system, that the whole bench process used during a rate
+  scenario's rounds of each side, divided by what the round counted. It is read from
+  `/proc/self/stat`, whose clock ticks are 10 ms, so short rounds (`--quick`) give
+  coarse figures. On quic and zmq the process holds both ends of every call and
+  message; on nats only the clients, and `server_cpu_us_per_*` is the nats-server
+  process's share, read from `/proc/<pid>/stat` of the container's process when the
+  container runs on this machine.
 - mem has no raw client: plane only, `raw` and `ratio` are `null`.
 - zmq and quic have request and at-most-once event planes but no durable events or
-  objects, so they have no durable or object rows. Their pub/sub is not measured yet:
-  the raw baselines for it (quinn streams, libzmq PUB/SUB) are still to be written.
+  objects, so they have no durable or object rows. Their pub/sub pairs one plane
+  events handle, publishing and subscribed to itself over loopback, with the raw
+  equivalent: on zmq a PUB socket and a SUB socket with plane-zmq's events high-water
+  mark (10,000), one non-blocking send per message; on quic a subscriber bi-stream to
+  a publisher endpoint, the publisher offering each message to a bounded queue of
+  plane-quic's size (1,024) that a task drains into the stream, length-prefixed, and
+  dropping when it is full — the same never-wait publish plane-quic has.
 - fs: plane is configured with `fsync=false`, because `LocalFileSystem` does not fsync
   either; plane still hashes every object (SHA-256) on the way in and verifies it on
   the way out, which the raw side does not.
@@ -466,11 +481,30 @@ and after (three alternating 2-second runs each, median, plane calls/s on this
 
 The core changes (metrics, ids) help every backend; the NATS ones only NATS.
 
+A second round, found once quic and zmq pub/sub were measured against their raw
+clients and the CPU per operation was reported:
+
+| change | why | measured (same driver; publish-flood for pub/sub) |
+|---|---|---|
+| plane-zmq: the DEALER and ROUTER loops send up to 64 queued messages per trip, and read the socket again after sending instead of waiting for `ZMQ_FD` | one trip around the loop per message; and a send can take in the notification that replies arrived, after which the loop slept until the next message or timer | unary calls/s, three alternating 2 s runs: median 27,882 → 32,976 (+18%) |
+| plane-quic: a subscriber's queued events are written to its stream in one write (up to 64) | quinn takes the connection lock and wakes its driver per write | received msgs/s at 64 B: 61,537 (one run) → 104,278 and 125,498 (two runs), together with the next change |
+| plane-quic: stream reads into an uninitialised buffer | every poll zeroed 16 KiB, most of them for a small frame or nothing | (included above; it is on every quic stream read) |
+
+Tried and left out: the same batching in plane-zmq's events publisher made a
+flooding publisher starve the subscriber on this 2-core machine (received msgs/s
+fell from ~110k to ~55k), so it was reverted.
+
 ## Noticed (not changed yet)
 
-- plane-quic reads every stream through a 16 KiB stack buffer and copies it into
-  the frame decoder; quinn's `read_chunk` hands out `Bytes` that could be decoded
-  without that copy.
+- plane-quic still copies each read into the frame decoder's buffer; quinn's
+  `read_chunk` hands out `Bytes` that could be decoded without that copy.
+- Per event, plane formats the publisher id (a UUID) and the sequence as header
+  strings, and the subscriber parses them back; a binary origin field would save
+  both (a wire change).
+- plane-zmq's caller waits for the DEALER task to confirm that libzmq took the
+  request (so a peer that cannot be reached fails the call with `Connection` and the
+  directory can try another instance): one more task hop per call than the raw
+  DEALER, whose caller only waits for the reply.
 - plane-nats object reads allocate a fresh 128 KiB buffer per chunk (each chunk is
   handed out as `Bytes`, so some allocation is inherent); the raw side reuses one.
 - Every plane call carries headers the raw call does not: `plane-id`,

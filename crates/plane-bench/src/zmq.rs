@@ -11,13 +11,17 @@ use bytes::Bytes;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::drive::{self, Pair, Params, Streamed, Unary, SMALL};
+use futures_util::future::BoxFuture;
+
+use crate::drive::{self, Pair, Params, PubSub, PubSubFactory, Streamed, Unary, SMALL};
 use crate::plane_ops;
 use crate::report::Row;
 use crate::{step, Result};
 
 /// plane-zmq's default high-water mark, used by the raw sockets too.
 const HWM: i32 = 1000;
+/// plane-zmq's default high-water mark of the events sockets.
+const EVENTS_HWM: i32 = 10_000;
 
 /// Run the request scenarios on `zmq+tcp://`.
 pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
@@ -73,6 +77,32 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
     .await?;
     server.abort();
     client.abort();
+
+    // Events: one plane handle publishes and subscribes to itself over
+    // loopback; the raw side is one PUB socket and a fresh SUB per round.
+    let events = registry
+        .events("zmq+tcp://127.0.0.1:0?discovery=mem%3A%2F%2Fbench-zmq-events")
+        .await?;
+    let publisher = context.socket(zmq::PUB)?;
+    publisher.set_sndhwm(EVENTS_HWM)?;
+    publisher.bind("tcp://127.0.0.1:0")?;
+    let address = publisher
+        .get_last_endpoint()?
+        .map_err(|_| "the publisher's address is not UTF-8")?;
+    let pubsub = Pair {
+        plane: plane_ops::plane_pubsub(&events, "zmq"),
+        raw: Some(raw_pubsub(
+            context,
+            address,
+            Arc::new(Socket::new(publisher)?),
+        )),
+    };
+    step(
+        rows,
+        "zmq pubsub_throughput",
+        drive::pubsub_throughput("zmq", &pubsub, p),
+    )
+    .await?;
     Ok(())
 }
 
@@ -309,6 +339,51 @@ fn raw_streamed(calls: mpsc::Sender<Call>) -> Streamed {
                 got += 1;
             }
             Ok(got)
+        })
+    })
+}
+
+/// A fresh SUB socket per round on a fresh topic, connected to the raw PUB
+/// with plane-zmq's events high-water mark; publishing is one non-blocking
+/// send (PUB drops at the high-water mark, as plane-zmq's XPUB does).
+fn raw_pubsub(context: zmq::Context, address: String, publisher: Arc<Socket>) -> PubSubFactory {
+    let round = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    Arc::new(move || {
+        let context = context.clone();
+        let address = address.clone();
+        let publisher = publisher.clone();
+        let n = round.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async move {
+            let topic = Bytes::from(format!("bench.zmq.raw.{n}"));
+            let sub = context.socket(zmq::SUB)?;
+            sub.set_rcvhwm(EVENTS_HWM)?;
+            sub.set_subscribe(&topic)?;
+            sub.connect(&address)?;
+            // Same settling time as the plane side (PUB/SUB's slow joiner).
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let publish: Arc<dyn Fn(Bytes) -> BoxFuture<'static, Result<()>> + Send + Sync> =
+                Arc::new(move |event: Bytes| {
+                    let publisher = publisher.clone();
+                    let topic = topic.clone();
+                    Box::pin(async move { publisher.send(&[&topic[..], &event[..]]).await })
+                });
+            let messages = futures_util::stream::unfold(Socket::new(sub)?, |sub| async {
+                loop {
+                    match sub.try_recv() {
+                        Ok(Some(parts)) => return Some((parts, sub)),
+                        Ok(None) => {}
+                        Err(_) => return None,
+                    }
+                    match sub.ready(zmq::POLLIN) {
+                        Ok(true) => {}
+                        Ok(false) => sub.changed().await,
+                        Err(_) => return None,
+                    }
+                }
+            });
+            Ok(PubSub::new(publish, Box::pin(messages), |parts| {
+                parts.len() == 2
+            }))
         })
     })
 }

@@ -84,7 +84,7 @@ pub(crate) fn refusal(conn: &quinn::Connection) -> Option<Error> {
     })
 }
 
-fn write_error(e: quinn::WriteError) -> Error {
+pub(crate) fn write_error(e: quinn::WriteError) -> Error {
     match e {
         quinn::WriteError::Stopped(_) => {
             Error::new(ErrorKind::Cancelled, "the caller cancelled the call").with_source(e)
@@ -99,18 +99,27 @@ fn write_error(e: quinn::WriteError) -> Error {
 /// Write one envelope as a length-delimited frame, handing the body's parts
 /// to quinn without copying them.
 pub(crate) async fn write_envelope(send: &mut quinn::SendStream, env: &Envelope) -> Result<()> {
-    let mut chunks = wire::encode_parts(env);
-    let len: usize = chunks.iter().map(Bytes::len).sum();
+    let mut chunks = Vec::with_capacity(4);
+    frame_chunks(env, &mut chunks)?;
+    send.write_all_chunks(&mut chunks)
+        .await
+        .map_err(write_error)
+}
+
+/// Append one envelope to `chunks` as a length-delimited frame: the prefix,
+/// then its encoded parts (the body's parts shared, not copied).
+pub(crate) fn frame_chunks(env: &Envelope, chunks: &mut Vec<Bytes>) -> Result<()> {
+    let parts = wire::encode_parts(env);
+    let len: usize = parts.iter().map(Bytes::len).sum();
     let prefix = u32::try_from(len).map_err(|_| {
         Error::new(
             ErrorKind::PayloadTooLarge,
             "frame longer than a u32 length prefix",
         )
     })?;
-    chunks.insert(0, Bytes::copy_from_slice(&prefix.to_be_bytes()));
-    send.write_all_chunks(&mut chunks)
-        .await
-        .map_err(write_error)
+    chunks.push(Bytes::copy_from_slice(&prefix.to_be_bytes()));
+    chunks.extend(parts);
+    Ok(())
 }
 
 /// Reads envelopes off a QUIC receive stream.
@@ -137,10 +146,14 @@ impl EnvelopeReader {
             if let Some(env) = self.decoder.next_frame()? {
                 return Poll::Ready(Ok(Some(env)));
             }
-            let mut buf = [0u8; READ_CHUNK];
-            match ready!(self.recv.poll_read(cx, &mut buf)) {
-                Ok(0) | Err(_) => return Poll::Ready(Ok(None)),
-                Ok(n) => self.decoder.push(&buf[..n]),
+            // Uninitialised: zeroing 16 KiB on every poll (most of which
+            // find a small frame, or nothing) cost more than the read.
+            let mut space = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut buf = tokio::io::ReadBuf::uninit(&mut space);
+            match ready!(self.recv.poll_read_buf(cx, &mut buf)) {
+                Err(_) => return Poll::Ready(Ok(None)),
+                Ok(()) if buf.filled().is_empty() => return Poll::Ready(Ok(None)),
+                Ok(()) => self.decoder.push(buf.filled()),
             }
         }
     }

@@ -55,6 +55,8 @@ use crate::ZmqConfig;
 const CALL_BUFFER: usize = 64;
 /// Messages waiting for a socket task.
 const SOCKET_QUEUE: usize = 1024;
+/// Queued messages a socket's loop sends before it reads its socket again.
+const SEND_BATCH: usize = 64;
 /// Data frames a server may send on one call ahead of the caller's reader;
 /// the caller grants more with `ack` envelopes carrying [`CREDIT_HEADER`] as
 /// its reader consumes them. Sockets and TCP buffers alone would let a
@@ -416,16 +418,25 @@ async fn dealer_loop(
                 calls.remove(&id);
             }
         }
-        // Hand libzmq what is waiting.
-        if let Some((cmd, since)) = pending.take() {
+        // Hand libzmq what is waiting, then what else is queued: under load
+        // a batch per trip around the loop rather than one message.
+        let mut sent = false;
+        for _ in 0..SEND_BATCH {
+            let Some((cmd, since)) = pending
+                .take()
+                .or_else(|| rx.try_recv().ok().map(|cmd| (cmd, Instant::now())))
+            else {
+                break;
+            };
             match try_dealer_send(&socket, cmd, &mut calls) {
-                Ok(None) => {}
+                Ok(None) => sent = true,
                 Ok(Some(cmd)) => {
                     if since.elapsed() >= connect_timeout {
                         fail_start(cmd, connect_timeout);
                     } else {
                         pending = Some((cmd, since));
                     }
+                    break;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "zmq dealer failed");
@@ -435,6 +446,9 @@ async fn dealer_loop(
         }
         tokio::select! {
             _ = socket.changed() => {}
+            // A send may have taken in what woke `ZMQ_FD` (see the socket
+            // module): read again rather than wait for an edge.
+            () = std::future::ready(()), if sent => {}
             cmd = rx.recv(), if pending.is_none() => match cmd {
                 Some(cmd) => pending = Some((cmd, Instant::now())),
                 None if calls.is_empty() => return,
@@ -651,10 +665,19 @@ async fn router_loop(
                 let _ = socket.try_send(&refusal);
             }
         }
-        if let Some(out) = pending.take() {
+        // As in the DEALER's loop: what is waiting, then a batch of what is
+        // queued.
+        let mut sent = false;
+        for _ in 0..SEND_BATCH {
+            let Some(out) = pending.take().or_else(|| rx.try_recv().ok()) else {
+                break;
+            };
             match send_outgoing(&socket, out, &mut calls) {
-                Ok(None) => {}
-                Ok(Some(out)) => pending = Some(out),
+                Ok(None) => sent = true,
+                Ok(Some(out)) => {
+                    pending = Some(out);
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "zmq router failed");
                     return;
@@ -663,6 +686,8 @@ async fn router_loop(
         }
         tokio::select! {
             _ = socket.changed() => {}
+            // As in the DEALER's loop.
+            () = std::future::ready(()), if sent => {}
             out = rx.recv(), if pending.is_none() => {
                 // The loop holds a sender itself, so the channel never closes.
                 pending = out;
