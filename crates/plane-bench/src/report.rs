@@ -491,8 +491,8 @@ clients and the CPU per operation was reported:
 | plane-quic: stream reads into an uninitialised buffer | every poll zeroed 16 KiB, most of them for a small frame or nothing | (included above; it is on every quic stream read) |
 
 Tried and left out: the same batching in plane-zmq's events publisher made a
-flooding publisher starve the subscriber on this 2-core machine (received msgs/s
-fell from ~110k to ~55k), so it was reverted.
+flooding publisher starve the subscriber on this 2-core machine (received msgs/s,
+median of three 2 s runs: 107,510 without it, 48,999 with it), so it was reverted.
 
 ## Noticed (not changed yet)
 
@@ -510,7 +510,8 @@ fell from ~110k to ~55k), so it was reverted.
 - Every plane call carries headers the raw call does not: `plane-id`,
   `plane-timeout-ms` and a `traceparent` (a fresh trace when the caller has none,
   by design). On NATS they are about 150 bytes per request that the server in the
-  same 2-core machine must parse too; async-nats hashes header names with SipHash.
+  same 2-core machine must parse too (the `server_cpu_us_per_call` row shows what
+  that costs it); async-nats hashes header names with SipHash.
 - The server runtime spawns one task per admitted call (the raw echo servers answer
   inline); plane-quic spawns one more per incoming stream before it.
 - plane-nats' at-most-once subscriptions pass every event through a forwarding task
