@@ -19,7 +19,7 @@ pub async fn serve(requests: &Requests) -> Result<[Server; 2]> {
         requests
             .serve(
                 "echo",
-                unary_fn(|req: Request| async move { Ok(req.message) }),
+                unary_fn(|req: Request| async move { Ok(req.message.body) }),
             )
             .await?,
         requests.serve("chunks", chunk_handler()).await?,

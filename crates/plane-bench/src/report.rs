@@ -413,7 +413,9 @@ const NOTES: &str = r#"
 
 - **Latency** is measured one call at a time with 64 B requests and replies, after a
   warm-up; `p*_us` come from an HDR histogram of every call. `paced_*` is the same
-  call issued at 1 kHz, which exposes wake-up costs of idle connections.
+  call issued at 1 kHz, which exposes wake-up costs of idle connections. The plane
+  echo handler returns the request's body, as the raw echo servers return only the
+  payload; returning the whole request message would send its trace header back too.
 - **Throughput** keeps 64 calls (or acked publishes) in flight on one connection,
   from one task, on both sides.
 - **Streams** are one call at a time, each streaming 64 B chunks; the raw side writes
@@ -494,7 +496,36 @@ Tried and left out: the same batching in plane-zmq's events publisher made a
 flooding publisher starve the subscriber on this 2-core machine (received msgs/s,
 median of three 2 s runs: 107,510 without it, 48,999 with it), so it was reverted.
 
+The first two rounds were measured on an earlier 2-core machine (AMD EPYC); the
+third, below, on the machine this report names. It started from a profile of zmq
+unary calls in which a fifth of the samples were in `malloc` and `free` (glibc's
+arena lock included), and removes allocations per call. Medians of three
+alternating 2 s runs of the unary driver (64 in flight):
+
+| change | why | measured |
+|---|---|---|
+| plane-core: header names plane sets, or reads off the wire, are kept as `&'static str` | `traceparent`, `plane-timeout-ms`, `plane-endpoint`, `plane-instance` and the like were each a fresh `String`, on both sides of every call | mem 114,372 → 123,108 calls/s (+8%), zmq 70,163 → 74,572 (+6%), together with the next |
+| plane-core: a unary or streamed call without retries is sent without a copy of itself | the retry loop cloned the whole call (endpoint, headers) for its first and only attempt | (included above; the streamed half came after these runs) |
+| plane-quic, plane-zmq: the request envelope is built once per call and shared by the size check and the send | each call was copied twice, once only to check its size | quic 40,841 → 53,688 (+31%), zmq 68,840 → 79,136 (+15%): the build before this round against the build after all of it |
+| plane-core: `traceparent` written digit by digit | `format!` with padded hex was ~1% of the samples, once per call without a trace | (included above) |
+
+Echoing the body instead of the message (see "How each pair is measured") added zmq
+74,317 → 77,792 calls/s and, oddly, took mem from 125,564 to 107,288: mem hands the
+caller the very message the handler returned, so with a body echo the request's
+headers are freed on the server's task instead of the caller's, which glibc's
+allocator seems to mind. mem has no raw pair, so no ratio moves with it.
+
 ## Noticed (not changed yet)
+
+- Some ratios move a lot between runs on this machine. zmq pub/sub at 64 KiB: five
+  `--only zmq` runs on 2026-11-30, three before the third round and two after it,
+  gave 0.91, 0.76, 0.79 and 0.68, 0.73 (plane 24,900–28,600 msgs/s, raw
+  31,300–38,800), and three full runs after it 0.68, 0.56 and 0.82; the third round
+  did not touch the events path. Unary p99 in the same three full runs: nats 1.10,
+  1.22, 1.18; quic 1.15, 1.20, 1.61; zmq 1.14, 0.49, 1.24. p50 and throughput held
+  within a few hundredths (p50 nats 1.16–1.19, quic 1.27–1.32, zmq 1.18–1.26;
+  throughput nats 0.38–0.41, quic 0.48–0.50, zmq 0.37–0.41). The tables above are
+  the last of the three.
 
 - plane-quic still copies each read into the frame decoder's buffer; quinn's
   `read_chunk` hands out `Bytes` that could be decoded without that copy.
@@ -514,6 +545,11 @@ median of three 2 s runs: 107,510 without it, 48,999 with it), so it was reverte
   that costs it); async-nats hashes header names with SipHash.
 - The server runtime spawns one task per admitted call (the raw echo servers answer
   inline); plane-quic spawns one more per incoming stream before it.
+- Allocation is still the largest plane-side cost per call: the per-call task, a
+  reply channel per call on zmq, nats and mem (tokio's channel allocates a block of
+  32 slots), the envelope copy per connection attempt on zmq, the timeout and trace
+  header values. plane leaves the global allocator to the application; with glibc's,
+  frees on another thread than the allocation contend on its arena lock.
 - plane-nats' at-most-once subscriptions pass every event through a forwarding task
   into the subscription's bounded buffer (that is how drops are counted per
   subscription); the raw subscriber reads the client's channel directly.

@@ -4,6 +4,8 @@
 //! holds it inline so the hot path allocates nothing beyond what the transport
 //! forces; multipart bodies mirror ZeroMQ's native frames.
 
+use std::borrow::Cow;
+
 use bytes::{Bytes, BytesMut};
 
 /// Well-known header names. Names are lower-case ASCII.
@@ -21,13 +23,43 @@ pub mod names {
     pub const CONTENT_TYPE: &str = "content-type";
 }
 
+/// Names plane itself sets on every call or event. Stored as `&'static str`
+/// instead of a fresh `String`, whether plane inserts them or a decoder reads
+/// them off the wire: each call carries several, and each would otherwise be
+/// an allocation on both sides.
+const KNOWN_NAMES: &[&str] = &[
+    names::TRACEPARENT,
+    names::TRACESTATE,
+    names::TIMEOUT_MS,
+    names::IDEMPOTENCY_KEY,
+    names::CONTENT_TYPE,
+    crate::events::PUBLISHER_HEADER,
+    crate::events::SEQUENCE_HEADER,
+    crate::peer::ENDPOINT_HEADER,
+    crate::peer::INSTANCE_HEADER,
+    crate::peer::STREAM_HEADER,
+    crate::peer::LAST_HEADER,
+    crate::peer::events::SUBJECT_HEADER,
+    crate::peer::events::DROPPED_HEADER,
+    crate::wire::ERROR_KIND_HEADER,
+];
+
+/// `name` as a stored header name: a known name is borrowed, any other owned.
+fn header_name(name: impl AsRef<str> + Into<String>) -> Cow<'static, str> {
+    let s = name.as_ref();
+    match KNOWN_NAMES.iter().find(|k| k.len() == s.len() && **k == s) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(name.into()),
+    }
+}
+
 /// An ordered, small header map with case-sensitive lower-case names.
 ///
 /// A `Vec` of pairs rather than a hash map: plane headers are few, lookups are
 /// linear scans over a handful of entries, and order is preserved on the wire.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Headers {
-    entries: Vec<(String, String)>,
+    entries: Vec<(Cow<'static, str>, String)>,
 }
 
 impl Headers {
@@ -39,17 +71,20 @@ impl Headers {
     }
 
     /// Set `name` to `value`, replacing any previous value.
-    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        let name = name.into();
+    pub fn insert(&mut self, name: impl AsRef<str> + Into<String>, value: impl Into<String>) {
         let value = value.into();
-        match self.entries.iter_mut().find(|(n, _)| *n == name) {
+        match self
+            .entries
+            .iter_mut()
+            .find(|(n, _)| n.as_ref() == name.as_ref())
+        {
             Some(slot) => slot.1 = value,
-            None => self.entries.push((name, value)),
+            None => self.entries.push((header_name(name), value)),
         }
     }
 
     /// Builder form of [`insert`](Headers::insert).
-    pub fn with(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with(mut self, name: impl AsRef<str> + Into<String>, value: impl Into<String>) -> Self {
         self.insert(name, value);
         self
     }
@@ -80,7 +115,7 @@ impl Headers {
 
     /// Iterate in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.entries.iter().map(|(n, v)| (n.as_ref(), v.as_str()))
     }
 
     /// Bytes the names and values occupy, for payload accounting.
@@ -95,7 +130,7 @@ impl std::fmt::Debug for Headers {
     }
 }
 
-impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for Headers {
+impl<N: AsRef<str> + Into<String>, V: Into<String>> FromIterator<(N, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
         let mut h = Headers::new();
         for (n, v) in iter {
@@ -248,6 +283,30 @@ mod tests {
         assert_eq!(h.iter().collect::<Vec<_>>(), vec![("b", "3"), ("a", "2")]);
         assert_eq!(h.remove("b").as_deref(), Some("3"));
         assert_eq!(h.get("b"), None);
+    }
+
+    #[test]
+    fn known_names_are_borrowed_and_equal_to_owned_ones() {
+        let borrowed = |c: &Cow<'static, str>| matches!(c, Cow::Borrowed(_));
+        // Inserted by plane or decoded off the wire (a short-lived `&str`).
+        let wire = String::from("plane-timeout-ms");
+        assert!(borrowed(&header_name(wire.as_str())));
+        assert!(borrowed(&header_name(names::TRACEPARENT.to_owned())));
+        assert!(!borrowed(&header_name("x-custom")));
+        assert!(!borrowed(&header_name("traceparen")));
+        // How a name is stored never shows: equality, lookup and order.
+        let a = Headers::new()
+            .with(names::TRACEPARENT, "t")
+            .with("x-custom", "c");
+        let b = Headers::new()
+            .with(String::from("traceparent"), "t")
+            .with(String::from("x-custom"), "c");
+        assert_eq!(a, b);
+        assert_eq!(a.get("traceparent"), Some("t"));
+        assert_eq!(
+            a.iter().collect::<Vec<_>>(),
+            vec![("traceparent", "t"), ("x-custom", "c")]
+        );
     }
 
     #[test]

@@ -146,10 +146,16 @@ impl TraceContext {
 
     /// The `traceparent` header value (version 00).
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        )
+        // Written by hand rather than with `format!`: every call that has no
+        // trace of its own gets one, so this is on the per-call path.
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        push_hex(&mut out, self.trace_id, 32);
+        out.push('-');
+        push_hex(&mut out, u128::from(self.span_id), 16);
+        out.push('-');
+        push_hex(&mut out, u128::from(self.flags), 2);
+        out
     }
 
     /// The `tracestate` header value, if any.
@@ -199,6 +205,14 @@ impl TraceContext {
         };
         ctx.inject(headers);
         Some(ctx)
+    }
+}
+
+/// Append the low `digits` hex digits of `v`, lower case, zero padded.
+fn push_hex(out: &mut String, v: u128, digits: u32) {
+    for i in (0..digits).rev() {
+        let nibble = ((v >> (i * 4)) & 0xf) as u8;
+        out.push(char::from(b"0123456789abcdef"[usize::from(nibble)]));
     }
 }
 

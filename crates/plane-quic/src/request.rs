@@ -31,7 +31,7 @@ use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, Instance, Registration};
 use plane_core::peer::{
     self, call_envelope, check_limits, decode_inbound, decode_reply, frame_envelope, Endpoints,
-    InFlight, Inbound, PeerDirectory, Reply, Served,
+    InFlight, Inbound, PeerDirectory, Reply, Served, INSTANCE_HEADER,
 };
 use plane_core::request::{
     Call, Cancel, Dispatcher, Frame, InstanceId, ReplySink, ReplyTransport, RequestBackend,
@@ -550,14 +550,17 @@ impl RequestBackend for QuicRequests {
     async fn call(&self, call: Call) -> Result<Box<dyn ReplyTransport>> {
         let node = &self.node;
         let id = call.id;
-        // Refuse an oversized call before connecting, let alone sending.
-        check_limits(&call_envelope(call.clone(), InstanceId(0)), &node.limits)?;
+        let route = call.route;
         let endpoint = call.endpoint.clone();
+        // Refuse an oversized call before connecting, let alone sending. The
+        // envelope is built once; only its instance header waits for the pick.
+        let mut env = call_envelope(call, InstanceId(0));
+        check_limits(&env, &node.limits)?;
         let ((conn, mut send, recv), instance, in_flight) = node
             .directory
-            .connect(&endpoint, call.route, |instance| node.open(instance))
+            .connect(&endpoint, route, |instance| node.open(instance))
             .await?;
-        let env = call_envelope(call, instance.id);
+        env.headers.insert(INSTANCE_HEADER, instance.id.to_string());
         write_envelope(&mut send, &env).await.map_err(|e| {
             refusal(&conn).unwrap_or_else(|| {
                 Error::new(ErrorKind::Disconnected, "the call could not be sent").with_source(e)

@@ -37,7 +37,7 @@ use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, Instance};
 use plane_core::peer::{
     self, call_envelope, check_limits, decode_inbound, decode_reply, frame_envelope, Endpoints,
-    InFlight, Inbound, PeerDirectory, Reply,
+    InFlight, Inbound, PeerDirectory, Reply, INSTANCE_HEADER,
 };
 use plane_core::request::{
     Call, Cancel, Dispatcher, Frame, InstanceId, ReplySink, ReplyTransport, RequestBackend,
@@ -257,19 +257,21 @@ impl Node {
         Ok(handle)
     }
 
-    /// Start a call on `instance`: queue the request on its DEALER and wait
-    /// until libzmq took it (a connection exists).
+    /// Start a call on `instance`: queue the request `env` (its instance
+    /// header still unset) on its DEALER and wait until libzmq took it (a
+    /// connection exists).
     async fn start(
         &self,
         instance: Instance,
-        call: &Call,
+        env: &Envelope,
     ) -> Result<(DealerHandle, mpsc::Receiver<Result<Frame>>)> {
         let dealer = self.dealer(&instance.address, false)?;
-        let env = call_envelope(call.clone(), instance.id);
+        let mut env = env.clone();
+        env.headers.insert(INSTANCE_HEADER, instance.id.to_string());
         let (reply_tx, reply_rx) = mpsc::channel(CALL_BUFFER);
         let (sent_tx, sent_rx) = oneshot::channel();
         let start = DealerCmd::Start {
-            id: call.id,
+            id: env.id,
             parts: wire::encode_parts(&env),
             replies: reply_tx,
             sent: sent_tx,
@@ -311,13 +313,16 @@ impl RequestBackend for ZmqRequests {
 
     async fn call(&self, call: Call) -> Result<Box<dyn ReplyTransport>> {
         let node = &self.node;
-        check_limits(&call_envelope(call.clone(), InstanceId(0)), &node.limits)?;
         let id = call.id;
+        let route = call.route;
+        let endpoint = call.endpoint.clone();
+        // Built once and checked before connecting; each attempt's copy gets
+        // the instance it goes to.
+        let env = call_envelope(call, InstanceId(0));
+        check_limits(&env, &node.limits)?;
         let ((dealer, replies), _instance, in_flight) = node
             .directory
-            .connect(&call.endpoint, call.route, |instance| {
-                node.start(instance, &call)
-            })
+            .connect(&endpoint, route, |instance| node.start(instance, &env))
             .await?;
         Ok(Box::new(ZmqReply {
             id,

@@ -153,7 +153,11 @@ impl Call {
     }
 
     /// Add a header.
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn header(
+        mut self,
+        name: impl AsRef<str> + Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
         self.message.headers.insert(name, value);
         self
     }
@@ -448,6 +452,13 @@ impl Requests {
         let policy = self.policy_for(&call.endpoint).clone();
         let span = self.prepare(&mut call, &policy, op)?;
         let retry = policy.effective_retry();
+        if !retry.retries() {
+            // One attempt: it can have the call itself rather than a copy.
+            return self
+                .unary_once(call, policy.on_error, op)
+                .instrument(span)
+                .await;
+        }
         let labels = self.labels(&call.endpoint);
         async {
             retry
@@ -498,15 +509,20 @@ impl Requests {
         let policy = self.policy_for(&call.endpoint).clone();
         let span = self.prepare(&mut call, &policy, op)?;
         let retry = policy.effective_retry();
+        let attempt = |call: Call| async {
+            let mut replies = self.start(call, policy.on_error, op).await?;
+            replies.await_prologue().await?;
+            Ok(replies)
+        };
+        if !retry.retries() {
+            // One attempt: it can have the call itself rather than a copy.
+            return attempt(call).instrument(span).await;
+        }
         let labels = self.labels(&call.endpoint);
         async {
             retry
                 .run(
-                    |_| async {
-                        let mut replies = self.start(call.clone(), policy.on_error, op).await?;
-                        replies.await_prologue().await?;
-                        Ok(replies)
-                    },
+                    |_| attempt(call.clone()),
                     |e, n| self.on_retry(&labels, e, n),
                 )
                 .await
