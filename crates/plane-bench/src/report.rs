@@ -512,8 +512,9 @@ alternating 2 s runs of the unary driver (64 in flight):
 Echoing the body instead of the message (see "How each pair is measured") added zmq
 74,317 → 77,792 calls/s and, oddly, took mem from 125,564 to 107,288: mem hands the
 caller the very message the handler returned, so with a body echo the request's
-headers are freed on the server's task instead of the caller's, which glibc's
-allocator seems to mind. mem has no raw pair, so no ratio moves with it.
+headers are freed on the server's task instead of the caller's; that glibc's
+allocator minds this is a guess, not measured. mem has no raw pair, so no ratio
+moves with it.
 
 ## Noticed (not changed yet)
 

@@ -12,7 +12,9 @@
 //! from the input (postcard checks each declared string length against the
 //! bytes present before slicing), the id is a fixed array, and the two
 //! sequences preallocate at most their configured limit (see [`Bounded`]).
-//! Owned copies are made only for header strings that were actually present.
+//! Owned copies are made only for header strings that were actually present,
+//! and not for the names plane itself uses, which [`Headers`] keeps as
+//! `&'static str`.
 
 use std::cell::Cell;
 use std::fmt;
