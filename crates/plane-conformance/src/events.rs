@@ -18,8 +18,9 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use plane_core::events::{
     ConsumerConfig, DeliverPolicy, Delivery, DurableSubscription, Event, PublisherId, StreamConfig,
-    SubscribeOptions, Subscription, DEAD_LETTER_DELIVERIES_HEADER, DEAD_LETTER_SUBJECT_HEADER,
+    SubscribeOptions, Subscription,
 };
+use plane_core::message::names;
 use plane_core::trace::TraceContext;
 use plane_core::{ErrorKind, Events, Headers, Message};
 
@@ -823,11 +824,11 @@ async fn max_deliver_dead_letters(cx: &Ctx<'_>) -> CaseResult {
             check_eq!(body_str(&e), "poison");
             check_eq!(e.message.headers.get("x-app"), Some("kept"));
             check_eq!(
-                e.message.headers.get(DEAD_LETTER_SUBJECT_HEADER),
+                e.message.headers.get(names::DEAD_LETTER_SUBJECT),
                 Some(subject.as_str())
             );
             check_eq!(
-                e.message.headers.get(DEAD_LETTER_DELIVERIES_HEADER),
+                e.message.headers.get(names::DEAD_LETTER_DELIVERIES),
                 Some("2")
             );
             check!(origin.is_some(), "delivery without origin");

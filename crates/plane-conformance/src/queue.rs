@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
+use plane_core::message::names;
 use plane_core::message::{Headers, Message};
-use plane_core::queue::{
-    Job, QueueConfig, WorkQueue, DEAD_LETTER_DELIVERIES_HEADER, DEAD_LETTER_QUEUE_HEADER,
-};
+use plane_core::queue::{Job, QueueConfig, WorkQueue};
 use plane_core::{ErrorKind, Queues, Result};
 
 use crate::{case, check, check_eq, check_kind, skip, within, Case, CaseResult, Ctx, Verdict};
@@ -382,10 +381,10 @@ async fn dead_letter_after_max_deliveries(cx: &Ctx<'_>) -> CaseResult {
         check_eq!(dead.body().to_bytes(), "poison");
         check_eq!(dead.headers().get("x-order"), Some("42"));
         check_eq!(
-            dead.headers().get(DEAD_LETTER_QUEUE_HEADER),
+            dead.headers().get(names::DEAD_LETTER_QUEUE),
             Some(name.as_str())
         );
-        check_eq!(dead.headers().get(DEAD_LETTER_DELIVERIES_HEADER), Some("2"));
+        check_eq!(dead.headers().get(names::DEAD_LETTER_DELIVERIES), Some("2"));
         dead.ack().await?;
         drop(second);
 

@@ -30,21 +30,12 @@ use crate::ack::AckHandle;
 pub use crate::capabilities::EventsCapabilities;
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::health::ConnectionState;
+use crate::message::names;
 use crate::message::{Body, Message};
 use crate::metrics::{self as m, Labels};
 use crate::policy::RetryPolicy;
 use crate::subject::{validate_name, validate_pattern, validate_subject};
 use crate::trace::TraceContext;
-
-/// Header carrying the publisher id (32 hex digits) on transports that map
-/// plane metadata onto headers.
-pub const PUBLISHER_HEADER: &str = "plane-publisher";
-/// Header carrying the per-publisher sequence (decimal).
-pub const SEQUENCE_HEADER: &str = "plane-seq";
-/// Header set on dead-lettered events: the subject they were published to.
-pub const DEAD_LETTER_SUBJECT_HEADER: &str = "plane-dead-letter-subject";
-/// Header set on dead-lettered events: how many deliveries were attempted.
-pub const DEAD_LETTER_DELIVERIES_HEADER: &str = "plane-dead-letter-deliveries";
 
 /// Identifies one publisher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -437,7 +428,7 @@ fn received(labels: &ModeLabels, event: &Event) {
     if event
         .message
         .headers
-        .get(DEAD_LETTER_SUBJECT_HEADER)
+        .get(names::DEAD_LETTER_SUBJECT)
         .is_some()
     {
         labels.base.counter(m::EVENTS_DEAD_LETTERS).increment(1);

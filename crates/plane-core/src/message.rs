@@ -8,7 +8,13 @@ use std::borrow::Cow;
 
 use bytes::{Bytes, BytesMut};
 
-/// Well-known header names. Names are lower-case ASCII.
+/// Every header name plane reads or writes, defined once.
+///
+/// Names are lower-case ASCII. Those starting with `plane-` are reserved for
+/// plane's own use: a mapping that adds one removes it again before the
+/// application sees the message. The table of which transport carries which
+/// name is in `docs/wire-protocol.md` (brokerless envelopes) and
+/// `docs/nats.md` (NATS headers).
 pub mod names {
     /// W3C trace context `traceparent`.
     pub const TRACEPARENT: &str = "traceparent";
@@ -21,33 +27,99 @@ pub mod names {
     pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
     /// Media type of the body.
     pub const CONTENT_TYPE: &str = "content-type";
-}
 
-/// Names plane itself sets on every call or event. Stored as `&'static str`
-/// instead of a fresh `String`, whether plane inserts them or a decoder reads
-/// them off the wire: each call carries several, and each would otherwise be
-/// an allocation on both sides.
-const KNOWN_NAMES: &[&str] = &[
-    names::TRACEPARENT,
-    names::TRACESTATE,
-    names::TIMEOUT_MS,
-    names::IDEMPOTENCY_KEY,
-    names::CONTENT_TYPE,
-    crate::events::PUBLISHER_HEADER,
-    crate::events::SEQUENCE_HEADER,
-    crate::peer::ENDPOINT_HEADER,
-    crate::peer::INSTANCE_HEADER,
-    crate::peer::STREAM_HEADER,
-    crate::peer::LAST_HEADER,
-    crate::peer::events::SUBJECT_HEADER,
-    crate::peer::events::DROPPED_HEADER,
-    crate::wire::ERROR_KIND_HEADER,
-];
+    /// Events: the publisher id (32 hex digits) on transports that map
+    /// plane metadata onto headers.
+    pub const PUBLISHER: &str = "plane-publisher";
+    /// Events: the per-publisher sequence (decimal).
+    pub const SEQUENCE: &str = "plane-seq";
+    /// Brokerless events: the concrete subject of an event.
+    pub const SUBJECT: &str = "plane-subject";
+    /// Brokerless events: how many events the sender dropped for this
+    /// subscriber right before this one (its queue for the subscriber was full).
+    pub const DROPPED: &str = "plane-dropped";
+    /// Brokerless events: the subject pattern of a subscription request.
+    pub const SUBSCRIBE: &str = "plane-subscribe";
+    /// Brokerless events: the worker group a subscriber joins (absent for a
+    /// subscription outside groups).
+    pub const GROUP: &str = "plane-group";
+    /// Dead-lettered events: the subject they were published to.
+    pub const DEAD_LETTER_SUBJECT: &str = "plane-dead-letter-subject";
+    /// Dead-lettered jobs: the name of the queue they came from.
+    pub const DEAD_LETTER_QUEUE: &str = "plane-dead-letter-queue";
+    /// Dead-lettered events and jobs: how many deliveries were attempted.
+    pub const DEAD_LETTER_DELIVERIES: &str = "plane-dead-letter-deliveries";
+
+    /// Brokerless calls: the endpoint called.
+    pub const ENDPOINT: &str = "plane-endpoint";
+    /// Brokerless calls: the instance the caller picked (16 hex digits).
+    pub const INSTANCE: &str = "plane-instance";
+    /// Calls: `1` when the caller expects a stream (and so an `Accepted`
+    /// prologue).
+    pub const STREAM: &str = "plane-stream";
+    /// Brokerless replies: `1` on the final reply, which is also the end marker.
+    pub const LAST: &str = "plane-last";
+    /// Flow control: how much more the caller accepts, on credit messages.
+    pub const CREDIT: &str = "plane-credit";
+
+    /// Error frames. On brokerless envelopes (wire protocol §7) the value is
+    /// the kind's code in decimal; on NATS it is the kind's lower-case name,
+    /// informational beside [`ERROR_CODE`]. Two encodings of one fact under
+    /// one name, kept because both are published formats.
+    pub const ERROR_KIND: &str = "plane-error-kind";
+    /// NATS error frames: the kind's numeric code.
+    pub const ERROR_CODE: &str = "plane-error-code";
+    /// NATS error frames: the error's message.
+    pub const ERROR_MESSAGE: &str = "plane-error-message";
+    /// NATS calls: the request id (a UUID); absent on calls from plain NATS
+    /// clients.
+    pub const ID: &str = "plane-id";
+    /// NATS: comma-separated byte lengths of the parts of a multipart body.
+    pub const PARTS: &str = "plane-parts";
+    /// NATS: the frame kind of a reply or control message.
+    pub const FRAME: &str = "plane-frame";
+    /// NATS replies: the serving instance's control subject.
+    pub const CTL: &str = "plane-ctl";
+
+    /// Offloaded bodies: the object that holds the body, `<bucket>/<name>`.
+    pub const OBJECT_REF: &str = "plane-object-ref";
+    /// Offloaded bodies: the body's size in bytes.
+    pub const OBJECT_SIZE: &str = "plane-object-size";
+    /// Offloaded bodies: the body's digest, `sha256=<hex>`.
+    pub const OBJECT_DIGEST: &str = "plane-object-digest";
+    /// Offloaded bodies: the part lengths of a multipart body, comma-separated.
+    pub const OBJECT_PARTS: &str = "plane-object-parts";
+
+    /// Names plane itself sets on every call or event. Stored as
+    /// `&'static str` instead of a fresh `String`, whether plane inserts them
+    /// or a decoder reads them off the wire: each call carries several, and
+    /// each would otherwise be an allocation on both sides.
+    pub(crate) const HOT: &[&str] = &[
+        TRACEPARENT,
+        TRACESTATE,
+        TIMEOUT_MS,
+        IDEMPOTENCY_KEY,
+        CONTENT_TYPE,
+        PUBLISHER,
+        SEQUENCE,
+        ENDPOINT,
+        INSTANCE,
+        STREAM,
+        LAST,
+        SUBJECT,
+        DROPPED,
+        ERROR_KIND,
+        ID,
+        FRAME,
+        CTL,
+        CREDIT,
+    ];
+}
 
 /// `name` as a stored header name: a known name is borrowed, any other owned.
 fn header_name(name: impl AsRef<str> + Into<String>) -> Cow<'static, str> {
     let s = name.as_ref();
-    match KNOWN_NAMES.iter().find(|k| k.len() == s.len() && **k == s) {
+    match names::HOT.iter().find(|k| k.len() == s.len() && **k == s) {
         Some(known) => Cow::Borrowed(known),
         None => Cow::Owned(name.into()),
     }

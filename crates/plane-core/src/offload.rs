@@ -7,10 +7,10 @@
 //!
 //! | header | value |
 //! |---|---|
-//! | [`OBJECT_REF`] | `<bucket>/<object name>` |
-//! | [`OBJECT_SIZE`] | body size in bytes |
-//! | [`OBJECT_DIGEST`] | `sha256=<hex>` of the body |
-//! | [`OBJECT_PARTS`] | part lengths, comma-separated (multipart bodies only) |
+//! | [`names::OBJECT_REF`] | `<bucket>/<object name>` |
+//! | [`names::OBJECT_SIZE`] | body size in bytes |
+//! | [`names::OBJECT_DIGEST`] | `sha256=<hex>` of the body |
+//! | [`names::OBJECT_PARTS`] | part lengths, comma-separated (multipart bodies only) |
 //!
 //! The receiver calls [`Offload::resolve`], which fetches the body back,
 //! checks size and digest, and returns the original message (other headers
@@ -41,17 +41,8 @@ use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::message::{Body, Message};
+use crate::message::{names, Body, Message};
 use crate::objects::{Digester, ObjectBucket, ObjectMeta};
-
-/// Header naming the object that holds the body: `<bucket>/<name>`.
-pub const OBJECT_REF: &str = "plane-object-ref";
-/// Header with the offloaded body's size in bytes.
-pub const OBJECT_SIZE: &str = "plane-object-size";
-/// Header with the offloaded body's digest, `sha256=<hex>`.
-pub const OBJECT_DIGEST: &str = "plane-object-digest";
-/// Header with the part lengths of a multipart body, comma-separated.
-pub const OBJECT_PARTS: &str = "plane-object-parts";
 
 /// Moves large bodies into an object bucket and back. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -95,7 +86,7 @@ impl Offload {
 
     /// Whether `message` carries an object handle instead of its body.
     pub fn is_offloaded(message: &Message) -> bool {
-        message.headers.get(OBJECT_REF).is_some()
+        message.headers.get(names::OBJECT_REF).is_some()
     }
 
     /// Store the body of a message larger than the threshold and return the
@@ -121,18 +112,21 @@ impl Offload {
             .put_stream(&name, ObjectMeta::default(), data)
             .await
             .map_err(|e| e.with_op("offload.offload"))?;
-        headers.insert(OBJECT_REF, format!("{}/{}", self.bucket.name(), name));
-        headers.insert(OBJECT_SIZE, info.size.to_string());
-        headers.insert(OBJECT_DIGEST, info.digest);
+        headers.insert(
+            names::OBJECT_REF,
+            format!("{}/{}", self.bucket.name(), name),
+        );
+        headers.insert(names::OBJECT_SIZE, info.size.to_string());
+        headers.insert(names::OBJECT_DIGEST, info.digest);
         if let Some(lengths) = lengths {
-            headers.insert(OBJECT_PARTS, lengths);
+            headers.insert(names::OBJECT_PARTS, lengths);
         }
         Ok(Message::new(headers, Body::empty()))
     }
 
     /// The object name a handle refers to, checked against this bucket.
     fn object_name<'m>(&self, message: &'m Message) -> Result<Option<&'m str>> {
-        let Some(handle) = message.headers.get(OBJECT_REF) else {
+        let Some(handle) = message.headers.get(names::OBJECT_REF) else {
             return Ok(None);
         };
         match handle.split_once('/') {
@@ -173,15 +167,15 @@ impl Offload {
         };
         let size: u64 = message
             .headers
-            .get(OBJECT_SIZE)
+            .get(names::OBJECT_SIZE)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| bad("no valid size header"))?;
         let digest = message
             .headers
-            .get(OBJECT_DIGEST)
+            .get(names::OBJECT_DIGEST)
             .ok_or_else(|| bad("no digest header"))?
             .to_owned();
-        let lengths: Option<Vec<usize>> = match message.headers.get(OBJECT_PARTS) {
+        let lengths: Option<Vec<usize>> = match message.headers.get(names::OBJECT_PARTS) {
             None => None,
             Some(v) => Some(
                 v.split(',')
@@ -226,7 +220,12 @@ impl Offload {
             }
         };
         let mut headers = message.headers;
-        for h in [OBJECT_REF, OBJECT_SIZE, OBJECT_DIGEST, OBJECT_PARTS] {
+        for h in [
+            names::OBJECT_REF,
+            names::OBJECT_SIZE,
+            names::OBJECT_DIGEST,
+            names::OBJECT_PARTS,
+        ] {
             headers.remove(h);
         }
         Ok(Message::new(headers, body))
@@ -285,7 +284,7 @@ mod tests {
         assert!(Offload::is_offloaded(&handle));
         assert!(handle.body.is_empty());
         assert_eq!(handle.headers.get("trace"), Some("1"));
-        assert_eq!(handle.headers.get(OBJECT_SIZE), Some("100000"));
+        assert_eq!(handle.headers.get(names::OBJECT_SIZE), Some("100000"));
         assert!(handle.payload_len() < 200);
         // Offloading a handle again is a no-op.
         assert_eq!(o.offload(handle.clone()).await.unwrap(), handle);
@@ -297,7 +296,7 @@ mod tests {
             Bytes::from(vec![2u8; 7]),
         ]));
         let handle2 = o.offload(multi.clone()).await.unwrap();
-        assert_eq!(handle2.headers.get(OBJECT_PARTS), Some("40,0,7"));
+        assert_eq!(handle2.headers.get(names::OBJECT_PARTS), Some("40,0,7"));
         let back = o.resolve(handle2.clone()).await.unwrap();
         assert_eq!(back, multi);
         assert_eq!(back.body.parts().len(), 3);
@@ -320,21 +319,21 @@ mod tests {
         let mut wrong_digest = handle.clone();
         wrong_digest
             .headers
-            .insert(OBJECT_DIGEST, Digester::of(b"something else"));
+            .insert(names::OBJECT_DIGEST, Digester::of(b"something else"));
         assert_eq!(
             o.resolve(wrong_digest).await.unwrap_err().kind(),
             ErrorKind::Decode
         );
 
         let mut wrong_size = handle.clone();
-        wrong_size.headers.insert(OBJECT_SIZE, "63");
+        wrong_size.headers.insert(names::OBJECT_SIZE, "63");
         assert_eq!(
             o.resolve(wrong_size).await.unwrap_err().kind(),
             ErrorKind::Decode
         );
 
         let mut foreign = handle.clone();
-        foreign.headers.insert(OBJECT_REF, "other/offload/x");
+        foreign.headers.insert(names::OBJECT_REF, "other/offload/x");
         assert_eq!(
             o.resolve(foreign).await.unwrap_err().kind(),
             ErrorKind::InvalidArgument

@@ -23,10 +23,10 @@
 //!
 //! | what | kind | headers | body |
 //! |---|---|---|---|
-//! | call | `request` | the call's headers, plus [`ENDPOINT_HEADER`], [`INSTANCE_HEADER`] and, for streamed calls, [`STREAM_HEADER`] = `1` | the request body |
+//! | call | `request` | the call's headers, plus [`names::ENDPOINT`], [`names::INSTANCE`] and, for streamed calls, [`names::STREAM`] = `1` | the request body |
 //! | [`Frame::Accepted`] | `ack` | — | empty |
 //! | [`Frame::Data`] | `data` | the reply's headers | the reply body |
-//! | [`Frame::Last`] | `data` | the reply's headers plus [`LAST_HEADER`] = `1` | the reply body |
+//! | [`Frame::Last`] | `data` | the reply's headers plus [`names::LAST`] = `1` | the reply body |
 //! | [`Frame::End`] | `end` | — | empty |
 //! | typed error | `error` | see [`Envelope::error`] | the message |
 //! | [`Cancel::Stop`] / [`Cancel::Kill`] | `stop` / `kill` | — | empty |
@@ -41,6 +41,7 @@ mod served;
 
 pub use served::Served;
 
+use crate::message::names;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::future::Future;
@@ -55,26 +56,16 @@ use crate::registry::{QueryParams, Registry};
 use crate::request::{Balancer, Call, Cancel, Dispatcher, Frame, Incoming, InstanceId, Route};
 use crate::wire::{Envelope, FrameKind, Limits, RequestId, WireError};
 
-/// Request header naming the endpoint called.
-pub const ENDPOINT_HEADER: &str = "plane-endpoint";
-/// Request header naming the instance the caller picked (16 hex digits).
-pub const INSTANCE_HEADER: &str = "plane-instance";
-/// Request header set to `1` when the caller expects a stream (and so an
-/// `Accepted` prologue).
-pub const STREAM_HEADER: &str = "plane-stream";
-/// Data header set to `1` on the final reply, which is also the end marker.
-pub const LAST_HEADER: &str = "plane-last";
-
 /// The request envelope of `call`, addressed to `instance`.
 ///
 /// Moves the call's headers and body into the envelope; the body's bytes are
 /// shared, not copied.
 pub fn call_envelope(call: Call, instance: InstanceId) -> Envelope {
     let Message { mut headers, body } = call.message;
-    headers.insert(ENDPOINT_HEADER, call.endpoint);
-    headers.insert(INSTANCE_HEADER, instance.to_string());
+    headers.insert(names::ENDPOINT, call.endpoint);
+    headers.insert(names::INSTANCE, instance.to_string());
     if call.stream {
-        headers.insert(STREAM_HEADER, "1");
+        headers.insert(names::STREAM, "1");
     }
     Envelope::new(FrameKind::Request, call.id)
         .with_headers(headers)
@@ -90,7 +81,7 @@ pub fn frame_envelope(id: RequestId, frame: Frame) -> Envelope {
             .with_body(m.body),
         Frame::Last(m) => {
             let mut headers = m.headers;
-            headers.insert(LAST_HEADER, "1");
+            headers.insert(names::LAST, "1");
             Envelope::new(FrameKind::Data, id)
                 .with_headers(headers)
                 .with_body(m.body)
@@ -133,7 +124,7 @@ pub fn decode_reply(env: Envelope) -> Result<Reply> {
         FrameKind::Ack => Reply::Frame(Frame::Accepted),
         FrameKind::Data => {
             let mut headers = env.headers;
-            let last = headers.remove(LAST_HEADER).is_some();
+            let last = headers.remove(names::LAST).is_some();
             let m = Message {
                 headers,
                 body: env.body,
@@ -184,17 +175,17 @@ pub fn decode_inbound(env: Envelope) -> Result<Inbound> {
     match env.kind {
         FrameKind::Request => {
             let mut headers = env.headers;
-            let endpoint = headers.remove(ENDPOINT_HEADER).ok_or_else(|| {
+            let endpoint = headers.remove(names::ENDPOINT).ok_or_else(|| {
                 Error::new(
                     ErrorKind::InvalidArgument,
-                    format!("request without the `{ENDPOINT_HEADER}` header"),
+                    format!("request without the `{}` header", names::ENDPOINT),
                 )
             })?;
             let instance = headers
-                .remove(INSTANCE_HEADER)
+                .remove(names::INSTANCE)
                 .map(|s| s.parse::<InstanceId>())
                 .transpose()?;
-            let stream = headers.remove(STREAM_HEADER).is_some_and(|v| v == "1");
+            let stream = headers.remove(names::STREAM).is_some_and(|v| v == "1");
             Ok(Inbound::Call(RoutedCall {
                 endpoint,
                 instance,

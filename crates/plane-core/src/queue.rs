@@ -25,15 +25,11 @@ use crate::ack::AckHandle;
 pub use crate::capabilities::QueueCapabilities;
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::health::ConnectionState;
+use crate::message::names;
 use crate::message::{Body, Headers, Message};
 use crate::metrics::{self as m, Labels};
 use crate::subject::validate_name;
 use crate::trace::TraceContext;
-
-/// Header added to a dead-lettered job: the name of the queue it came from.
-pub const DEAD_LETTER_QUEUE_HEADER: &str = "plane-dead-letter-queue";
-/// Header added to a dead-lettered job: how many times it was delivered.
-pub const DEAD_LETTER_DELIVERIES_HEADER: &str = "plane-dead-letter-deliveries";
 
 /// How jobs are distributed.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -136,7 +132,7 @@ impl Job {
         if self.attempt > 1 {
             labels.counter(m::QUEUE_REDELIVERED).increment(1);
         }
-        if self.message.headers.get(DEAD_LETTER_QUEUE_HEADER).is_some() {
+        if self.message.headers.get(names::DEAD_LETTER_QUEUE).is_some() {
             labels.counter(m::QUEUE_DEAD_LETTERS).increment(1);
         }
         self.observed = Some((labels.clone(), std::time::Instant::now()));

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use plane_core::kv::{BucketConfig, Op, WatchEvent};
+use plane_core::message::names;
 use plane_core::objects::{Digester, ObjectMeta};
 use plane_core::{Error, ErrorKind, Kv, Objects, Registry};
 
@@ -236,7 +237,7 @@ async fn kv_state_is_shared_between_handles_and_watch_sees_expiry() {
 
 #[tokio::test]
 async fn offloaded_payloads_travel_as_handles() {
-    use plane_core::offload::{Offload, OBJECT_REF};
+    use plane_core::offload::Offload;
     let dir = tempfile::tempdir().unwrap();
     let (objects, _) = planes(dir.path()).await;
     let sender = Offload::new(objects.create_bucket("payloads").await.unwrap(), 1024);
@@ -245,7 +246,7 @@ async fn offloaded_payloads_travel_as_handles() {
     let handle = sender.offload(big.clone()).await.unwrap();
     assert!(handle
         .headers
-        .get(OBJECT_REF)
+        .get(names::OBJECT_REF)
         .unwrap()
         .starts_with("payloads/offload/"));
     assert!(handle.payload_len() < 256);

@@ -19,7 +19,7 @@ use async_nats::jetstream::message::{AckKind, Acker};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use plane_core::events::DEAD_LETTER_DELIVERIES_HEADER;
+use plane_core::message::names;
 use plane_core::{Error, ErrorKind, Result};
 use tokio::time::Instant;
 
@@ -120,7 +120,7 @@ async fn dead_letter(s: &State) -> Result<()> {
         *source_header,
         source.as_deref().unwrap_or(original.subject.as_str()),
     );
-    headers.insert(DEAD_LETTER_DELIVERIES_HEADER, original.attempt.to_string());
+    headers.insert(names::DEAD_LETTER_DELIVERIES, original.attempt.to_string());
     headers.insert(
         "Nats-Msg-Id",
         format!("plane-dl-{}-{}", original.stream, original.stream_sequence),

@@ -7,24 +7,10 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use plane_core::{Body, Error, ErrorKind, Headers, Message, Result};
 
-/// Request id of a call (a UUID); absent on calls from plain NATS clients.
-pub const ID: &str = "plane-id";
-/// `1` when the caller expects a stream (and so an `accepted` prologue).
-pub const STREAM: &str = "plane-stream";
-/// Comma-separated byte lengths of the parts of a multipart body.
-pub const PARTS: &str = "plane-parts";
-/// Frame kind of a reply or control message.
-pub const FRAME: &str = "plane-frame";
-/// The serving instance's control subject, on replies.
-pub const CTL: &str = "plane-ctl";
-/// Frames of flow-control credit granted, on `credit` control messages.
-pub const CREDIT: &str = "plane-credit";
-/// Numeric [`ErrorKind`] code of an `error` frame.
-pub const ERROR_CODE: &str = "plane-error-code";
-/// Lower-case [`ErrorKind`] name of an `error` frame (informational).
-pub const ERROR_KIND: &str = "plane-error-kind";
-/// Message of an `error` frame.
-pub const ERROR_MESSAGE: &str = "plane-error-message";
+/// The header names of the NATS mapping (defined once, in plane-core).
+pub use plane_core::message::names::{
+    CREDIT, CTL, ERROR_CODE, ERROR_KIND, ERROR_MESSAGE, FRAME, ID, PARTS, STREAM,
+};
 
 /// Marks a header whose value is percent-encoded (it held a line break,
 /// which NATS headers cannot carry). `%v` never ends an encoded name

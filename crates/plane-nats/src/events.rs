@@ -17,8 +17,8 @@ use plane_core::ack::AckHandle;
 use plane_core::events::{
     ConsumerConfig, DeliverPolicy, Delivery, DeliveryTransport, Event, EventsBackend,
     EventsCapabilities, Origin, PublishAck, StreamConfig, SubscribeOptions, SubscriptionTransport,
-    DEAD_LETTER_SUBJECT_HEADER, PUBLISHER_HEADER, SEQUENCE_HEADER,
 };
+use plane_core::message::names;
 use plane_core::{Error, ErrorKind, Result};
 use tokio::sync::mpsc;
 
@@ -60,8 +60,8 @@ fn headers_of(event: &Event) -> (HeaderMap, bytes::Bytes) {
     };
     let extra: Vec<(&str, &str)> = if event.origin.is_some() {
         vec![
-            (PUBLISHER_HEADER, publisher.as_str()),
-            (SEQUENCE_HEADER, seq.as_str()),
+            (names::PUBLISHER, publisher.as_str()),
+            (names::SEQUENCE, seq.as_str()),
         ]
     } else {
         Vec::new()
@@ -77,8 +77,8 @@ pub(crate) fn event_of(
     payload: bytes::Bytes,
 ) -> Result<Event> {
     let origin = match (
-        envelope::get(headers, PUBLISHER_HEADER),
-        envelope::get(headers, SEQUENCE_HEADER),
+        envelope::get(headers, names::PUBLISHER),
+        envelope::get(headers, names::SEQUENCE),
     ) {
         (Some(p), Some(s)) => Some(Origin {
             publisher: p.parse()?,
@@ -88,7 +88,7 @@ pub(crate) fn event_of(
         }),
         _ => None,
     };
-    let message = envelope::decode(headers, payload, &[PUBLISHER_HEADER, SEQUENCE_HEADER])?;
+    let message = envelope::decode(headers, payload, &[names::PUBLISHER, names::SEQUENCE])?;
     Ok(Event {
         subject: subject.to_owned(),
         message,
@@ -241,7 +241,7 @@ impl EventsBackend for NatsEvents {
             js: self.js.clone(),
             subject,
             durable: false,
-            source: (DEAD_LETTER_SUBJECT_HEADER, None),
+            source: (names::DEAD_LETTER_SUBJECT, None),
         });
         let (tx, rx) = mpsc::channel(config.max_in_flight.clamp(1, 256));
         tokio::spawn(pump(

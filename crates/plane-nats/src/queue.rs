@@ -15,9 +15,9 @@ use async_nats::jetstream::{self, consumer, stream};
 use async_nats::Client;
 use futures_util::StreamExt;
 use plane_core::ack::AckHandle;
+use plane_core::message::names;
 use plane_core::queue::{
     DynQueueBackend, Job, QueueBackend, QueueCapabilities, QueueConfig, QueueMode, QueuesBackend,
-    DEAD_LETTER_QUEUE_HEADER,
 };
 use plane_core::{Error, ErrorKind, Message, Result};
 
@@ -106,7 +106,7 @@ impl NatsQueues {
                 js: self.js.clone(),
                 subject: self.subject(q),
                 durable: true,
-                source: (DEAD_LETTER_QUEUE_HEADER, Some(name.to_owned())),
+                source: (names::DEAD_LETTER_QUEUE, Some(name.to_owned())),
             }),
             nack_delay: self.caps.nack_delay,
         }))

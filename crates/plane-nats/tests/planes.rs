@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use plane_core::events::{ConsumerConfig, StreamConfig, DEAD_LETTER_SUBJECT_HEADER};
+use plane_core::events::{ConsumerConfig, StreamConfig};
 use plane_core::kv::{BucketConfig, Op, PutOptions, WatchEvent};
+use plane_core::message::names;
 use plane_core::queue::QueueConfig;
 use plane_core::request::{handler_fn, unary_fn, Call, Request, Responder};
 use plane_core::{ErrorKind, Events, Kv, Message, Objects, Queues, Registry, Requests};
@@ -442,7 +443,7 @@ async fn durable_events_dead_letter_both_ways() {
             e = dead.next() => {
                 let e = e.expect("dead letter").expect("ok");
                 dead_subjects.push(
-                    e.message.headers.get(DEAD_LETTER_SUBJECT_HEADER).unwrap_or("").to_owned(),
+                    e.message.headers.get(names::DEAD_LETTER_SUBJECT).unwrap_or("").to_owned(),
                 );
             }
         }

@@ -13,8 +13,8 @@
 //! # Streams
 //!
 //! The subscriber writes one `request` envelope carrying the pattern in
-//! [`SUBSCRIBE_HEADER`] (and, for a worker-group member, the group name in
-//! [`GROUP_HEADER`]) and keeps its side open: finishing or resetting it
+//! [`names::SUBSCRIBE`] (and, for a worker-group member, the group name in
+//! [`names::GROUP`]) and keeps its side open: finishing or resetting it
 //! unsubscribes. The publisher answers with an `ack` envelope once the
 //! subscription is in place — `subscribe` returns only after every publisher
 //! known at that moment answered (or [`QuicConfig::connect_timeout`]
@@ -31,7 +31,7 @@
 //! into the stream by one task per subscriber. A full queue (the subscriber
 //! or the network is slower than the publisher) drops the event and counts
 //! it; the count travels with the next event that gets through, in
-//! [`DROPPED_HEADER`](plane_core::peer::events::DROPPED_HEADER). On the
+//! [`names::DROPPED`](names::DROPPED). On the
 //! subscriber's side, a reader task per publisher drains the stream into the
 //! subscription's bounded buffer, dropping and counting when it is full.
 //! Either way the subscriber reads one `Overloaded` item at the gap.
@@ -61,6 +61,7 @@ use plane_core::discovery::{Discovery, DiscoveryEvent, Instance, Registration};
 use plane_core::events::{
     Event, EventsBackend, EventsCapabilities, SubscribeOptions, SubscriptionTransport,
 };
+use plane_core::message::names;
 use plane_core::peer::events::{
     decode_event, event_envelope, AbortOnDrop, BufferedSubscription, EventBuffer, Groups, Offered,
 };
@@ -77,11 +78,6 @@ use crate::QuicConfig;
 
 /// The discovery endpoint under which publishers register.
 pub const EVENTS_ENDPOINT: &str = "plane-events";
-/// Header of a subscription request: the subject pattern.
-pub const SUBSCRIBE_HEADER: &str = "plane-subscribe";
-/// Header of a subscription request: the worker group the subscriber joins
-/// (absent for a subscription outside groups).
-pub const GROUP_HEADER: &str = "plane-group";
 /// Envelopes queued per subscriber at a publisher before events are dropped.
 pub const SUBSCRIBER_QUEUE: usize = 1024;
 
@@ -193,10 +189,10 @@ impl Subscribers {
     ) {
         let pattern = first
             .headers
-            .get(SUBSCRIBE_HEADER)
+            .get(names::SUBSCRIBE)
             .unwrap_or_default()
             .to_owned();
-        let group = first.headers.get(GROUP_HEADER).map(str::to_owned);
+        let group = first.headers.get(names::GROUP).map(str::to_owned);
         let valid = subject::validate_pattern(&pattern).and_then(|()| match &group {
             Some(g) => subject::validate_name("group", g),
             None => Ok(()),
@@ -401,9 +397,9 @@ async fn join(
     let limits = node.limits;
     let attempt = async {
         let (conn, mut send, recv) = node.open(publisher).await?;
-        let mut headers = Headers::new().with(SUBSCRIBE_HEADER, interest.pattern.clone());
+        let mut headers = Headers::new().with(names::SUBSCRIBE, interest.pattern.clone());
         if let Some(group) = &interest.group {
-            headers.insert(GROUP_HEADER, group.clone());
+            headers.insert(names::GROUP, group.clone());
         }
         let request = Envelope::new(FrameKind::Request, RequestId::new_v7()).with_headers(headers);
         write_envelope(&mut send, &request).await?;

@@ -29,9 +29,10 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, Instance, Registration};
+use plane_core::message::names;
 use plane_core::peer::{
     self, call_envelope, check_limits, decode_inbound, decode_reply, frame_envelope, Endpoints,
-    InFlight, Inbound, PeerDirectory, Reply, Served, INSTANCE_HEADER,
+    InFlight, Inbound, PeerDirectory, Reply, Served,
 };
 use plane_core::request::{
     Call, Cancel, Dispatcher, Frame, InstanceId, ReplySink, ReplyTransport, RequestBackend,
@@ -42,7 +43,7 @@ use plane_core::{Error, ErrorKind, Result};
 use quinn::VarInt;
 use tokio::sync::OnceCell;
 
-use crate::events::{Subscribers, SUBSCRIBE_HEADER};
+use crate::events::Subscribers;
 use crate::tls::{self, Identity, ServerTrust};
 use crate::QuicConfig;
 
@@ -560,7 +561,7 @@ impl RequestBackend for QuicRequests {
             .directory
             .connect(&endpoint, route, |instance| node.open(instance))
             .await?;
-        env.headers.insert(INSTANCE_HEADER, instance.id.to_string());
+        env.headers.insert(names::INSTANCE, instance.id.to_string());
         write_envelope(&mut send, &env).await.map_err(|e| {
             refusal(&conn).unwrap_or_else(|| {
                 Error::new(ErrorKind::Disconnected, "the call could not be sent").with_source(e)
@@ -736,7 +737,7 @@ async fn serve_stream(
             return refuse(send, RequestId::default(), error).await;
         }
     };
-    if env.headers.get(SUBSCRIBE_HEADER).is_some() {
+    if env.headers.get(names::SUBSCRIBE).is_some() {
         return subscribers.serve(send, reader, env).await;
     }
     let id = env.id;

@@ -35,9 +35,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, Instance};
+use plane_core::message::names;
 use plane_core::peer::{
     self, call_envelope, check_limits, decode_inbound, decode_reply, frame_envelope, Endpoints,
-    InFlight, Inbound, PeerDirectory, Reply, INSTANCE_HEADER,
+    InFlight, Inbound, PeerDirectory, Reply,
 };
 use plane_core::request::{
     Call, Cancel, Dispatcher, Frame, InstanceId, ReplySink, ReplyTransport, RequestBackend,
@@ -58,12 +59,10 @@ const SOCKET_QUEUE: usize = 1024;
 /// Queued messages a socket's loop sends before it reads its socket again.
 const SEND_BATCH: usize = 64;
 /// Data frames a server may send on one call ahead of the caller's reader;
-/// the caller grants more with `ack` envelopes carrying [`CREDIT_HEADER`] as
+/// the caller grants more with `ack` envelopes carrying [`names::CREDIT`] as
 /// its reader consumes them. Sockets and TCP buffers alone would let a
 /// handler run megabytes ahead of a stalled reader.
 const WINDOW: usize = 256;
-/// Header of an `ack` envelope: how many more data frames the caller accepts.
-pub const CREDIT_HEADER: &str = "plane-credit";
 /// Pause before retrying a send that hit a high-water mark.
 const RETRY: Duration = Duration::from_millis(1);
 
@@ -267,7 +266,7 @@ impl Node {
     ) -> Result<(DealerHandle, mpsc::Receiver<Result<Frame>>)> {
         let dealer = self.dealer(&instance.address, false)?;
         let mut env = env.clone();
-        env.headers.insert(INSTANCE_HEADER, instance.id.to_string());
+        env.headers.insert(names::INSTANCE, instance.id.to_string());
         let (reply_tx, reply_rx) = mpsc::channel(CALL_BUFFER);
         let (sent_tx, sent_rx) = oneshot::channel();
         let start = DealerCmd::Start {
@@ -506,7 +505,7 @@ fn try_dealer_send(
         },
         DealerCmd::Credit(id, n) => {
             let env = Envelope::new(wire::FrameKind::Ack, id)
-                .with_headers(plane_core::Headers::new().with(CREDIT_HEADER, n.to_string()));
+                .with_headers(plane_core::Headers::new().with(names::CREDIT, n.to_string()));
             match socket.try_send(&wire::encode_parts(&env))? {
                 Sent::Done | Sent::Unreachable => Ok(None),
                 Sent::WouldBlock => Ok(Some(DealerCmd::Credit(id, n))),
@@ -744,7 +743,7 @@ fn handle_inbound(
     if env.kind == wire::FrameKind::Ack {
         let granted = env
             .headers
-            .get(CREDIT_HEADER)
+            .get(names::CREDIT)
             .and_then(|n| n.parse::<usize>().ok())
             .unwrap_or(0)
             .min(WINDOW);

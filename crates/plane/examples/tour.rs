@@ -515,7 +515,7 @@ async fn offload_tour(
             message.payload_len(),
             message
                 .headers
-                .get(plane::offload::OBJECT_REF)
+                .get(plane::message::names::OBJECT_REF)
                 .unwrap_or("?")
         ),
     );

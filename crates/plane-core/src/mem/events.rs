@@ -33,6 +33,7 @@ use super::MemConfig;
 use crate::ack::{AckHandle, Acker};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::*;
+use crate::message::names;
 use crate::peer::events::{Groups, Offered};
 use crate::subject::matches;
 
@@ -587,11 +588,11 @@ impl ConsumerState {
                 event
                     .message
                     .headers
-                    .insert(DEAD_LETTER_SUBJECT_HEADER, event.subject.clone());
+                    .insert(names::DEAD_LETTER_SUBJECT, event.subject.clone());
                 event
                     .message
                     .headers
-                    .insert(DEAD_LETTER_DELIVERIES_HEADER, attempt.to_string());
+                    .insert(names::DEAD_LETTER_DELIVERIES, attempt.to_string());
                 event.subject = subject.clone();
                 dead.push(event);
             } else {
@@ -1231,11 +1232,11 @@ mod tests {
         assert_eq!(dead.origin, d1.event.origin);
         assert_eq!(dead.message.headers.get("k"), Some("v"));
         assert_eq!(
-            dead.message.headers.get(DEAD_LETTER_SUBJECT_HEADER),
+            dead.message.headers.get(names::DEAD_LETTER_SUBJECT),
             Some("s")
         );
         assert_eq!(
-            dead.message.headers.get(DEAD_LETTER_DELIVERIES_HEADER),
+            dead.message.headers.get(names::DEAD_LETTER_DELIVERIES),
             Some("2")
         );
         assert!(nothing_within(&mut c, Duration::from_secs(60)).await);

@@ -29,8 +29,8 @@
 //!   holder, so a late ack or extend succeeds.
 //! - **Dead letters.** A copy that has been delivered `max_deliver` times and
 //!   is nacked or expires again is removed; it is enqueued on the configured
-//!   dead-letter queue with its headers plus [`DEAD_LETTER_QUEUE_HEADER`] (the
-//!   original queue's name) and [`DEAD_LETTER_DELIVERIES_HEADER`] (the number
+//!   dead-letter queue with its headers plus [`names::DEAD_LETTER_QUEUE`] (the
+//!   original queue's name) and [`names::DEAD_LETTER_DELIVERIES`] (the number
 //!   of deliveries). Without a dead-letter queue, or if that queue does not
 //!   exist (any more), the job is dropped and a warning is logged. In
 //!   broadcast mode each consumer's copy is dead-lettered on its own.
@@ -54,6 +54,7 @@ use tokio::time::Instant;
 use super::MemConfig;
 use crate::ack::{AckHandle, Acker};
 use crate::error::{Error, ErrorKind, Result};
+use crate::message::names;
 use crate::message::Message;
 use crate::queue::*;
 
@@ -465,10 +466,10 @@ impl MemQueue {
             };
             message
                 .headers
-                .insert(DEAD_LETTER_QUEUE_HEADER, self.config.name.as_str());
+                .insert(names::DEAD_LETTER_QUEUE, self.config.name.as_str());
             message
                 .headers
-                .insert(DEAD_LETTER_DELIVERIES_HEADER, deliveries.to_string());
+                .insert(names::DEAD_LETTER_DELIVERIES, deliveries.to_string());
             if let Err(e) = queue.push(message) {
                 tracing::warn!(
                     queue = %self.config.name,
@@ -859,8 +860,8 @@ mod tests {
         assert_eq!(job.ack().await.unwrap_err().kind(), ErrorKind::AlreadyAcked);
         let dead = dlq.receive(Duration::ZERO).await.unwrap().unwrap();
         assert_eq!(dead.headers().get("k"), Some("v"));
-        assert_eq!(dead.headers().get(DEAD_LETTER_QUEUE_HEADER), Some("w"));
-        assert_eq!(dead.headers().get(DEAD_LETTER_DELIVERIES_HEADER), Some("2"));
+        assert_eq!(dead.headers().get(names::DEAD_LETTER_QUEUE), Some("w"));
+        assert_eq!(dead.headers().get(names::DEAD_LETTER_DELIVERIES), Some("2"));
         assert_eq!(dead.body().to_bytes(), "x");
     }
 
@@ -882,7 +883,7 @@ mod tests {
         let start = Instant::now();
         let dead = dlq.receive(ACK_WAIT * 2).await.unwrap().unwrap();
         assert!(start.elapsed() >= ACK_WAIT);
-        assert_eq!(dead.headers().get(DEAD_LETTER_DELIVERIES_HEADER), Some("1"));
+        assert_eq!(dead.headers().get(names::DEAD_LETTER_DELIVERIES), Some("1"));
     }
 
     #[tokio::test(start_paused = true)]

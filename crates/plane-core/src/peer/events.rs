@@ -6,7 +6,7 @@
 //!
 //! | what | kind | headers | body |
 //! |---|---|---|---|
-//! | event | `data` | the event's headers, plus [`SUBJECT_HEADER`], [`PUBLISHER_HEADER`], [`SEQUENCE_HEADER`] and, when the sender dropped events for this subscriber just before, [`DROPPED_HEADER`] | the event body |
+//! | event | `data` | the event's headers, plus [`names::SUBJECT`], [`names::PUBLISHER`], [`names::SEQUENCE`] and, when the sender dropped events for this subscriber just before, [`names::DROPPED`] | the event body |
 //!
 //! The request id is unused (zero). The mapping removes the `plane-` headers
 //! it adds before the subscriber sees the event.
@@ -34,29 +34,22 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::events::{
-    Event, Origin, PublisherId, SubscriptionTransport, PUBLISHER_HEADER, SEQUENCE_HEADER,
-};
+use crate::events::{Event, Origin, PublisherId, SubscriptionTransport};
+use crate::message::names;
 use crate::message::Message;
 use crate::subject;
 use crate::wire::{Envelope, FrameKind, RequestId};
 
-/// Event header carrying the concrete subject.
-pub const SUBJECT_HEADER: &str = "plane-subject";
-/// Event header: how many events the sender dropped for this subscriber
-/// right before this one (its queue for the subscriber was full).
-pub const DROPPED_HEADER: &str = "plane-dropped";
-
 /// The envelope of `event`; `dropped` events were lost just before it.
 pub fn event_envelope(event: &Event, dropped: u64) -> Envelope {
     let mut headers = event.message.headers.clone();
-    headers.insert(SUBJECT_HEADER, event.subject.clone());
+    headers.insert(names::SUBJECT, event.subject.clone());
     if let Some(o) = event.origin {
-        headers.insert(PUBLISHER_HEADER, o.publisher.to_string());
-        headers.insert(SEQUENCE_HEADER, o.sequence.to_string());
+        headers.insert(names::PUBLISHER, o.publisher.to_string());
+        headers.insert(names::SEQUENCE, o.sequence.to_string());
     }
     if dropped > 0 {
-        headers.insert(DROPPED_HEADER, dropped.to_string());
+        headers.insert(names::DROPPED, dropped.to_string());
     }
     Envelope::new(FrameKind::Data, RequestId::default())
         .with_headers(headers)
@@ -76,10 +69,10 @@ pub fn decode_event(env: Envelope) -> Result<(Event, u64)> {
     }
     let mut headers = env.headers;
     let subject = headers
-        .remove(SUBJECT_HEADER)
+        .remove(names::SUBJECT)
         .ok_or_else(|| bad("no subject"))?;
-    let publisher = headers.remove(PUBLISHER_HEADER);
-    let sequence = headers.remove(SEQUENCE_HEADER);
+    let publisher = headers.remove(names::PUBLISHER);
+    let sequence = headers.remove(names::SEQUENCE);
     let origin = match (publisher, sequence) {
         (Some(p), Some(s)) => Some(Origin {
             publisher: p.parse::<PublisherId>()?,
@@ -88,7 +81,7 @@ pub fn decode_event(env: Envelope) -> Result<(Event, u64)> {
         (None, None) => None,
         _ => return Err(bad("half an origin")),
     };
-    let dropped = match headers.remove(DROPPED_HEADER) {
+    let dropped = match headers.remove(names::DROPPED) {
         Some(n) => n.parse().map_err(|_| bad("invalid drop count"))?,
         None => 0,
     };

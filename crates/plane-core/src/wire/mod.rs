@@ -50,6 +50,7 @@ use std::str::FromStr;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::message::names;
 use crate::{Body, Error, ErrorKind, Headers};
 
 mod error;
@@ -69,9 +70,6 @@ pub const VERSION: u8 = 1;
 /// The rule is N-1..N: once version 2 exists, `MIN_VERSION` becomes 1 so that
 /// peers can be upgraded one at a time, and version 1 is dropped with version 3.
 pub const MIN_VERSION: u8 = 1;
-
-/// Header name carrying an Error frame's [`ErrorKind::code`] in decimal.
-pub const ERROR_KIND_HEADER: &str = "plane-error-kind";
 
 /// Default for [`Limits::max_header_bytes`]: 64 KiB of encoded header.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -401,7 +399,7 @@ impl Envelope {
         self
     }
 
-    /// An Error frame carrying `err` in-band: header [`ERROR_KIND_HEADER`] is
+    /// An Error frame carrying `err` in-band: header [`names::ERROR_KIND`] is
     /// the kind's [`code`](ErrorKind::code) in decimal, the body is the
     /// message as UTF-8.
     ///
@@ -421,7 +419,7 @@ impl Envelope {
         Envelope {
             kind: FrameKind::Error,
             id,
-            headers: Headers::new().with(ERROR_KIND_HEADER, err.kind().code().to_string()),
+            headers: Headers::new().with(names::ERROR_KIND, err.kind().code().to_string()),
             body: Body::from(err.message().to_owned()),
         }
     }
@@ -435,7 +433,7 @@ impl Envelope {
     pub fn to_error(&self) -> Error {
         let kind = self
             .headers
-            .get(ERROR_KIND_HEADER)
+            .get(names::ERROR_KIND)
             .and_then(|v| v.parse::<u16>().ok())
             .map_or(ErrorKind::Other, ErrorKind::from_code);
         let body = self.body.to_bytes();

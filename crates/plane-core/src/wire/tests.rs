@@ -1,6 +1,7 @@
 //! Golden bytes pin the format; property tests round-trip it and throw
 //! malformed input at every decoder.
 
+use crate::message::names;
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 
@@ -439,7 +440,7 @@ fn error_frames_carry_every_kind() {
     let bare = Envelope::new(FrameKind::Error, RequestId(1)).with_body(&b"\xffoops"[..]);
     assert_eq!(bare.to_error().kind(), ErrorKind::Other);
     assert_eq!(bare.to_error().message(), "\u{fffd}oops");
-    let future = bare.with_headers(Headers::new().with(ERROR_KIND_HEADER, "60000"));
+    let future = bare.with_headers(Headers::new().with(names::ERROR_KIND, "60000"));
     assert_eq!(future.to_error().kind(), ErrorKind::Other);
 }
 
