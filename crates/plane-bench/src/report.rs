@@ -94,7 +94,7 @@ fn size(bytes: usize) -> String {
     }
 }
 
-/// "2 cores, 23 GiB RAM, <model>" from /proc.
+/// "2 cores, 23 GiB RAM, `<model>`" from /proc.
 pub fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

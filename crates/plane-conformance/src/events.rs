@@ -3,7 +3,7 @@
 //! Every case publishes through its own [`Events::publisher`], so sequences
 //! start at 1 and cases do not see each other's publishers, and uses subjects,
 //! streams and consumers made unique by [`Ctx::name`]. Durable cases create
-//! their stream through [`with_stream`], which deletes it again whatever the
+//! their stream through `with_stream`, which deletes it again whatever the
 //! outcome. Subscriptions are closed when dropped.
 //!
 //! "Nothing more arrived" is established with a marker event where the

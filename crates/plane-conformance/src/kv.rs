@@ -1,6 +1,6 @@
 //! Conformance cases of the kv section.
 //!
-//! Every case works in its own bucket, created by [`in_bucket`] and deleted
+//! Every case works in its own bucket, created by `in_bucket` and deleted
 //! afterwards whatever the outcome of the case body.
 
 use std::collections::BTreeMap;

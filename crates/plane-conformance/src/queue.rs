@@ -2,7 +2,7 @@
 //!
 //! Every case works on its own queues (`cx.name`) and deletes them
 //! afterwards, whatever the outcome. Ack waits are short (300 ms to 1 s) so
-//! redelivery cases stay fast; "eventually" waits are long ([`WAIT`]) so they
+//! redelivery cases stay fast; "eventually" waits are long (`WAIT`) so they
 //! hold on a networked broker too. Timing is asserted only where the catalog
 //! orders events in time, and then with slack.
 

@@ -5,7 +5,7 @@
 //! report what they saw through shared state (`Arc` counters, flags and logs)
 //! rather than through replies alone, so a case can tell "the handler never
 //! ran" from "its reply was lost", and "the handler was killed" (its future was
-//! dropped, which a [`DropFlag`] inside it records) from "it finished".
+//! dropped, which a `DropFlag` inside it records) from "it finished".
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -4,7 +4,7 @@
 //! A backend implements [`Acker`] for one delivery; the plane wraps it in an
 //! [`AckHandle`] that enforces "settle at most once" identically on every
 //! backend, so a second `ack`/`nack` fails with
-//! [`ErrorKind::AlreadyAcked`](crate::ErrorKind::AlreadyAcked) and never reaches the
+//! [`crate::ErrorKind::AlreadyAcked`] and never reaches the
 //! transport.
 
 use std::sync::atomic::{AtomicBool, Ordering};

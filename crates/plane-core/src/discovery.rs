@@ -49,7 +49,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> plane_core::Result<()> {
-//! let kv = Registry::with_defaults().kv("mem://discovery-doc").await?;
+//! let kv = plane_mem::registry().kv("mem://discovery-doc").await?;
 //! let discovery = Discovery::open(&kv, DiscoveryConfig::default().lease(Duration::from_secs(5))).await?;
 //!
 //! let me = Instance::new("billing", InstanceId::random(), "10.0.0.7:4222").with_metadata("zone", "eu-1");
@@ -79,8 +79,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::ids::InstanceId;
 use crate::kv::{Bucket, BucketConfig, Entry, Expect, Kv, Op, PutOptions, Watch, WatchEvent};
-use crate::request::InstanceId;
 use crate::subject::validate_name;
 
 /// Shortest wait before retrying a failed kv operation in a background task.
@@ -191,7 +191,7 @@ fn record_key(endpoint: &str, id: InstanceId) -> String {
 mod instance_id_hex {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use crate::request::InstanceId;
+    use crate::ids::InstanceId;
 
     pub fn serialize<S: Serializer>(id: &InstanceId, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(id)
@@ -739,153 +739,5 @@ async fn next_opt(watch: &mut Option<Watch>) -> Option<Result<WatchEvent>> {
     match watch {
         Some(w) => w.next().await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::kv::{BucketConfig, DynKvBucketBackend, KvBackend, KvCapabilities};
-    use crate::mem::{Hub, MemConfig, MemKv};
-
-    fn mem() -> Kv {
-        Hub::new().kv(&MemConfig::default())
-    }
-
-    fn mem_backend() -> MemKv {
-        MemKv::new(Arc::default(), &MemConfig::default())
-    }
-
-    // Tests run on paused time, so leases and renewals are exact whatever the
-    // machine's load.
-    fn fast() -> DiscoveryConfig {
-        DiscoveryConfig::default()
-            .lease(Duration::from_millis(300))
-            .resync(Duration::from_millis(200))
-    }
-
-    async fn next(w: &mut DiscoveryWatch) -> DiscoveryEvent {
-        tokio::time::timeout(Duration::from_secs(5), w.next())
-            .await
-            .expect("discovery event in time")
-            .expect("discovery watch never ends")
-    }
-
-    /// The mem backend with fewer declared capabilities, to exercise the
-    /// per-key lease and list-only watching.
-    struct Restricted {
-        inner: MemKv,
-        caps: KvCapabilities,
-    }
-
-    impl KvBackend for Restricted {
-        fn name(&self) -> &'static str {
-            "restricted"
-        }
-        fn capabilities(&self) -> &KvCapabilities {
-            &self.caps
-        }
-        async fn create_bucket(&self, config: BucketConfig) -> Result<Arc<dyn DynKvBucketBackend>> {
-            self.inner.create_bucket(config).await
-        }
-        async fn open_bucket(&self, name: &str) -> Result<Arc<dyn DynKvBucketBackend>> {
-            self.inner.open_bucket(name).await
-        }
-        async fn delete_bucket(&self, name: &str) -> Result<()> {
-            self.inner.delete_bucket(name).await
-        }
-    }
-
-    #[test]
-    fn instance_record_is_stable_json() {
-        let i = Instance::new("ep", InstanceId(0xab), "addr").with_metadata("zone", "a");
-        let json = serde_json::to_string(&i).unwrap();
-        assert_eq!(
-            json,
-            r#"{"endpoint":"ep","id":"00000000000000ab","address":"addr","metadata":{"zone":"a"}}"#
-        );
-        assert_eq!(serde_json::from_str::<Instance>(&json).unwrap(), i);
-        assert_eq!(i.key(), "ep.00000000000000ab");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn register_list_watch_deregister() {
-        let d = Discovery::open(&mem(), fast()).await.unwrap();
-        let a = Instance::new("ep", InstanceId(1), "a");
-        let b = Instance::new("ep", InstanceId(2), "b");
-        let other = Instance::new("other", InstanceId(3), "c");
-        let ra = d.register(a.clone()).await.unwrap();
-        let _ro = d.register(other).await.unwrap();
-        let mut w = d.watch("ep").await.unwrap();
-        assert_eq!(next(&mut w).await, DiscoveryEvent::Added(a.clone()));
-        let rb = d.register(b.clone()).await.unwrap();
-        assert_eq!(next(&mut w).await, DiscoveryEvent::Added(b.clone()));
-        assert_eq!(d.list("ep").await.unwrap(), vec![a.clone(), b.clone()]);
-        ra.deregister().await.unwrap();
-        assert_eq!(next(&mut w).await, DiscoveryEvent::Removed(a.id));
-        // Renewals of b do not produce events.
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(d.list("ep").await.unwrap(), vec![b.clone()]);
-        assert_eq!(rb.reregistrations(), 0);
-        drop(rb);
-        assert_eq!(next(&mut w).await, DiscoveryEvent::Removed(b.id));
-        assert!(d.list("ep").await.unwrap().is_empty());
-        assert_eq!(
-            d.list("bad.name").await.unwrap_err().kind(),
-            ErrorKind::InvalidArgument
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn reregisters_after_the_record_vanishes() {
-        let d = Discovery::open(&mem(), fast()).await.unwrap();
-        let a = Instance::new("ep", InstanceId(7), "a");
-        let r = d.register(a.clone()).await.unwrap();
-        d.bucket().delete(&a.key()).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while r.reregistrations() == 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("re-registered");
-        assert_eq!(d.list("ep").await.unwrap(), vec![a]);
-        r.deregister().await.unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn per_key_lease_and_list_only_watch() {
-        let caps = KvCapabilities {
-            key_ttl: true,
-            max_value: 1 << 20,
-            ..KvCapabilities::default()
-        };
-        let kv = Kv::new(Restricted {
-            inner: mem_backend(),
-            caps,
-        });
-        let d = Discovery::open(&kv, fast()).await.unwrap();
-        let a = Instance::new("ep", InstanceId(9), "a");
-        let r = d.register(a.clone()).await.unwrap();
-        let mut w = d.watch("ep").await.unwrap();
-        assert_eq!(next(&mut w).await, DiscoveryEvent::Added(a.clone()));
-        // Renewal keeps the per-key lease alive well past one lease.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        assert_eq!(d.list("ep").await.unwrap(), vec![a.clone()]);
-        drop(r);
-        // Found by the periodic re-list once the lease has run out.
-        assert_eq!(next(&mut w).await, DiscoveryEvent::Removed(a.id));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn needs_some_ttl() {
-        let kv = Kv::new(Restricted {
-            inner: mem_backend(),
-            caps: KvCapabilities::default(),
-        });
-        let err = Discovery::open(&kv, fast()).await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Unsupported);
     }
 }

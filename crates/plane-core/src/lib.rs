@@ -14,15 +14,16 @@
 //!
 //! Every backend trait has an object-safe `Dyn…` twin with a blanket
 //! implementation; handles hold `Arc<dyn Dyn…>`, so no backend type appears in
-//! this crate's API. [`Registry`] maps URL schemes to backends; the in-memory
-//! reference backend ([`mem`], `mem://`) is built in.
+//! this crate's API. [`Registry`] maps URL schemes to backends; no backend is
+//! built in: the in-memory reference backend is the `plane-mem` crate
+//! (`mem://`), and the `plane` facade registers every compiled-in backend.
 //!
 //! ```
 //! use plane_core::{request::unary_fn, Registry};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> plane_core::Result<()> {
-//! let registry = Registry::with_defaults();
+//! let registry = plane_mem::registry();
 //! let requests = registry.requests("mem://doc").await?;
 //! let _server = requests
 //!     .serve("echo", unary_fn(|req: plane_core::request::Request| async move { Ok(req.message) }))
@@ -40,13 +41,12 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod ids;
 pub mod kv;
-pub mod mem;
 pub mod message;
 pub mod metrics;
 pub mod objects;
 pub mod offload;
-pub mod peer;
 pub mod policy;
 pub mod queue;
 pub mod registry;

@@ -6,7 +6,7 @@
 //!
 //! ```
 //! # async fn demo() -> plane_core::Result<()> {
-//! let registry = plane_core::Registry::with_defaults();
+//! let registry = plane_mem::registry();
 //! let kv = registry.kv("mem://demo").await?;
 //! let bucket = kv.create_bucket(plane_core::kv::BucketConfig::new("config")).await?;
 //! bucket.put("greeting", "hello").await?;
@@ -133,13 +133,6 @@ impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
         Registry::default()
-    }
-
-    /// A registry with the backends built into plane-core (`mem://`).
-    pub fn with_defaults() -> Self {
-        let mut r = Registry::new();
-        crate::mem::register(&mut r);
-        r
     }
 
     /// Add a backend. A later registration of the same scheme wins, so an
@@ -282,21 +275,6 @@ impl QueryParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unknown_scheme_lists_known() {
-        let r = Registry::with_defaults();
-        let err = r
-            .resolve("carrier-pigeon://x")
-            .err()
-            .expect("unknown scheme refused");
-        assert_eq!(err.kind(), ErrorKind::InvalidConfig);
-        assert!(err.message().contains("known schemes: mem"), "{err}");
-        assert_eq!(
-            r.resolve("not a url").err().map(|e| e.kind()),
-            Some(ErrorKind::InvalidConfig)
-        );
-    }
 
     #[test]
     fn query_params_reject_unknown_and_bad_values() {

@@ -128,7 +128,7 @@ pub fn matches(pattern: &str, subject: &str) -> bool {
 
 /// The literal prefix of a pattern before its first wildcard token, with a
 /// trailing dot when a wildcard follows. Transports with prefix filtering
-/// (ZeroMQ SUB) subscribe to this and match exactly with [`matches`].
+/// (ZeroMQ SUB) subscribe to this and match exactly with [`matches()`].
 pub fn literal_prefix(pattern: &str) -> &str {
     let mut end = 0;
     for token in pattern.split('.') {

@@ -42,14 +42,14 @@
 //!
 //! Objects: an object becomes visible only once its upload completed; a
 //! failed, dropped or killed upload leaves nothing visible, and concurrent
-//! writers of one name never produce a torn object (see [`objects`] for the
+//! writers of one name never produce a torn object (see [`mod@objects`] for the
 //! manifest-and-blob layout that makes this hold on every store). Content is
 //! hashed with SHA-256 while streaming, stored in the manifest, and verified
 //! again while reading. Uploads stream through object_store's multipart upload
 //! with bounded buffering, so memory does not grow with object size.
 //!
 //! Kv: compare-and-swap is atomic between threads and between processes
-//! sharing the directory (see [`kv`]).
+//! sharing the directory (see [`mod@kv`]).
 //!
 //! # Filesystems the kv plane is safe on
 //!

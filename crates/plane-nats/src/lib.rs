@@ -90,7 +90,7 @@
 //! use plane_core::request::{unary_fn, Request};
 //!
 //! # async fn demo() -> plane_core::Result<()> {
-//! let mut registry = plane_core::Registry::with_defaults();
+//! let mut registry = plane_mem::registry();
 //! plane_nats::register(&mut registry);
 //! let requests = registry.requests("nats://127.0.0.1:4222").await?;
 //! let _server = requests

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use plane_conformance::{report_dir, run_and_report, Hooks, Report, Target};
-use plane_core::Registry;
 use plane_nats::testkit::{NatsServer, ServerOptions, SERVER};
 
 struct NatsHooks {
@@ -46,7 +45,7 @@ impl Hooks for NatsHooks {
 }
 
 async fn conform(name: &str, server: NatsServer, url: &str, client: async_nats::Client) -> Report {
-    let mut registry = Registry::with_defaults();
+    let mut registry = plane_mem::registry();
     plane_nats::register(&mut registry);
     let mut target = Target::from_url(&registry, name, "testcontainers", url)
         .await

@@ -16,7 +16,7 @@ use plane_core::{ErrorKind, Events, Kv, Message, Objects, Queues, Registry, Requ
 use plane_nats::testkit::{NatsServer, ServerOptions};
 
 fn registry() -> Registry {
-    let mut r = Registry::with_defaults();
+    let mut r = plane_mem::registry();
     plane_nats::register(&mut r);
     r
 }

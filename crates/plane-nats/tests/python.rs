@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use plane_core::request::{unary_fn, Request};
-use plane_core::Registry;
 use plane_nats::testkit::NatsServer;
 
 const NATS_PY: &str = "nats-py==2.16.0";
@@ -50,7 +49,7 @@ fn nats_py() -> PathBuf {
 async fn nats_py_interoperates() {
     let pythonpath = tokio::task::spawn_blocking(nats_py).await.expect("install");
     let server = NatsServer::start().await.expect("server");
-    let mut registry = Registry::with_defaults();
+    let mut registry = plane_mem::registry();
     plane_nats::register(&mut registry);
     let requests = registry.requests(&server.url()).await.expect("requests");
     let events = registry.events(&server.url()).await.expect("events");

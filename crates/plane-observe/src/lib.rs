@@ -16,7 +16,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> std::io::Result<()> {
 //! let metrics = plane_observe::PrometheusRecorder::new().install().expect("no other recorder");
-//! let requests = plane_core::Registry::with_defaults().requests("mem://app").await.expect("mem");
+//! let requests = plane_mem::registry().requests("mem://app").await.expect("mem");
 //! let health = plane_observe::Health::new().check("requests", move || requests.connection_state());
 //! let server = plane_observe::serve("127.0.0.1:9464", metrics, health).await?;
 //! println!("scrape http://{}/metrics", server.local_addr());

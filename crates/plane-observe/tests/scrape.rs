@@ -8,7 +8,7 @@ use plane_core::message::names;
 use plane_core::metrics as m;
 use plane_core::policy::{CallPolicy, RetryPolicy};
 use plane_core::request::{unary_fn, Call, Request};
-use plane_core::{Error, ErrorKind, Registry};
+use plane_core::{Error, ErrorKind};
 use plane_observe::{Health, PrometheusRecorder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -29,7 +29,7 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_exposes_the_documented_names() {
     let metrics = PrometheusRecorder::new().install().unwrap();
-    let registry = Registry::with_defaults();
+    let registry = plane_mem::registry();
     let requests = registry
         .requests("mem://observe")
         .await

@@ -31,7 +31,7 @@
 //! into the stream by one task per subscriber. A full queue (the subscriber
 //! or the network is slower than the publisher) drops the event and counts
 //! it; the count travels with the next event that gets through, in
-//! [`names::DROPPED`](names::DROPPED). On the
+//! [`names::DROPPED`]. On the
 //! subscriber's side, a reader task per publisher drains the stream into the
 //! subscription's bounded buffer, dropping and counting when it is full.
 //! Either way the subscriber reads one `Overloaded` item at the gap.
@@ -58,17 +58,18 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use plane_core::discovery::{Discovery, DiscoveryEvent, Instance, Registration};
+use plane_core::events::groups::{Groups, Offered};
 use plane_core::events::{
     Event, EventsBackend, EventsCapabilities, SubscribeOptions, SubscriptionTransport,
 };
 use plane_core::message::names;
-use plane_core::peer::events::{
-    decode_event, event_envelope, AbortOnDrop, BufferedSubscription, EventBuffer, Groups, Offered,
-};
 use plane_core::request::InstanceId;
 use plane_core::subject;
 use plane_core::wire::{Envelope, FrameKind, RequestId};
 use plane_core::{Error, ErrorKind, Headers, Result};
+use plane_peer::events::{
+    decode_event, event_envelope, AbortOnDrop, BufferedSubscription, EventBuffer,
+};
 use tokio::sync::mpsc;
 
 use crate::request::{

@@ -51,7 +51,7 @@
 //! # async fn demo() -> plane_core::Result<()> {
 //! use plane_core::request::{unary_fn, Request};
 //!
-//! let mut registry = plane_core::Registry::with_defaults();
+//! let mut registry = plane_mem::registry();
 //! plane_quic::register(&mut registry);
 //! let requests = registry
 //!     .requests("quic://127.0.0.1:0?discovery=mem%3A%2F%2Fdev")
@@ -75,9 +75,9 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, DiscoveryConfig};
-use plane_core::peer;
 use plane_core::registry::{Connector, QueryParams, Registry};
 use plane_core::{Error, ErrorKind, Events, Requests, Result};
+use plane_peer as peer;
 use url::Url;
 
 pub use events::QuicEvents;

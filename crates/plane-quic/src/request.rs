@@ -30,16 +30,16 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, Instance, Registration};
 use plane_core::message::names;
-use plane_core::peer::{
-    self, call_envelope, check_limits, decode_inbound, decode_reply, frame_envelope, Endpoints,
-    InFlight, Inbound, PeerDirectory, Reply, Served,
-};
 use plane_core::request::{
     Call, Cancel, Dispatcher, Frame, InstanceId, ReplySink, ReplyTransport, RequestBackend,
     RequestCapabilities, ServeTransport,
 };
 use plane_core::wire::{self, Envelope, FrameDecoder, Limits, RequestId};
 use plane_core::{Error, ErrorKind, Result};
+use plane_peer::{
+    self as peer, call_envelope, check_limits, decode_inbound, decode_reply, frame_envelope,
+    Endpoints, InFlight, Inbound, PeerDirectory, Reply, Served,
+};
 use quinn::VarInt;
 use tokio::sync::OnceCell;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use plane_conformance::{assert_conforms, Hooks, Target};
-use plane_core::{Events, Registry, Requests};
+use plane_core::{Events, Requests};
 use plane_quic::{QuicConfig, QuicEvents, QuicRequests};
 
 struct QuicHooks(QuicRequests);
@@ -37,7 +37,7 @@ impl Hooks for QuicHooks {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_backend_conforms() {
-    let registry = Registry::with_defaults();
+    let registry = plane_mem::registry();
     let hub = format!("mem://quic-conformance-{:016x}", rand::random::<u64>());
     let config = QuicConfig::new("127.0.0.1:0".parse().expect("address"), hub.clone());
     let discovery = config.discovery(&registry).await.expect("discovery");

@@ -1,11 +1,11 @@
 //! The events plane between separate handles (separate sockets, as separate
 //! processes would have), found through a shared `mem://` discovery kv.
 
-use plane_core::{Events, Registry};
+use plane_core::Events;
 use plane_quic::{QuicConfig, QuicEvents};
 
 async fn handle(hub: &str) -> Events {
-    let registry = Registry::with_defaults();
+    let registry = plane_mem::registry();
     let config = QuicConfig::new("127.0.0.1:0".parse().expect("address"), hub.to_owned());
     let discovery = config.discovery(&registry).await.expect("discovery");
     Events::new(

@@ -1,7 +1,7 @@
 //! End-to-end checks of the QUIC request plane on loopback.
 
 use plane_core::request::{unary_fn, Request};
-use plane_core::{Registry, Requests};
+use plane_core::Requests;
 use plane_quic::QuicRequests;
 
 fn hub() -> String {
@@ -9,7 +9,7 @@ fn hub() -> String {
 }
 
 async fn plane(hub: &str) -> (QuicRequests, Requests) {
-    let registry = Registry::with_defaults();
+    let registry = plane_mem::registry();
     let config = plane_quic::QuicConfig::new("127.0.0.1:0".parse().unwrap(), hub);
     let discovery = config.discovery(&registry).await.unwrap();
     let backend = QuicRequests::connect(config, discovery).unwrap();

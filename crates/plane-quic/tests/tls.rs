@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use plane_core::request::{unary_fn, Request};
-use plane_core::{ErrorKind, Registry, Requests};
+use plane_core::{ErrorKind, Requests};
 use plane_quic::{QuicConfig, QuicRequests};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -85,7 +85,7 @@ fn with_identity(c: &mut QuicConfig, (cert, key): (PathBuf, PathBuf)) {
 }
 
 async fn node(hub: &str, tweak: impl FnOnce(&mut QuicConfig)) -> Requests {
-    let registry = Registry::with_defaults();
+    let registry = plane_mem::registry();
     let mut config = QuicConfig::new("127.0.0.1:0".parse().expect("address"), hub);
     tweak(&mut config);
     let discovery = config.discovery(&registry).await.expect("discovery");

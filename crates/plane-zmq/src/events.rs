@@ -83,16 +83,17 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use plane_core::discovery::{Discovery, DiscoveryEvent, DiscoveryWatch, Instance, Registration};
+use plane_core::events::groups::{Groups, Offered};
 use plane_core::events::{
     Event, EventsBackend, EventsCapabilities, SubscribeOptions, SubscriptionTransport,
-};
-use plane_core::peer::events::{
-    decode_event, event_envelope, AbortOnDrop, BufferedSubscription, EventBuffer, Groups, Offered,
 };
 use plane_core::request::InstanceId;
 use plane_core::subject;
 use plane_core::wire::{self, Limits};
 use plane_core::{Error, ErrorKind, Result};
+use plane_peer::events::{
+    decode_event, event_envelope, AbortOnDrop, BufferedSubscription, EventBuffer,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -525,7 +526,7 @@ impl Subscriber {
             },
         };
         let decoded = wire::decode_parts_with(rest, &self.limits)
-            .map_err(plane_core::peer::malformed)
+            .map_err(plane_peer::malformed)
             .and_then(decode_event);
         let (event, dropped) = match decoded {
             Ok(d) => d,

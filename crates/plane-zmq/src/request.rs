@@ -36,16 +36,16 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, Instance};
 use plane_core::message::names;
-use plane_core::peer::{
-    self, call_envelope, check_limits, decode_inbound, decode_reply, frame_envelope, Endpoints,
-    InFlight, Inbound, PeerDirectory, Reply,
-};
 use plane_core::request::{
     Call, Cancel, Dispatcher, Frame, InstanceId, ReplySink, ReplyTransport, RequestBackend,
     RequestCapabilities, ServeTransport,
 };
 use plane_core::wire::{self, Envelope, Limits, RequestId};
 use plane_core::{Error, ErrorKind, Result};
+use plane_peer::{
+    self as peer, call_envelope, check_limits, decode_inbound, decode_reply, frame_envelope,
+    Endpoints, InFlight, Inbound, PeerDirectory, Reply,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 

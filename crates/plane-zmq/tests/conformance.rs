@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use plane_conformance::{assert_conforms, Hooks, Target};
-use plane_core::{Events, Registry, Requests};
+use plane_core::{Events, Requests};
 use plane_zmq::{ZmqConfig, ZmqEvents, ZmqRequests};
 
 struct ZmqHooks(ZmqRequests);
@@ -38,7 +38,7 @@ impl Hooks for ZmqHooks {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zmq_backend_conforms() {
-    let registry = Registry::with_defaults();
+    let registry = plane_mem::registry();
     let hub = format!("mem://zmq-conformance-{:016x}", rand::random::<u64>());
     let config = ZmqConfig::new("tcp://127.0.0.1:0", hub.clone());
     let discovery = config.discovery(&registry).await.expect("discovery");

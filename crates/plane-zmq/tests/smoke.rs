@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use plane_core::request::{unary_fn, Request};
-use plane_core::{Registry, Requests};
+use plane_core::Requests;
 use plane_zmq::ZmqRequests;
 
 fn hub() -> String {
@@ -11,7 +11,7 @@ fn hub() -> String {
 }
 
 async fn plane(hub: &str) -> (ZmqRequests, Requests) {
-    let registry = Registry::with_defaults();
+    let registry = plane_mem::registry();
     let config = plane_zmq::ZmqConfig::new("tcp://127.0.0.1:0", hub);
     let discovery = config.discovery(&registry).await.unwrap();
     let backend = ZmqRequests::connect(config, discovery).unwrap();

@@ -25,6 +25,8 @@
 #![deny(missing_docs)]
 
 pub use plane_core::*;
+/// The in-memory reference backend (`mem://`), always compiled in.
+pub use plane_mem as mem;
 
 /// A registry with every backend compiled into this build.
 ///
@@ -37,7 +39,7 @@ pub use plane_core::*;
 /// | `zmq` (default) | `zmq+tcp://`, `zmq+ipc://` |
 pub fn registry() -> Registry {
     #[allow(unused_mut)]
-    let mut registry = Registry::with_defaults();
+    let mut registry = plane_mem::registry();
     #[cfg(feature = "nats")]
     plane_nats::register(&mut registry);
     #[cfg(feature = "fs")]

@@ -30,7 +30,7 @@
 //! # }
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> plane::Result<()> {
-//! let requests = plane::Registry::with_defaults().requests("mem://tower-doc").await?;
+//! let requests = plane::registry().requests("mem://tower-doc").await?;
 //! // `Echo` is any `tower::Service<Request>` whose response is a `Message`.
 //! let _server = requests.serve("echo", ServiceHandler::new(Echo)).await?;
 //!

@@ -13,13 +13,13 @@ use futures_util::FutureExt;
 use plane::policy::InFlightLimit;
 use plane::request::{unary_fn, Call, Request};
 use plane::tower::{RequestService, Service, ServiceHandler};
-use plane::{Error, ErrorKind, Message, Registry, Requests};
+use plane::{Error, ErrorKind, Message, Requests};
 use tokio::sync::Semaphore;
 
 const WAIT: Duration = Duration::from_secs(5);
 
 async fn mem(name: &str) -> Requests {
-    Registry::with_defaults()
+    plane_mem::registry()
         .requests(&format!("mem://tower-{name}"))
         .await
         .expect("the mem backend is always registered")

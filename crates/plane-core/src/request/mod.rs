@@ -27,8 +27,6 @@
 mod balance;
 mod client;
 mod idempotency;
-#[cfg(test)]
-mod policy_tests;
 mod server;
 
 use std::collections::HashMap;
@@ -49,39 +47,13 @@ pub use server::{
 pub use crate::capabilities::RequestCapabilities;
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::health::ConnectionState;
+pub use crate::ids::{InstanceId, RequestId};
 use crate::message::{names, Body, Headers, Message};
 use crate::metrics::{self, Labels};
 use crate::policy::{CallPolicy, InFlightLimit, Limiter, OnError};
 use crate::subject::validate_name;
 use crate::trace::TraceContext;
-pub use crate::wire::RequestId;
 use client::CallMeta;
-
-/// Identifies one serving instance of an endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct InstanceId(pub u64);
-
-impl InstanceId {
-    /// A random instance id.
-    pub fn random() -> Self {
-        InstanceId(rand::random())
-    }
-}
-
-impl std::fmt::Display for InstanceId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
-}
-
-impl std::str::FromStr for InstanceId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        u64::from_str_radix(s, 16).map(InstanceId).map_err(|e| {
-            Error::new(ErrorKind::InvalidArgument, "invalid instance id").with_source(e)
-        })
-    }
-}
 
 /// How a call picks among an endpoint's instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -357,7 +357,10 @@ impl Drop for Slot {
 }
 
 impl Dispatcher {
-    pub(crate) fn new(
+    /// The runtime of one endpoint instance. [`Requests::serve`](crate::Requests::serve)
+    /// builds one for every served instance; a backend's own tests build one
+    /// directly to exercise its routing without a handle.
+    pub fn new(
         endpoint: &str,
         instance: InstanceId,
         handler: Arc<dyn Handler>,

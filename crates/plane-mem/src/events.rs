@@ -30,12 +30,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::MemConfig;
-use crate::ack::{AckHandle, Acker};
-use crate::error::{Error, ErrorKind, Result};
-use crate::events::*;
-use crate::message::names;
-use crate::peer::events::{Groups, Offered};
-use crate::subject::matches;
+use plane_core::ack::{AckHandle, Acker};
+use plane_core::error::{Error, ErrorKind, Result};
+use plane_core::events::groups::{Groups, Offered};
+use plane_core::events::*;
+use plane_core::message::names;
+use plane_core::subject::matches;
 
 /// Lock a mutex, recovering from poisoning: no code path panics while holding
 /// one of these locks, so the data is consistent even if a waker panicked.
@@ -878,19 +878,19 @@ pub struct MemEvents {
 
 impl MemEvents {
     pub(crate) fn new(hub: Arc<EventHub>, config: &MemConfig) -> Self {
-        // Every field spelled out: a capability added later should be a
-        // decision for the reference backend, not a silent default.
-        let caps = EventsCapabilities {
-            wildcards: true,
-            groups: true,
-            ordered_per_publisher: true,
-            durable: true,
-            nack_delay: true,
-            dead_letter: true,
-            dedup: true,
-            replay: true,
-            max_payload: config.max_payload,
-        };
+        // Every field set, even where the default agrees: a capability added
+        // later should be a decision for the reference backend, not a silent
+        // default.
+        let mut caps = EventsCapabilities::default();
+        caps.wildcards = true;
+        caps.groups = true;
+        caps.ordered_per_publisher = true;
+        caps.durable = true;
+        caps.nack_delay = true;
+        caps.dead_letter = true;
+        caps.dedup = true;
+        caps.replay = true;
+        caps.max_payload = config.max_payload;
         MemEvents { caps, hub }
     }
 }
@@ -1046,10 +1046,10 @@ impl EventsBackend for MemEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mem::Hub;
-    use crate::message::{Headers, Message};
     use crate::Events;
+    use crate::Hub;
     use futures_util::StreamExt;
+    use plane_core::message::{Headers, Message};
 
     fn events() -> Events {
         Hub::new().events(&MemConfig::default())

@@ -24,8 +24,8 @@ use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use super::MemConfig;
-use crate::error::{Error, ErrorKind, Result};
-use crate::request::*;
+use plane_core::error::{Error, ErrorKind, Result};
+use plane_core::request::*;
 
 /// Frames buffered between a handler and its caller. Small enough that a
 /// stalled reader holds back a fast streaming handler after a few dozen
@@ -133,15 +133,14 @@ pub struct MemRequests {
 
 impl MemRequests {
     pub(crate) fn new(hub: Arc<RequestHub>, config: &MemConfig) -> Self {
-        let caps = RequestCapabilities {
-            streaming: true,
-            cancellation: true,
-            round_robin: true,
-            random: true,
-            power_of_two: true,
-            direct: true,
-            max_payload: config.max_payload,
-        };
+        let mut caps = RequestCapabilities::default();
+        caps.streaming = true;
+        caps.cancellation = true;
+        caps.round_robin = true;
+        caps.random = true;
+        caps.power_of_two = true;
+        caps.direct = true;
+        caps.max_payload = config.max_payload;
         MemRequests { caps, hub }
     }
 }
@@ -295,9 +294,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::mem::Hub;
-    use crate::message::Message;
+    use crate::Hub;
     use crate::Requests;
+    use plane_core::message::Message;
 
     fn plane() -> (Arc<Hub>, Requests) {
         let hub = Hub::new();

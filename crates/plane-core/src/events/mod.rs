@@ -30,6 +30,7 @@ use crate::ack::AckHandle;
 pub use crate::capabilities::EventsCapabilities;
 use crate::error::{Error, ErrorKind, Result};
 pub use crate::health::ConnectionState;
+pub use crate::ids::PublisherId;
 use crate::message::names;
 use crate::message::{Body, Message};
 use crate::metrics::{self as m, Labels};
@@ -37,37 +38,7 @@ use crate::policy::RetryPolicy;
 use crate::subject::{validate_name, validate_pattern, validate_subject};
 use crate::trace::TraceContext;
 
-/// Identifies one publisher.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PublisherId(pub u128);
-
-impl PublisherId {
-    /// A new random, time-ordered id.
-    pub fn new() -> Self {
-        PublisherId(uuid::Uuid::now_v7().as_u128())
-    }
-}
-
-impl Default for PublisherId {
-    fn default() -> Self {
-        PublisherId::new()
-    }
-}
-
-impl std::fmt::Display for PublisherId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:032x}", self.0)
-    }
-}
-
-impl std::str::FromStr for PublisherId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        u128::from_str_radix(s, 16)
-            .map(PublisherId)
-            .map_err(|e| Error::new(ErrorKind::Decode, "invalid publisher id").with_source(e))
-    }
-}
+pub mod groups;
 
 /// Who published an event, and its place in that publisher's sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -914,28 +885,5 @@ impl Event {
     /// The event body.
     pub fn body(&self) -> &Body {
         &self.message.body
-    }
-}
-
-#[cfg(test)]
-mod drain_tests {
-    use futures_util::StreamExt;
-
-    use crate::mem::{Hub, MemConfig};
-
-    #[tokio::test]
-    async fn a_drained_subscription_yields_what_it_had_then_ends() {
-        let events = Hub::new().events(&MemConfig::default());
-        let mut sub = events.subscribe("drain.>").await.unwrap();
-        for i in 0..3 {
-            events.publish("drain.x", format!("e{i}")).await.unwrap();
-        }
-        sub.drain();
-        events.publish("drain.x", "after").await.unwrap();
-        let mut got = Vec::new();
-        while let Some(item) = sub.next().await {
-            got.push(item.unwrap().body().to_bytes());
-        }
-        assert_eq!(got, vec!["e0", "e1", "e2"]);
     }
 }

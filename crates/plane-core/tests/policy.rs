@@ -8,9 +8,11 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 
-use super::*;
-use crate::mem::{Hub, MemConfig};
-use crate::policy::{CallPolicy, InFlightLimit, OnError, RetryPolicy};
+use plane_core::message::names;
+use plane_core::policy::{CallPolicy, InFlightLimit, OnError, RetryPolicy};
+use plane_core::request::*;
+use plane_core::{Error, ErrorKind, Message, Result};
+use plane_mem::{Hub, MemConfig};
 
 fn mem() -> Requests {
     Hub::new().requests(&MemConfig::default())
@@ -86,7 +88,7 @@ fn counting(runs: Arc<AtomicUsize>) -> impl Handler {
 #[tokio::test]
 async fn a_retried_call_with_a_lost_reply_runs_the_handler_once() {
     let requests = Requests::new(Lossy {
-        inner: mem().backend,
+        inner: Arc::new(Hub::new().requests_backend(&MemConfig::default())),
         lose: AtomicUsize::new(2),
     })
     .with_policy(quick_retries(3));

@@ -52,11 +52,11 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::MemConfig;
-use crate::ack::{AckHandle, Acker};
-use crate::error::{Error, ErrorKind, Result};
-use crate::message::names;
-use crate::message::Message;
-use crate::queue::*;
+use plane_core::ack::{AckHandle, Acker};
+use plane_core::error::{Error, ErrorKind, Result};
+use plane_core::message::names;
+use plane_core::message::Message;
+use plane_core::queue::*;
 
 /// All queues of one hub, by name.
 #[derive(Default)]
@@ -80,15 +80,14 @@ pub struct MemQueues {
 
 impl MemQueues {
     pub(crate) fn new(hub: Arc<QueueHub>, config: &MemConfig) -> Self {
-        let caps = QueueCapabilities {
-            broadcast: true,
-            nack_delay: true,
-            extend: true,
-            dead_letter: true,
-            purge: true,
-            depth: true,
-            max_payload: config.max_payload,
-        };
+        let mut caps = QueueCapabilities::default();
+        caps.broadcast = true;
+        caps.nack_delay = true;
+        caps.extend = true;
+        caps.dead_letter = true;
+        caps.purge = true;
+        caps.depth = true;
+        caps.max_payload = config.max_payload;
         MemQueues { caps, hub }
     }
 }
@@ -728,9 +727,9 @@ impl Acker for MemAcker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mem::Hub;
-    use crate::message::Headers;
-    use crate::queue::Queues;
+    use crate::Hub;
+    use plane_core::message::Headers;
+    use plane_core::queue::Queues;
 
     const ACK_WAIT: Duration = Duration::from_secs(10);
 

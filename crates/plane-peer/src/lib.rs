@@ -14,7 +14,7 @@
 //!   process and the discovery registration of each instance it serves,
 //!   withdrawn when the instance closes and renewed after a restart.
 //! - **The peer directory** ([`PeerDirectory`]): servers register an
-//!   [`Instance`] in [discovery](crate::discovery); callers list and watch an
+//!   [`Instance`] in [discovery](plane_core::discovery); callers list and watch an
 //!   endpoint's instances, pick one with a [`Balancer`] according to the
 //!   call's [`Route`], retry a failed connect on another instance (bounded),
 //!   and stop routing to instances that left.
@@ -41,20 +41,20 @@ mod served;
 
 pub use served::Served;
 
-use crate::message::names;
 use futures_util::StreamExt;
+use plane_core::message::names;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
-use crate::capabilities::RequestCapabilities;
-use crate::discovery::{Discovery, DiscoveryConfig, DiscoveryEvent, Instance};
-use crate::error::{Error, ErrorKind, Result};
-use crate::message::Message;
-use crate::registry::{QueryParams, Registry};
-use crate::request::{Balancer, Call, Cancel, Dispatcher, Frame, Incoming, InstanceId, Route};
-use crate::wire::{Envelope, FrameKind, Limits, RequestId, WireError};
+use plane_core::capabilities::RequestCapabilities;
+use plane_core::discovery::{Discovery, DiscoveryConfig, DiscoveryEvent, Instance};
+use plane_core::error::{Error, ErrorKind, Result};
+use plane_core::message::Message;
+use plane_core::registry::{QueryParams, Registry};
+use plane_core::request::{Balancer, Call, Cancel, Dispatcher, Frame, Incoming, InstanceId, Route};
+use plane_core::wire::{Envelope, FrameKind, Limits, RequestId, WireError};
 
 /// The request envelope of `call`, addressed to `instance`.
 ///
@@ -250,16 +250,15 @@ pub async fn open_discovery(
 /// What the request plane of a brokerless backend offers: streaming,
 /// cancellation and every route, up to `max_payload`.
 pub fn request_capabilities(max_payload: usize) -> RequestCapabilities {
-    RequestCapabilities {
-        streaming: true,
-        cancellation: true,
-        round_robin: true,
-        random: true,
-        power_of_two: true,
-        direct: true,
-        max_payload,
-        ..RequestCapabilities::default()
-    }
+    let mut caps = RequestCapabilities::default();
+    caps.streaming = true;
+    caps.cancellation = true;
+    caps.round_robin = true;
+    caps.random = true;
+    caps.power_of_two = true;
+    caps.direct = true;
+    caps.max_payload = max_payload;
+    caps
 }
 
 /// Check `env` against the receiver's `limits` before sending it.
@@ -658,7 +657,7 @@ impl PeerDirectory {
 }
 
 /// Apply a discovery watch to a view until the view's directory is gone.
-async fn follow(view: Weak<View>, mut watch: crate::discovery::DiscoveryWatch) {
+async fn follow(view: Weak<View>, mut watch: plane_core::discovery::DiscoveryWatch) {
     while let Some(event) = watch.next().await {
         let Some(view) = view.upgrade() else { return };
         view.apply(event);
@@ -668,13 +667,12 @@ async fn follow(view: Weak<View>, mut watch: crate::discovery::DiscoveryWatch) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::DiscoveryConfig;
-    use crate::message::Headers;
-    use crate::Registry;
+    use plane_core::discovery::DiscoveryConfig;
+    use plane_core::message::Headers;
     use std::time::Duration;
 
     async fn discovery(hub: &str) -> Discovery {
-        let kv = Registry::with_defaults()
+        let kv = plane_mem::registry()
             .kv(&format!("mem://{hub}"))
             .await
             .unwrap();
@@ -863,14 +861,14 @@ mod tests {
             .unwrap();
         let _g = rt.enter();
         let table = Endpoints::new();
-        let handler = Arc::new(crate::request::unary_fn(
-            |r: crate::request::Request| async move { Ok(r.message) },
+        let handler = Arc::new(plane_core::request::unary_fn(
+            |r: plane_core::request::Request| async move { Ok(r.message) },
         ));
         let d = Dispatcher::new(
             "echo",
             InstanceId(3),
             handler,
-            &crate::request::ServeOptions::default().max_in_flight(4),
+            &plane_core::request::ServeOptions::default().max_in_flight(4),
             1024,
             "test",
         );

@@ -37,7 +37,7 @@
 //! [`WatchEvent::CaughtUp`], and receives live changes again. Changes in
 //! between (including deletions) are therefore never dropped silently: the
 //! consumer sees the new state and a second caught-up marker, which tells it
-//! to reconcile. Dropping a [`Watch`](crate::kv::Watch) unregisters the
+//! to reconcile. Dropping a [`Watch`](plane_core::kv::Watch) unregisters the
 //! watcher.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -51,9 +51,9 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::MemConfig;
-use crate::error::{Error, ErrorKind, Result};
-use crate::kv::*;
-use crate::subject::matches;
+use plane_core::error::{Error, ErrorKind, Result};
+use plane_core::kv::*;
+use plane_core::subject::matches;
 
 /// Events a watcher may have queued before it is marked lagged and
 /// resynchronised.
@@ -81,15 +81,14 @@ pub struct MemKv {
 impl MemKv {
     pub(crate) fn new(hub: Arc<KvHub>, config: &MemConfig) -> Self {
         // Everything the kv plane can do; only the value limit is configured.
-        let caps = KvCapabilities {
-            history: true,
-            watch: true,
-            watch_from_revision: true,
-            bucket_ttl: true,
-            key_ttl: true,
-            expiry_events: true,
-            max_value: config.max_value,
-        };
+        let mut caps = KvCapabilities::default();
+        caps.history = true;
+        caps.watch = true;
+        caps.watch_from_revision = true;
+        caps.bucket_ttl = true;
+        caps.key_ttl = true;
+        caps.expiry_events = true;
+        caps.max_value = config.max_value;
         MemKv { caps, hub }
     }
 }
@@ -591,8 +590,8 @@ mod tests {
     use futures_util::StreamExt;
 
     use super::*;
-    use crate::kv::{Bucket, Kv};
-    use crate::mem::Hub;
+    use crate::Hub;
+    use plane_core::kv::{Bucket, Kv};
 
     async fn bucket(config: BucketConfig) -> (Kv, Bucket) {
         let kv = Hub::new().kv(&MemConfig::default());

@@ -1,14 +1,14 @@
 //! The serving side's bookkeeping of a brokerless request plane: which
 //! endpoint instances a process serves, routed by [`Endpoints`] and
-//! registered in [discovery](crate::discovery), and how they are withdrawn
+//! registered in [discovery](plane_core::discovery), and how they are withdrawn
 //! and re-registered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use crate::discovery::{Discovery, Instance, Registration};
-use crate::error::Result;
-use crate::request::{Dispatcher, InstanceId, ServeTransport};
+use plane_core::discovery::{Discovery, Instance, Registration};
+use plane_core::error::Result;
+use plane_core::request::{Dispatcher, InstanceId, ServeTransport};
 
 use super::Endpoints;
 

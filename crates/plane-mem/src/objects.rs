@@ -20,8 +20,8 @@ use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 
 use super::MemConfig;
-use crate::error::{Error, ErrorKind, Result};
-use crate::objects::*;
+use plane_core::error::{Error, ErrorKind, Result};
+use plane_core::objects::*;
 
 /// All object buckets of one hub, by name.
 #[derive(Default)]
@@ -48,11 +48,10 @@ pub struct MemObjects {
 
 impl MemObjects {
     pub(crate) fn new(hub: Arc<ObjectHub>, _config: &MemConfig) -> Self {
-        let caps = ObjectsCapabilities {
-            metadata: true,
-            list: true,
-            max_object_size: u64::MAX,
-        };
+        let mut caps = ObjectsCapabilities::default();
+        caps.metadata = true;
+        caps.list = true;
+        caps.max_object_size = u64::MAX;
         MemObjects { caps, hub }
     }
 }
@@ -218,7 +217,7 @@ impl ObjectBucketBackend for MemBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mem::Hub;
+    use crate::Hub;
     use futures_util::stream::BoxStream;
 
     fn chunks(parts: &[&'static [u8]]) -> BoxStream<'static, Result<Bytes>> {

@@ -16,6 +16,24 @@
 //! | `max_value` | largest kv value in bytes | 1 MiB |
 //!
 //! Unknown keys are refused with `InvalidConfig`.
+//!
+//! ```
+//! use plane_core::request::{unary_fn, Request};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> plane_core::Result<()> {
+//! let registry = plane_mem::registry();
+//! let requests = registry.requests("mem://doc").await?;
+//! let _server = requests
+//!     .serve("echo", unary_fn(|req: Request| async move { Ok(req.message) }))
+//!     .await?;
+//! let reply = requests.call("echo", "hi").await?;
+//! assert_eq!(reply.to_bytes(), "hi");
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 mod events;
 mod kv;
@@ -34,13 +52,13 @@ pub use self::kv::MemKv;
 pub use self::objects::MemObjects;
 pub use self::queue::MemQueues;
 pub use self::request::MemRequests;
-use crate::error::{Error, ErrorKind, Result};
-use crate::events::Events;
-use crate::kv::Kv;
-use crate::objects::Objects;
-use crate::queue::Queues;
-use crate::registry::{Connector, QueryParams, Registry};
-use crate::request::Requests;
+use plane_core::error::{Error, ErrorKind, Result};
+use plane_core::events::Events;
+use plane_core::kv::Kv;
+use plane_core::objects::Objects;
+use plane_core::queue::Queues;
+use plane_core::registry::{Connector, QueryParams, Registry};
+use plane_core::request::Requests;
 
 /// The backend name used in errors and reports.
 pub const NAME: &str = "mem";
@@ -118,7 +136,13 @@ impl Hub {
 
     /// The request plane on this hub.
     pub fn requests(&self, config: &MemConfig) -> Requests {
-        Requests::new(MemRequests::new(self.requests.clone(), config))
+        Requests::new(self.requests_backend(config))
+    }
+
+    /// The request backend itself on this hub, for a wrapper that narrows
+    /// or instruments it.
+    pub fn requests_backend(&self, config: &MemConfig) -> MemRequests {
+        MemRequests::new(self.requests.clone(), config)
     }
 
     /// The events plane on this hub.
@@ -128,7 +152,13 @@ impl Hub {
 
     /// The kv plane on this hub.
     pub fn kv(&self, config: &MemConfig) -> Kv {
-        Kv::new(MemKv::new(self.kv.clone(), config))
+        Kv::new(self.kv_backend(config))
+    }
+
+    /// The kv backend itself on this hub, for a wrapper that narrows or
+    /// instruments it (tests of code built on any kv use this).
+    pub fn kv_backend(&self, config: &MemConfig) -> MemKv {
+        MemKv::new(self.kv.clone(), config)
     }
 
     /// The objects plane on this hub.
@@ -225,4 +255,12 @@ impl Connector for MemConnector {
 /// Add `mem://` to `registry`.
 pub fn register(registry: &mut Registry) {
     registry.register(MemConnector);
+}
+
+/// A registry that knows only `mem://`: the embedded default for examples
+/// and tests. The facade's `plane::registry()` adds every compiled-in backend.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    register(&mut r);
+    r
 }
