@@ -51,6 +51,7 @@ pub mod policy;
 pub mod queue;
 pub mod registry;
 pub mod request;
+pub mod session;
 pub mod subject;
 pub mod trace;
 pub mod wire;
@@ -63,6 +64,7 @@ pub use objects::Objects;
 pub use queue::Queues;
 pub use registry::Registry;
 pub use request::Requests;
+pub use session::Session;
 
 /// Compile-time proof that every backend trait's twin is object safe.
 #[allow(dead_code, clippy::too_many_arguments)]

@@ -29,44 +29,7 @@ use crate::kv::Kv;
 use crate::objects::Objects;
 use crate::queue::Queues;
 use crate::request::Requests;
-
-/// The planes, for messages and capability listings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Plane {
-    /// Request/reply.
-    Request,
-    /// Pub/sub events.
-    Events,
-    /// Key-value.
-    Kv,
-    /// Objects.
-    Objects,
-    /// Work queues.
-    Queue,
-}
-
-impl Plane {
-    /// Lower-case name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Plane::Request => "request",
-            Plane::Events => "events",
-            Plane::Kv => "kv",
-            Plane::Objects => "objects",
-            Plane::Queue => "queue",
-        }
-    }
-}
-
-fn not_served(backend: &str, plane: Plane) -> Error {
-    Error::new(
-        ErrorKind::Unsupported,
-        format!(
-            "backend `{backend}` does not serve the {} plane",
-            plane.as_str()
-        ),
-    )
-}
+use crate::session::{not_served, Plane, Session, SessionBackend};
 
 /// A backend factory. Each method builds one plane from a URL whose scheme is
 /// one of [`schemes`](Connector::schemes); planes a backend does not serve keep
@@ -80,6 +43,19 @@ pub trait Connector: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// URL schemes this backend answers to.
     fn schemes(&self) -> &'static [&'static str];
+    /// Open a [`Session`] whose planes share one connection.
+    ///
+    /// `Ok(None)`, the default, says the backend has no connection to share
+    /// (or shares it already, as `mem://` does by hub name): the registry
+    /// then builds each plane on first use with the per-plane methods below.
+    fn session<'a>(
+        &'a self,
+        url: &'a Url,
+        registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Option<Session>>> {
+        let _ = (url, registry);
+        Box::pin(async { Ok(None) })
+    }
     /// Build the request plane.
     fn requests<'a>(
         &'a self,
@@ -177,34 +153,77 @@ impl Registry {
         Ok((connector.clone(), parsed))
     }
 
-    /// Build the request plane from `url`.
+    /// Open a session on `url`: every plane its backend serves, built on
+    /// first use, over one connection where the backend has one to share.
+    ///
+    /// # Errors
+    /// `InvalidConfig` for an unparsable URL or an unknown scheme; whatever
+    /// the backend's connect fails with.
+    pub async fn connect(&self, url: &str) -> Result<Session> {
+        let (connector, parsed) = self.resolve(url)?;
+        if let Some(session) = connector.session(&parsed, self).await? {
+            return Ok(session);
+        }
+        Ok(Session::new(PerPlane {
+            connector,
+            url: parsed,
+            registry: self.clone(),
+        }))
+    }
+
+    /// Build the request plane from `url`: a session of its own, one plane
+    /// taken from it.
     pub async fn requests(&self, url: &str) -> Result<Requests> {
-        let (c, u) = self.resolve(url)?;
-        c.requests(&u, self).await
+        self.connect(url).await?.requests().await
     }
 
-    /// Build the events plane from `url`.
+    /// Build the events plane from `url` (a session of its own).
     pub async fn events(&self, url: &str) -> Result<Events> {
-        let (c, u) = self.resolve(url)?;
-        c.events(&u, self).await
+        self.connect(url).await?.events().await
     }
 
-    /// Build the kv plane from `url`.
+    /// Build the kv plane from `url` (a session of its own).
     pub async fn kv(&self, url: &str) -> Result<Kv> {
-        let (c, u) = self.resolve(url)?;
-        c.kv(&u, self).await
+        self.connect(url).await?.kv().await
     }
 
-    /// Build the objects plane from `url`.
+    /// Build the objects plane from `url` (a session of its own).
     pub async fn objects(&self, url: &str) -> Result<Objects> {
-        let (c, u) = self.resolve(url)?;
-        c.objects(&u, self).await
+        self.connect(url).await?.objects().await
     }
 
-    /// Build the queue plane from `url`.
+    /// Build the queue plane from `url` (a session of its own).
     pub async fn queues(&self, url: &str) -> Result<Queues> {
-        let (c, u) = self.resolve(url)?;
-        c.queues(&u, self).await
+        self.connect(url).await?.queues().await
+    }
+}
+
+/// The session of a backend without a connection to share: each plane is
+/// built by the connector's per-plane method, from the same URL.
+struct PerPlane {
+    connector: Arc<dyn Connector>,
+    url: Url,
+    registry: Registry,
+}
+
+impl SessionBackend for PerPlane {
+    fn name(&self) -> &'static str {
+        self.connector.name()
+    }
+    fn requests(&self) -> BoxFuture<'_, Result<Requests>> {
+        self.connector.requests(&self.url, &self.registry)
+    }
+    fn events(&self) -> BoxFuture<'_, Result<Events>> {
+        self.connector.events(&self.url, &self.registry)
+    }
+    fn kv(&self) -> BoxFuture<'_, Result<Kv>> {
+        self.connector.kv(&self.url, &self.registry)
+    }
+    fn objects(&self) -> BoxFuture<'_, Result<Objects>> {
+        self.connector.objects(&self.url, &self.registry)
+    }
+    fn queues(&self) -> BoxFuture<'_, Result<Queues>> {
+        self.connector.queues(&self.url, &self.registry)
     }
 }
 

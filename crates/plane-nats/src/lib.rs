@@ -118,6 +118,7 @@ pub mod testkit;
 
 use futures_util::future::BoxFuture;
 use plane_core::registry::{Connector, Registry};
+use plane_core::session::{Session, SessionBackend};
 use plane_core::{Error, ErrorKind, Events, Kv, Objects, Queues, Requests, Result};
 use url::Url;
 
@@ -172,10 +173,57 @@ pub(crate) async fn sync(client: &async_nats::Client) -> Result<()> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NatsConnector;
 
-async fn connect(url: &Url) -> Result<(async_nats::Client, NatsConfig)> {
-    let config = NatsConfig::from_url(url)?;
-    let client = config.connect().await?;
-    Ok((client, config))
+/// One NATS connection and every plane over it: what
+/// [`Registry::connect`](plane_core::Registry::connect) hands out for a
+/// `nats://` URL. Each per-plane shortcut opens one of these too.
+struct NatsSession {
+    client: async_nats::Client,
+    config: NatsConfig,
+}
+
+impl NatsSession {
+    async fn open(url: &Url) -> Result<Self> {
+        let config = NatsConfig::from_url(url)?;
+        let client = config.connect().await?;
+        Ok(NatsSession { client, config })
+    }
+}
+
+impl SessionBackend for NatsSession {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn requests(&self) -> BoxFuture<'_, Result<Requests>> {
+        Box::pin(async move {
+            Ok(Requests::new(NatsRequests::new(
+                self.client.clone(),
+                &self.config.prefix,
+                self.config.heartbeat,
+            )))
+        })
+    }
+
+    fn events(&self) -> BoxFuture<'_, Result<Events>> {
+        Box::pin(async move { Ok(Events::new(NatsEvents::new(self.client.clone()))) })
+    }
+
+    fn kv(&self) -> BoxFuture<'_, Result<Kv>> {
+        Box::pin(async move { Ok(Kv::new(NatsKv::new(self.client.clone()))) })
+    }
+
+    fn objects(&self) -> BoxFuture<'_, Result<Objects>> {
+        Box::pin(async move { Ok(Objects::new(NatsObjects::new(self.client.clone()))) })
+    }
+
+    fn queues(&self) -> BoxFuture<'_, Result<Queues>> {
+        Box::pin(async move {
+            Ok(Queues::new(NatsQueues::new(
+                self.client.clone(),
+                &self.config.prefix,
+            )))
+        })
+    }
 }
 
 impl Connector for NatsConnector {
@@ -187,19 +235,22 @@ impl Connector for NatsConnector {
         &["nats", "tls", "nats+tls"]
     }
 
+    fn session<'a>(
+        &'a self,
+        url: &'a Url,
+        _registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Option<Session>>> {
+        Box::pin(async move { Ok(Some(Session::new(NatsSession::open(url).await?))) })
+    }
+
+    // The per-plane methods open a session of one plane, so that a caller
+    // holding the connector directly gets the same planes as the registry.
     fn requests<'a>(
         &'a self,
         url: &'a Url,
         _registry: &'a Registry,
     ) -> BoxFuture<'a, Result<Requests>> {
-        Box::pin(async move {
-            let (client, config) = connect(url).await?;
-            Ok(Requests::new(NatsRequests::new(
-                client,
-                &config.prefix,
-                config.heartbeat,
-            )))
-        })
+        Box::pin(async move { NatsSession::open(url).await?.requests().await })
     }
 
     fn events<'a>(
@@ -207,17 +258,11 @@ impl Connector for NatsConnector {
         url: &'a Url,
         _registry: &'a Registry,
     ) -> BoxFuture<'a, Result<Events>> {
-        Box::pin(async move {
-            let (client, _) = connect(url).await?;
-            Ok(Events::new(NatsEvents::new(client)))
-        })
+        Box::pin(async move { NatsSession::open(url).await?.events().await })
     }
 
     fn kv<'a>(&'a self, url: &'a Url, _registry: &'a Registry) -> BoxFuture<'a, Result<Kv>> {
-        Box::pin(async move {
-            let (client, _) = connect(url).await?;
-            Ok(Kv::new(NatsKv::new(client)))
-        })
+        Box::pin(async move { NatsSession::open(url).await?.kv().await })
     }
 
     fn objects<'a>(
@@ -225,10 +270,7 @@ impl Connector for NatsConnector {
         url: &'a Url,
         _registry: &'a Registry,
     ) -> BoxFuture<'a, Result<Objects>> {
-        Box::pin(async move {
-            let (client, _) = connect(url).await?;
-            Ok(Objects::new(NatsObjects::new(client)))
-        })
+        Box::pin(async move { NatsSession::open(url).await?.objects().await })
     }
 
     fn queues<'a>(
@@ -236,10 +278,7 @@ impl Connector for NatsConnector {
         url: &'a Url,
         _registry: &'a Registry,
     ) -> BoxFuture<'a, Result<Queues>> {
-        Box::pin(async move {
-            let (client, config) = connect(url).await?;
-            Ok(Queues::new(NatsQueues::new(client, &config.prefix)))
-        })
+        Box::pin(async move { NatsSession::open(url).await?.queues().await })
     }
 }
 

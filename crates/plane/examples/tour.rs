@@ -141,11 +141,32 @@ async fn tour(urls: &Urls) -> Result<()> {
     ] {
         println!("  {plane:>9} -> {url}");
     }
-    let kv = registry.kv(&urls.kv).await?;
-    let requests = registry.requests(&urls.requests).await?;
-    let events = registry.events(&urls.events).await?;
-    let objects = registry.objects(&urls.objects).await?;
-    let queues = registry.queues(&urls.queue).await?;
+    // One session per distinct URL: planes named by the same URL share its
+    // connection (one NATS client for `--url nats://…`, not five).
+    let mut sessions: Vec<(&str, plane::Session)> = Vec::new();
+    for url in [
+        &urls.kv,
+        &urls.requests,
+        &urls.events,
+        &urls.objects,
+        &urls.queue,
+    ] {
+        if !sessions.iter().any(|(u, _)| u == url) {
+            sessions.push((url, registry.connect(url).await?));
+        }
+    }
+    let session = |url: &str| {
+        sessions
+            .iter()
+            .find(|(u, _)| *u == url)
+            .map(|(_, s)| s.clone())
+            .expect("a session was opened for every URL")
+    };
+    let kv = session(&urls.kv).kv().await?;
+    let requests = session(&urls.requests).requests().await?;
+    let events = session(&urls.events).events().await?;
+    let objects = session(&urls.objects).objects().await?;
+    let queues = session(&urls.queue).queues().await?;
 
     kv_tour(&kv, &id).await?;
     let discovery = Discovery::open(
