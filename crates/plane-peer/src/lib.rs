@@ -36,9 +36,11 @@
 //! `plane-` are reserved for plane's own use; the mapping removes the ones it
 //! adds before the handler or the caller sees the message.
 
+mod connector;
 pub mod events;
 mod served;
 
+pub use connector::{discovery_of, PeerConnector, Transport};
 pub use served::Served;
 
 use futures_util::StreamExt;

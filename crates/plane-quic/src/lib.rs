@@ -75,7 +75,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, DiscoveryConfig};
-use plane_core::registry::{Connector, QueryParams, Registry};
+use plane_core::registry::{QueryParams, Registry};
 use plane_core::{Error, ErrorKind, Events, Requests, Result};
 use plane_peer as peer;
 use url::Url;
@@ -197,51 +197,38 @@ impl QuicConfig {
         }
         Ok(c)
     }
+}
 
-    /// Open the discovery plane this configuration names.
-    ///
-    /// # Errors
-    /// Whatever building the kv plane or opening the bucket fails with.
-    pub async fn discovery(&self, registry: &Registry) -> Result<Discovery> {
-        peer::open_discovery(registry, &self.discovery, &self.discovery_config).await
+/// The `quic://` transport: what [`peer::PeerConnector`] needs of this crate.
+#[derive(Debug)]
+pub struct Quic;
+
+impl peer::Transport for Quic {
+    const NAME: &'static str = NAME;
+    const SCHEMES: &'static [&'static str] = &["quic"];
+    type Config = QuicConfig;
+
+    fn config(url: &Url) -> Result<QuicConfig> {
+        QuicConfig::from_url(url)
+    }
+
+    fn discovery(config: &QuicConfig) -> (&str, &DiscoveryConfig) {
+        (&config.discovery, &config.discovery_config)
+    }
+
+    fn requests(config: QuicConfig, discovery: Discovery) -> BoxFuture<'static, Result<Requests>> {
+        Box::pin(async move { Ok(Requests::new(QuicRequests::connect(config, discovery)?)) })
+    }
+
+    fn events(config: QuicConfig, discovery: Discovery) -> BoxFuture<'static, Result<Events>> {
+        Box::pin(async move { Ok(Events::new(QuicEvents::connect(config, discovery).await?)) })
     }
 }
 
 /// The `quic://` connector.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct QuicConnector;
-
-impl Connector for QuicConnector {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn schemes(&self) -> &'static [&'static str] {
-        &["quic"]
-    }
-
-    fn requests<'a>(
-        &'a self,
-        url: &'a Url,
-        registry: &'a Registry,
-    ) -> BoxFuture<'a, Result<Requests>> {
-        Box::pin(async move {
-            let config = QuicConfig::from_url(url)?;
-            let discovery = config.discovery(registry).await?;
-            Ok(Requests::new(QuicRequests::connect(config, discovery)?))
-        })
-    }
-
-    fn events<'a>(&'a self, url: &'a Url, registry: &'a Registry) -> BoxFuture<'a, Result<Events>> {
-        Box::pin(async move {
-            let config = QuicConfig::from_url(url)?;
-            let discovery = config.discovery(registry).await?;
-            Ok(Events::new(QuicEvents::connect(config, discovery).await?))
-        })
-    }
-}
+pub type QuicConnector = peer::PeerConnector<Quic>;
 
 /// Add the `quic://` scheme to `registry`.
 pub fn register(registry: &mut Registry) {
-    registry.register(QuicConnector);
+    registry.register(QuicConnector::new());
 }

@@ -40,7 +40,9 @@ async fn quic_backend_conforms() {
     let registry = plane_mem::registry();
     let hub = format!("mem://quic-conformance-{:016x}", rand::random::<u64>());
     let config = QuicConfig::new("127.0.0.1:0".parse().expect("address"), hub.clone());
-    let discovery = config.discovery(&registry).await.expect("discovery");
+    let discovery = plane_peer::discovery_of::<plane_quic::Quic>(&config, &registry)
+        .await
+        .expect("discovery");
     let events = QuicEvents::connect(config.clone(), discovery.clone())
         .await
         .expect("events plane");

@@ -7,7 +7,9 @@ use plane_quic::{QuicConfig, QuicEvents};
 async fn handle(hub: &str) -> Events {
     let registry = plane_mem::registry();
     let config = QuicConfig::new("127.0.0.1:0".parse().expect("address"), hub.to_owned());
-    let discovery = config.discovery(&registry).await.expect("discovery");
+    let discovery = plane_peer::discovery_of::<plane_quic::Quic>(&config, &registry)
+        .await
+        .expect("discovery");
     Events::new(
         QuicEvents::connect(config, discovery)
             .await

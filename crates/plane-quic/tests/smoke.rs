@@ -11,7 +11,9 @@ fn hub() -> String {
 async fn plane(hub: &str) -> (QuicRequests, Requests) {
     let registry = plane_mem::registry();
     let config = plane_quic::QuicConfig::new("127.0.0.1:0".parse().unwrap(), hub);
-    let discovery = config.discovery(&registry).await.unwrap();
+    let discovery = plane_peer::discovery_of::<plane_quic::Quic>(&config, &registry)
+        .await
+        .unwrap();
     let backend = QuicRequests::connect(config, discovery).unwrap();
     (backend.clone(), Requests::new(backend))
 }

@@ -88,7 +88,9 @@ async fn node(hub: &str, tweak: impl FnOnce(&mut QuicConfig)) -> Requests {
     let registry = plane_mem::registry();
     let mut config = QuicConfig::new("127.0.0.1:0".parse().expect("address"), hub);
     tweak(&mut config);
-    let discovery = config.discovery(&registry).await.expect("discovery");
+    let discovery = plane_peer::discovery_of::<plane_quic::Quic>(&config, &registry)
+        .await
+        .expect("discovery");
     Requests::new(QuicRequests::connect(config, discovery).expect("quic endpoint"))
 }
 

@@ -75,7 +75,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, DiscoveryConfig};
-use plane_core::registry::{Connector, QueryParams, Registry};
+use plane_core::registry::{QueryParams, Registry};
 use plane_core::{Error, ErrorKind, Events, Requests, Result};
 use plane_peer as peer;
 use url::Url;
@@ -212,51 +212,38 @@ impl ZmqConfig {
         }
         Ok(c)
     }
+}
 
-    /// Open the discovery plane this configuration names.
-    ///
-    /// # Errors
-    /// Whatever building the kv plane or opening the bucket fails with.
-    pub async fn discovery(&self, registry: &Registry) -> Result<Discovery> {
-        peer::open_discovery(registry, &self.discovery, &self.discovery_config).await
+/// The `zmq+tcp://` and `zmq+ipc://` transport: what [`peer::PeerConnector`] needs of this crate.
+#[derive(Debug)]
+pub struct Zmq;
+
+impl peer::Transport for Zmq {
+    const NAME: &'static str = NAME;
+    const SCHEMES: &'static [&'static str] = &["zmq+tcp", "zmq+ipc"];
+    type Config = ZmqConfig;
+
+    fn config(url: &Url) -> Result<ZmqConfig> {
+        ZmqConfig::from_url(url)
+    }
+
+    fn discovery(config: &ZmqConfig) -> (&str, &DiscoveryConfig) {
+        (&config.discovery, &config.discovery_config)
+    }
+
+    fn requests(config: ZmqConfig, discovery: Discovery) -> BoxFuture<'static, Result<Requests>> {
+        Box::pin(async move { Ok(Requests::new(ZmqRequests::connect(config, discovery)?)) })
+    }
+
+    fn events(config: ZmqConfig, discovery: Discovery) -> BoxFuture<'static, Result<Events>> {
+        Box::pin(async move { Ok(Events::new(ZmqEvents::connect(config, discovery).await?)) })
     }
 }
 
 /// The `zmq+tcp://` and `zmq+ipc://` connector.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ZmqConnector;
-
-impl Connector for ZmqConnector {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn schemes(&self) -> &'static [&'static str] {
-        &["zmq+tcp", "zmq+ipc"]
-    }
-
-    fn requests<'a>(
-        &'a self,
-        url: &'a Url,
-        registry: &'a Registry,
-    ) -> BoxFuture<'a, Result<Requests>> {
-        Box::pin(async move {
-            let config = ZmqConfig::from_url(url)?;
-            let discovery = config.discovery(registry).await?;
-            Ok(Requests::new(ZmqRequests::connect(config, discovery)?))
-        })
-    }
-
-    fn events<'a>(&'a self, url: &'a Url, registry: &'a Registry) -> BoxFuture<'a, Result<Events>> {
-        Box::pin(async move {
-            let config = ZmqConfig::from_url(url)?;
-            let discovery = config.discovery(registry).await?;
-            Ok(Events::new(ZmqEvents::connect(config, discovery).await?))
-        })
-    }
-}
+pub type ZmqConnector = peer::PeerConnector<Zmq>;
 
 /// Add the `zmq+tcp://` and `zmq+ipc://` schemes to `registry`.
 pub fn register(registry: &mut Registry) {
-    registry.register(ZmqConnector);
+    registry.register(ZmqConnector::new());
 }

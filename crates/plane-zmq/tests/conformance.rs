@@ -41,7 +41,9 @@ async fn zmq_backend_conforms() {
     let registry = plane_mem::registry();
     let hub = format!("mem://zmq-conformance-{:016x}", rand::random::<u64>());
     let config = ZmqConfig::new("tcp://127.0.0.1:0", hub.clone());
-    let discovery = config.discovery(&registry).await.expect("discovery");
+    let discovery = plane_peer::discovery_of::<plane_zmq::Zmq>(&config, &registry)
+        .await
+        .expect("discovery");
     let events = ZmqEvents::connect(config.clone(), discovery.clone())
         .await
         .expect("events plane");

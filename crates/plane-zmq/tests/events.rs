@@ -7,7 +7,9 @@ use plane_zmq::{ZmqConfig, ZmqEvents};
 async fn handle(hub: &str) -> Events {
     let registry = plane_mem::registry();
     let config = ZmqConfig::new("tcp://127.0.0.1:0", hub.to_owned());
-    let discovery = config.discovery(&registry).await.expect("discovery");
+    let discovery = plane_peer::discovery_of::<plane_zmq::Zmq>(&config, &registry)
+        .await
+        .expect("discovery");
     Events::new(
         ZmqEvents::connect(config, discovery)
             .await

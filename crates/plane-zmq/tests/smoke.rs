@@ -13,7 +13,9 @@ fn hub() -> String {
 async fn plane(hub: &str) -> (ZmqRequests, Requests) {
     let registry = plane_mem::registry();
     let config = plane_zmq::ZmqConfig::new("tcp://127.0.0.1:0", hub);
-    let discovery = config.discovery(&registry).await.unwrap();
+    let discovery = plane_peer::discovery_of::<plane_zmq::Zmq>(&config, &registry)
+        .await
+        .unwrap();
     let backend = ZmqRequests::connect(config, discovery).unwrap();
     (backend.clone(), Requests::new(backend))
 }

@@ -1,0 +1,152 @@
+//! The connector and session of every brokerless backend, written once.
+//!
+//! A transport crate says what is its own — its name and schemes, how its
+//! configuration is read from a URL, and how its request and events planes
+//! are built over a [`Discovery`] — by implementing [`Transport`]; the
+//! registry glue is [`PeerConnector`]. A session opens discovery once, so
+//! the request and events planes of one URL share one discovery kv
+//! connection (each plane still binds its own sockets).
+
+use std::marker::PhantomData;
+
+use futures_util::future::BoxFuture;
+use plane_core::discovery::{Discovery, DiscoveryConfig};
+use plane_core::registry::{Connector, Registry};
+use plane_core::session::{Session, SessionBackend};
+use plane_core::{Events, Requests, Result};
+use tokio::sync::OnceCell;
+use url::Url;
+
+/// What a brokerless transport crate provides to [`PeerConnector`].
+pub trait Transport: Send + Sync + 'static {
+    /// Backend name (`"quic"`, `"zmq"`).
+    const NAME: &'static str;
+    /// URL schemes it answers to.
+    const SCHEMES: &'static [&'static str];
+    /// Its configuration.
+    type Config: Clone + Send + Sync + 'static;
+
+    /// Read the configuration from a URL of one of [`SCHEMES`](Transport::SCHEMES).
+    ///
+    /// # Errors
+    /// `InvalidConfig` naming the key that is wrong.
+    fn config(url: &Url) -> Result<Self::Config>;
+    /// The kv URL and settings of the discovery plane `config` names.
+    fn discovery(config: &Self::Config) -> (&str, &DiscoveryConfig);
+    /// Build the request plane.
+    fn requests(config: Self::Config, discovery: Discovery)
+        -> BoxFuture<'static, Result<Requests>>;
+    /// Build the events plane.
+    fn events(config: Self::Config, discovery: Discovery) -> BoxFuture<'static, Result<Events>>;
+}
+
+/// Open the discovery plane that `config` of transport `T` names.
+///
+/// # Errors
+/// Whatever building the kv plane or opening the bucket fails with.
+pub async fn discovery_of<T: Transport>(
+    config: &T::Config,
+    registry: &Registry,
+) -> Result<Discovery> {
+    let (url, discovery) = T::discovery(config);
+    crate::open_discovery(registry, url, discovery).await
+}
+
+/// The registry connector of transport `T`.
+pub struct PeerConnector<T>(PhantomData<fn() -> T>);
+
+impl<T> PeerConnector<T> {
+    /// The connector.
+    pub const fn new() -> Self {
+        PeerConnector(PhantomData)
+    }
+}
+
+impl<T> Default for PeerConnector<T> {
+    fn default() -> Self {
+        PeerConnector::new()
+    }
+}
+
+impl<T> Clone for PeerConnector<T> {
+    fn clone(&self) -> Self {
+        PeerConnector::new()
+    }
+}
+
+impl<T> std::fmt::Debug for PeerConnector<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PeerConnector")
+            .field(&std::any::type_name::<T>())
+            .finish()
+    }
+}
+
+/// The planes of one brokerless URL: its configuration, the registry that
+/// builds its discovery kv, and that discovery once opened.
+struct PeerSession<T: Transport> {
+    config: T::Config,
+    registry: Registry,
+    discovery: OnceCell<Discovery>,
+}
+
+impl<T: Transport> PeerSession<T> {
+    fn open(url: &Url, registry: &Registry) -> Result<Self> {
+        Ok(PeerSession {
+            config: T::config(url)?,
+            registry: registry.clone(),
+            discovery: OnceCell::new(),
+        })
+    }
+
+    async fn discovery(&self) -> Result<Discovery> {
+        self.discovery
+            .get_or_try_init(|| discovery_of::<T>(&self.config, &self.registry))
+            .await
+            .cloned()
+    }
+}
+
+impl<T: Transport> SessionBackend for PeerSession<T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn requests(&self) -> BoxFuture<'_, Result<Requests>> {
+        Box::pin(async move { T::requests(self.config.clone(), self.discovery().await?).await })
+    }
+
+    fn events(&self) -> BoxFuture<'_, Result<Events>> {
+        Box::pin(async move { T::events(self.config.clone(), self.discovery().await?).await })
+    }
+}
+
+impl<T: Transport> Connector for PeerConnector<T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn schemes(&self) -> &'static [&'static str] {
+        T::SCHEMES
+    }
+
+    fn session<'a>(
+        &'a self,
+        url: &'a Url,
+        registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Option<Session>>> {
+        Box::pin(async move { Ok(Some(Session::new(PeerSession::<T>::open(url, registry)?))) })
+    }
+
+    fn requests<'a>(
+        &'a self,
+        url: &'a Url,
+        registry: &'a Registry,
+    ) -> BoxFuture<'a, Result<Requests>> {
+        Box::pin(async move { PeerSession::<T>::open(url, registry)?.requests().await })
+    }
+
+    fn events<'a>(&'a self, url: &'a Url, registry: &'a Registry) -> BoxFuture<'a, Result<Events>> {
+        Box::pin(async move { PeerSession::<T>::open(url, registry)?.events().await })
+    }
+}
