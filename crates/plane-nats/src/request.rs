@@ -24,12 +24,13 @@ use async_nats::{Client, HeaderMap, StatusCode, Subject, Subscriber};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
+use plane_core::request::flow::{Credit, Grants, Liveness};
 use plane_core::request::{
     Call, Cancel, Dispatcher, Frame, Incoming, InstanceId, ReplySink, ReplyTransport,
     RequestBackend, RequestCapabilities, RequestId, Route, ServeTransport,
 };
 use plane_core::{Error, ErrorKind, Message, Result};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::time::Sleep;
 
 use crate::envelope::{
@@ -153,9 +154,9 @@ impl RequestBackend for NatsRequests {
             replies,
             id,
             ctl: self.subjects.ctl(&call.endpoint),
-            idle_limit: self.heartbeat * 3,
+            liveness: Liveness::new(self.heartbeat * 3),
             idle: None,
-            unacked: 0,
+            grants: Grants::new(STREAM_WINDOW),
         }))
     }
 
@@ -222,7 +223,7 @@ impl ServeTransport for NatsServeTransport {
 struct Live {
     sink: Weak<NatsSink>,
     /// The stream's flow-control window, for streamed calls.
-    credits: Option<Arc<Semaphore>>,
+    credits: Option<Arc<Credit>>,
 }
 
 /// The plane callers' calls in progress, by id: who gets heartbeats, and
@@ -294,7 +295,7 @@ impl ServeLoop {
         let plane_caller = envelope::get(headers, ID).is_some();
         let parsed = parse_call(&msg);
         let credits = (plane_caller && matches!(parsed, Ok((_, true))))
-            .then(|| Arc::new(Semaphore::new(STREAM_WINDOW as usize)));
+            .then(|| Arc::new(Credit::new(STREAM_WINDOW)));
         let id = parsed
             .as_ref()
             .map(|(i, _)| i.id)
@@ -337,12 +338,8 @@ impl ServeLoop {
             Some(frame::STOP) => self.dispatcher.stop(id),
             Some(frame::KILL) => self.dispatcher.kill(id),
             Some(frame::CREDIT) => {
-                let n = envelope::get(headers, CREDIT)
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .unwrap_or(0)
-                    .min(STREAM_WINDOW);
-                if let Some(sem) = lock(&self.calls).get(&id).and_then(|l| l.credits.as_ref()) {
-                    sem.add_permits(n as usize);
+                if let Some(credit) = lock(&self.calls).get(&id).and_then(|l| l.credits.as_ref()) {
+                    credit.grant_header(envelope::get(headers, CREDIT));
                 }
             }
             _ => {}
@@ -411,7 +408,7 @@ struct NatsSink {
     reply: Subject,
     id: RequestId,
     ctl: String,
-    credits: Option<Arc<Semaphore>>,
+    credits: Option<Arc<Credit>>,
     registry: Weak<Mutex<HashMap<RequestId, Live>>>,
     /// A terminal frame was sent.
     done: AtomicBool,
@@ -451,11 +448,7 @@ impl ReplySink for NatsSink {
                 Frame::Accepted => self.publish(frame::ACCEPTED, &empty, &[]).await,
                 Frame::Data(m) => {
                     if let Some(credits) = &self.credits {
-                        credits
-                            .acquire()
-                            .await
-                            .map_err(|_| Error::new(ErrorKind::Cancelled, "call ended"))?
-                            .forget();
+                        credits.take().await?;
                     }
                     self.publish(frame::DATA, &m, &[]).await
                 }
@@ -526,12 +519,12 @@ struct CallTransport {
     /// Where stop, kill and credit go: the endpoint's control subject until
     /// a reply names the serving instance's.
     ctl: String,
-    idle_limit: Duration,
-    /// Armed once the server proved to be a plane server (it sends
+    /// Heard from once the server proved to be a plane server (it sends
     /// heartbeats); a plain NATS responder is never timed out for silence.
+    liveness: Liveness,
+    /// The timer waking the reader at the liveness deadline.
     idle: Option<Pin<Box<Sleep>>>,
-    /// Data frames read since credit was last granted.
-    unacked: u32,
+    grants: Grants,
 }
 
 impl CallTransport {
@@ -555,7 +548,11 @@ impl CallTransport {
     }
 
     fn arm(&mut self) {
-        let deadline = tokio::time::Instant::now() + self.idle_limit;
+        self.liveness.heard(tokio::time::Instant::now().into_std());
+        let Some(deadline) = self.liveness.idle_deadline() else {
+            return;
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
         match &mut self.idle {
             Some(sleep) => sleep.as_mut().reset(deadline),
             None => self.idle = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -576,15 +573,19 @@ impl ReplyTransport for CallTransport {
                     ))))
                 }
                 Poll::Pending => {
-                    if let Some(idle) = self.idle.as_mut() {
-                        if idle.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Some(Err(Error::new(
-                                ErrorKind::Disconnected,
-                                format!(
-                                    "no word from the serving instance for {:?}",
-                                    self.idle_limit
-                                ),
-                            ))));
+                    let Some(idle) = self.idle.as_mut() else {
+                        return Poll::Pending;
+                    };
+                    while idle.as_mut().poll(cx).is_ready() {
+                        let now = tokio::time::Instant::now();
+                        if let Some(e) = self.liveness.expired(now.into_std()) {
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                        // Woken a hair early for the clock the deadline
+                        // was taken from: wait out the rest.
+                        if let Some(at) = self.liveness.idle_deadline() {
+                            idle.as_mut()
+                                .reset(tokio::time::Instant::from_std(at).max(now));
                         }
                     }
                     return Poll::Pending;
@@ -614,10 +615,8 @@ impl ReplyTransport for CallTransport {
                 frame::HEARTBEAT => continue,
                 frame::ACCEPTED => Ok(Frame::Accepted),
                 frame::DATA => {
-                    self.unacked += 1;
-                    if self.unacked >= STREAM_WINDOW / 2 {
-                        self.control(frame::CREDIT, Some(self.unacked));
-                        self.unacked = 0;
+                    if let Some(n) = self.grants.data_read() {
+                        self.control(frame::CREDIT, Some(n));
                     }
                     envelope::decode(headers, msg.payload, &strip).map(Frame::Data)
                 }

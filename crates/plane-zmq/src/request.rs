@@ -36,6 +36,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, Instance};
 use plane_core::message::names;
+use plane_core::request::flow::{Credit, Grants, Liveness};
 use plane_core::request::{
     Call, Cancel, Dispatcher, Frame, InstanceId, ReplySink, ReplyTransport, RequestBackend,
     RequestCapabilities, ServeTransport,
@@ -62,7 +63,7 @@ const SEND_BATCH: usize = 64;
 /// the caller grants more with `ack` envelopes carrying [`names::CREDIT`] as
 /// its reader consumes them. Sockets and TCP buffers alone would let a
 /// handler run megabytes ahead of a stalled reader.
-const WINDOW: usize = 256;
+const WINDOW: u32 = 256;
 /// Pause before retrying a send that hit a high-water mark.
 const RETRY: Duration = Duration::from_millis(1);
 
@@ -325,7 +326,7 @@ impl RequestBackend for ZmqRequests {
             .await?;
         Ok(Box::new(ZmqReply {
             id,
-            consumed: 0,
+            grants: Grants::new(WINDOW),
             replies,
             dealer,
             _in_flight: in_flight,
@@ -361,12 +362,12 @@ enum DealerCmd {
     /// Send a stop or kill; a kill also forgets the call.
     Cancel(RequestId, Cancel),
     /// Grant the server more data frames for a call.
-    Credit(RequestId, usize),
+    Credit(RequestId, u32),
 }
 
 struct CallState {
     replies: mpsc::Sender<Result<Frame>>,
-    heard: Instant,
+    liveness: Liveness,
 }
 
 /// Owns one DEALER: sends requests and cancellations, routes replies to
@@ -406,7 +407,7 @@ async fn dealer_loop(
             let Some(state) = calls.get_mut(&id) else {
                 continue;
             };
-            state.heard = Instant::now();
+            state.liveness.heard(Instant::now().into_std());
             let item = match decode_reply(env) {
                 Ok(Reply::Heartbeat) => continue,
                 Ok(Reply::Frame(f)) => Ok(f),
@@ -432,7 +433,7 @@ async fn dealer_loop(
             else {
                 break;
             };
-            match try_dealer_send(&socket, cmd, &mut calls) {
+            match try_dealer_send(&socket, cmd, &mut calls, idle_timeout) {
                 Ok(None) => sent = true,
                 Ok(Some(cmd)) => {
                     if since.elapsed() >= connect_timeout {
@@ -463,7 +464,8 @@ async fn dealer_loop(
                 // A server that says nothing about a call for this long is
                 // gone (ZeroMQ would not tell): end the call, which the
                 // caller sees as Disconnected.
-                calls.retain(|_, s| s.heard.elapsed() < idle_timeout && !s.replies.is_closed());
+                let now = Instant::now().into_std();
+                calls.retain(|_, s| s.liveness.expired(now).is_none() && !s.replies.is_closed());
                 if rx.is_closed() && calls.is_empty() {
                     return;
                 }
@@ -477,6 +479,7 @@ fn try_dealer_send(
     socket: &AsyncSocket,
     cmd: DealerCmd,
     calls: &mut HashMap<RequestId, CallState>,
+    idle_timeout: Duration,
 ) -> Result<Option<DealerCmd>> {
     match cmd {
         DealerCmd::Start {
@@ -486,13 +489,11 @@ fn try_dealer_send(
             sent,
         } => match socket.try_send(&parts)? {
             Sent::Done => {
-                calls.insert(
-                    id,
-                    CallState {
-                        replies,
-                        heard: Instant::now(),
-                    },
-                );
+                // Every ZeroMQ server speaks plane, so the call's start
+                // counts as heard: a server that never answers is timed out.
+                let mut liveness = Liveness::new(idle_timeout);
+                liveness.heard(Instant::now().into_std());
+                calls.insert(id, CallState { replies, liveness });
                 let _ = sent.send(Ok(()));
                 Ok(None)
             }
@@ -541,8 +542,7 @@ fn fail_start(cmd: DealerCmd, waited: Duration) {
 /// The caller's side of one call.
 struct ZmqReply {
     id: RequestId,
-    /// Data frames read since credit was last granted.
-    consumed: usize,
+    grants: Grants,
     replies: mpsc::Receiver<Result<Frame>>,
     dealer: DealerHandle,
     _in_flight: InFlight,
@@ -552,16 +552,15 @@ impl ReplyTransport for ZmqReply {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame>>> {
         let item = std::task::ready!(self.replies.poll_recv(cx));
         if let Some(Ok(Frame::Data(_))) = &item {
-            self.consumed += 1;
-            if self.consumed >= WINDOW / 2 {
+            if let Some(n) = self.grants.data_read() {
                 // Credit lost to a full queue is granted with the next batch.
                 if self
                     .dealer
                     .tx
-                    .try_send(DealerCmd::Credit(self.id, self.consumed))
-                    .is_ok()
+                    .try_send(DealerCmd::Credit(self.id, n))
+                    .is_err()
                 {
-                    self.consumed = 0;
+                    self.grants.grant_failed(n);
                 }
             }
         }
@@ -636,7 +635,7 @@ pub(crate) fn advertised(bound: &str, advertise: Option<&str>) -> String {
 
 struct Served {
     dispatcher: Dispatcher,
-    credit: Arc<tokio::sync::Semaphore>,
+    credit: Arc<Credit>,
 }
 
 /// Owns the ROUTER: decodes and routes incoming calls and cancellations,
@@ -741,14 +740,8 @@ fn handle_inbound(
     };
     let id = env.id;
     if env.kind == wire::FrameKind::Ack {
-        let granted = env
-            .headers
-            .get(names::CREDIT)
-            .and_then(|n| n.parse::<usize>().ok())
-            .unwrap_or(0)
-            .min(WINDOW);
         if let Some(s) = calls.get(&(identity.clone(), id)) {
-            s.credit.add_permits(granted);
+            s.credit.grant_header(env.headers.get(names::CREDIT));
         }
         return None;
     }
@@ -758,7 +751,7 @@ fn handle_inbound(
                 Ok(d) => d,
                 Err(e) => return refuse(id, &e),
             };
-            let credit = Arc::new(tokio::sync::Semaphore::new(WINDOW));
+            let credit = Arc::new(Credit::new(WINDOW));
             calls.insert(
                 (identity.clone(), id),
                 Served {
@@ -845,7 +838,7 @@ fn send_outgoing(
 struct ZmqSink {
     identity: Bytes,
     id: RequestId,
-    credit: Arc<tokio::sync::Semaphore>,
+    credit: Arc<Credit>,
     tx: mpsc::Sender<Outgoing>,
     ended: std::sync::atomic::AtomicBool,
 }
@@ -873,10 +866,8 @@ impl ReplySink for ZmqSink {
         let data = matches!(frame, Frame::Data(_));
         Box::pin(async move {
             if data {
-                // Wait for the caller's reader; the semaphore is never closed.
-                if let Ok(permit) = self.credit.acquire().await {
-                    permit.forget();
-                }
+                // Wait for the caller's reader; the credit is never closed.
+                let _ = self.credit.take().await;
             }
             self.send_env(frame_envelope(self.id, frame), last).await
         })

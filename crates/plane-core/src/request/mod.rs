@@ -26,6 +26,7 @@
 
 mod balance;
 mod client;
+pub mod flow;
 mod idempotency;
 mod server;
 

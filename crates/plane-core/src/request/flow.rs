@@ -1,0 +1,245 @@
+//! Flow control and liveness of one call, written once for every transport
+//! that has to do them itself (NATS and ZeroMQ; QUIC has both in the
+//! protocol).
+//!
+//! The caller's halves, [`Grants`] and [`Liveness`], are sans-IO in the
+//! manner of quinn-proto: no sockets, no clocks, no tasks. The transport
+//! tells them what arrived and when (`now` is an argument), and they answer
+//! with what to send (a credit grant) and when the call is to be given up
+//! for silence. They are two types because they live in two places on some
+//! transports: grants where the reader consumes, liveness where replies
+//! arrive. The server's half, [`Credit`], is the one place that turns grants
+//! into permission to send.
+//!
+//! # The protocol, whatever carries it
+//! - A streamed call starts with `window` data frames of credit. Each data
+//!   frame sent uses one; the caller grants credit back as its reader
+//!   consumes frames, half a window at a time, so a handler never runs more
+//!   than `window` frames ahead of a stalled reader. A grant larger than the
+//!   window is cut to the window.
+//! - A server that speaks plane sends something about every call in flight
+//!   at least every heartbeat interval; a caller that has heard from it once
+//!   and then hears nothing for its idle limit ends the call `Disconnected`.
+//!   A peer never heard from is never timed out for silence (a plain NATS
+//!   responder sends no heartbeats); the call's deadline bounds it instead.
+//!
+//! The lifecycle of the reply stream itself (prologue, data, end marker,
+//! typed errors, stop and kill) is the handle's, in [`Replies`](super::Replies),
+//! identical on every transport.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The caller's credit grants for one call: counts what the reader
+/// consumed and says when to grant it back.
+///
+/// ```
+/// use plane_core::request::flow::Grants;
+///
+/// let mut grants = Grants::new(4);
+/// assert_eq!(grants.data_read(), None);
+/// assert_eq!(grants.data_read(), Some(2), "half a window read: grant it back");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Grants {
+    window: u32,
+    /// Data frames read since credit was last granted.
+    consumed: u32,
+}
+
+impl Grants {
+    /// A call with `window` frames of credit (at least 2, so that half a
+    /// window is at least one frame).
+    pub fn new(window: u32) -> Self {
+        Grants {
+            window: window.max(2),
+            consumed: 0,
+        }
+    }
+
+    /// The reader consumed one data frame. Returns the credit to grant the
+    /// server now, if any; the transport sends it, or hands it back with
+    /// [`grant_failed`](Grants::grant_failed) when it cannot.
+    pub fn data_read(&mut self) -> Option<u32> {
+        self.consumed += 1;
+        if self.consumed >= self.window / 2 {
+            Some(std::mem::take(&mut self.consumed))
+        } else {
+            None
+        }
+    }
+
+    /// A grant of `n` could not be sent (the transport's queue was full): it
+    /// is granted with the next one instead, so no credit is lost.
+    pub fn grant_failed(&mut self, n: u32) {
+        self.consumed += n;
+    }
+}
+
+/// The caller's view of whether the server of one call is still there.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use plane_core::request::flow::Liveness;
+///
+/// let t0 = Instant::now();
+/// let mut live = Liveness::new(Duration::from_secs(3));
+/// assert_eq!(live.idle_deadline(), None, "never heard from: no idle limit");
+/// live.heard(t0);
+/// assert!(live.expired(t0 + Duration::from_secs(3)).is_some());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    idle_limit: Duration,
+    /// When the serving instance was last heard from; `None` until it first
+    /// proves to be a plane server.
+    heard: Option<Instant>,
+}
+
+impl Liveness {
+    /// A call given up after `idle_limit` of silence from a server once
+    /// heard. A transport whose servers always speak plane (ZeroMQ) marks
+    /// the call's start as heard, so a server that never answers is timed
+    /// out too.
+    pub fn new(idle_limit: Duration) -> Self {
+        Liveness {
+            idle_limit,
+            heard: None,
+        }
+    }
+
+    /// Something about this call arrived from the server at `now`.
+    pub fn heard(&mut self, now: Instant) {
+        self.heard = Some(now);
+    }
+
+    /// When the call is to be given up for silence, if the server was ever
+    /// heard from.
+    pub fn idle_deadline(&self) -> Option<Instant> {
+        self.heard.map(|t| t + self.idle_limit)
+    }
+
+    /// The error ending the call if at `now` it has been silent for its
+    /// idle limit.
+    pub fn expired(&self, now: Instant) -> Option<Error> {
+        let deadline = self.idle_deadline()?;
+        (now >= deadline).then(|| {
+            Error::new(
+                ErrorKind::Disconnected,
+                format!(
+                    "no word from the serving instance for {:?}",
+                    self.idle_limit
+                ),
+            )
+        })
+    }
+}
+
+/// The server's half: how many data frames it may still send on one call.
+/// Shared between the task sending replies and the one reading grants.
+#[derive(Debug)]
+pub struct Credit {
+    window: u32,
+    permits: Semaphore,
+}
+
+impl Credit {
+    /// `window` frames of credit to start with.
+    pub fn new(window: u32) -> Self {
+        Credit {
+            window,
+            permits: Semaphore::new(window as usize),
+        }
+    }
+
+    /// The caller granted `n` more frames; one grant of more than a window
+    /// is cut to a window.
+    pub fn grant(&self, n: u32) {
+        self.permits.add_permits(n.min(self.window) as usize);
+    }
+
+    /// A grant as it arrives in a header: a decimal count, anything else
+    /// granting nothing.
+    pub fn grant_header(&self, value: Option<&str>) {
+        self.grant(value.and_then(|v| v.parse::<u32>().ok()).unwrap_or(0));
+    }
+
+    /// Wait for one frame of credit and use it.
+    ///
+    /// # Errors
+    /// `Cancelled` once [`close`](Credit::close) was called: the call ended.
+    pub async fn take(&self) -> Result<()> {
+        self.permits
+            .acquire()
+            .await
+            .map_err(|_| Error::new(ErrorKind::Cancelled, "call ended"))?
+            .forget();
+        Ok(())
+    }
+
+    /// End the call: a sender waiting for credit stops waiting.
+    pub fn close(&self) {
+        self.permits.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_is_granted_half_a_window_at_a_time_and_never_lost() {
+        let mut f = Grants::new(8);
+        let grants: Vec<Option<u32>> = (0..8).map(|_| f.data_read()).collect();
+        assert_eq!(
+            grants,
+            vec![None, None, None, Some(4), None, None, None, Some(4)]
+        );
+        // A grant that could not be sent comes back with the next one.
+        f.grant_failed(4);
+        assert_eq!(f.data_read(), Some(5));
+    }
+
+    #[test]
+    fn a_tiny_window_still_grants() {
+        let mut f = Grants::new(1);
+        assert_eq!(f.data_read(), Some(1));
+    }
+
+    #[test]
+    fn silence_counts_only_after_the_server_was_heard() {
+        let t0 = Instant::now();
+        let limit = Duration::from_millis(300);
+        let mut f = Liveness::new(limit);
+        assert!(f.expired(t0 + Duration::from_secs(3600)).is_none());
+        f.heard(t0);
+        assert!(f.expired(t0 + limit - Duration::from_millis(1)).is_none());
+        let e = f.expired(t0 + limit).expect("silent for the idle limit");
+        assert_eq!(e.kind(), ErrorKind::Disconnected);
+        // Hearing again moves the deadline.
+        f.heard(t0 + limit);
+        assert_eq!(f.idle_deadline(), Some(t0 + 2 * limit));
+        assert!(f.expired(t0 + limit).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_server_sends_no_more_than_the_window_ahead() {
+        let c = Credit::new(2);
+        c.take().await.unwrap();
+        c.take().await.unwrap();
+        let third = tokio::time::timeout(Duration::from_millis(20), c.take()).await;
+        assert!(third.is_err(), "the window is used up");
+        // An outsized or malformed grant cannot open more than a window.
+        c.grant(1_000_000);
+        c.grant_header(Some("not a number"));
+        c.take().await.unwrap();
+        c.take().await.unwrap();
+        let over = tokio::time::timeout(Duration::from_millis(20), c.take()).await;
+        assert!(over.is_err(), "a grant is cut to the window");
+        c.close();
+        assert_eq!(c.take().await.unwrap_err().kind(), ErrorKind::Cancelled);
+    }
+}
