@@ -13,8 +13,11 @@ use url::Url;
 /// milliseconds with an `_ms` suffix); unknown keys are refused with
 /// `InvalidConfig`. User and password may also be given as the URL's user
 /// info (`nats://user:pass@host:4222`).
+///
+/// `Debug` never prints the token, password or nkey seed: it shows whether
+/// each is set.
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct NatsConfig {
     /// Server addresses, `host:port`. The URL's host first, then `servers`.
     pub servers: Vec<String>,
@@ -45,6 +48,30 @@ pub struct NatsConfig {
     pub heartbeat: Duration,
     /// First token of every subject plane itself names (`prefix`). Default `plane`.
     pub prefix: String,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A secret shows as set or not, never as its value: configs end up
+        // in logs and panic messages.
+        let secret = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("NatsConfig")
+            .field("servers", &self.servers)
+            .field("tls_required", &self.tls_required)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("token", &secret(&self.token))
+            .field("user", &self.user)
+            .field("password", &secret(&self.password))
+            .field("nkey", &secret(&self.nkey))
+            .field("creds", &self.creds)
+            .field("name", &self.name)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("heartbeat", &self.heartbeat)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
 }
 
 impl Default for NatsConfig {
@@ -219,6 +246,21 @@ impl NatsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_prints_secrets() {
+        // One of each secret at once (validation allows only one kind; Debug
+        // must hide all of them however the config was built).
+        let mut c = parse("nats://alice:s3cr3t-pw@h:4222").unwrap();
+        c.token = Some("t0k3n-x".into());
+        c.nkey = Some("SUAKSEED-y".into());
+        let shown = format!("{c:?}");
+        for secret in ["s3cr3t-pw", "t0k3n-x", "SUAKSEED-y"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert!(shown.contains("alice"), "the user is not a secret: {shown}");
+        assert_eq!(shown.matches("<redacted>").count(), 3, "{shown}");
+    }
 
     fn parse(s: &str) -> Result<NatsConfig> {
         NatsConfig::from_url(&Url::parse(s).expect("url"))
