@@ -23,7 +23,7 @@ use plane_core::{Error, ErrorKind, Result};
 use tokio::sync::mpsc;
 
 use crate::ack::{DeadLetter, JsAcker, Original};
-use crate::envelope;
+use crate::mapping;
 
 /// The events plane over NATS and JetStream.
 pub struct NatsEvents {
@@ -66,7 +66,7 @@ fn headers_of(event: &Event) -> (HeaderMap, bytes::Bytes) {
     } else {
         Vec::new()
     };
-    envelope::encode(&event.message, &extra)
+    mapping::encode(&event.message, &extra)
 }
 
 /// An event from a NATS message: origin from the plane headers when a plane
@@ -77,8 +77,8 @@ pub(crate) fn event_of(
     payload: bytes::Bytes,
 ) -> Result<Event> {
     let origin = match (
-        envelope::get(headers, names::PUBLISHER),
-        envelope::get(headers, names::SEQUENCE),
+        mapping::get(headers, names::PUBLISHER),
+        mapping::get(headers, names::SEQUENCE),
     ) {
         (Some(p), Some(s)) => Some(Origin {
             publisher: p.parse()?,
@@ -88,7 +88,7 @@ pub(crate) fn event_of(
         }),
         _ => None,
     };
-    let message = envelope::decode(headers, payload, &[names::PUBLISHER, names::SEQUENCE])?;
+    let message = mapping::decode(headers, payload, &[names::PUBLISHER, names::SEQUENCE])?;
     Ok(Event {
         subject: subject.to_owned(),
         message,

@@ -105,11 +105,11 @@
 
 mod ack;
 pub mod config;
-pub mod envelope;
 mod error;
 pub mod events;
 mod inbox;
 pub mod kv;
+pub mod mapping;
 pub mod objects;
 pub mod queue;
 pub mod request;

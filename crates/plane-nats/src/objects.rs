@@ -143,7 +143,7 @@ fn info_of(i: &object_store::ObjectInfo) -> ObjectInfo {
             .map(|v| v.as_str().to_owned())
             .or_else(|| {
                 h.get("Content-Type%v")
-                    .map(|v| crate::envelope::unescape(v.as_str()))
+                    .map(|v| crate::mapping::unescape(v.as_str()))
             })
     });
     let attributes: BTreeMap<String, String> = i
@@ -203,7 +203,7 @@ impl ObjectBucketBackend for NatsObjectBucket {
     async fn put(&self, name: &str, meta: ObjectMeta, data: ByteStream) -> Result<ObjectInfo> {
         let headers = meta.content_type.as_ref().map(|ct| {
             let mut h = HeaderMap::new();
-            crate::envelope::insert(&mut h, "Content-Type", ct);
+            crate::mapping::insert(&mut h, "Content-Type", ct);
             h
         });
         let metadata = object_store::ObjectMetadata {

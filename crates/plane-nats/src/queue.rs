@@ -22,7 +22,7 @@ use plane_core::queue::{
 use plane_core::{Error, ErrorKind, Message, Result};
 
 use crate::ack::{DeadLetter, JsAcker, Original};
-use crate::envelope;
+use crate::mapping;
 
 const WORKER: &str = "worker";
 const META_MODE: &str = "plane-queue-mode";
@@ -222,7 +222,7 @@ impl NatsQueue {
             )
         };
         let (msg, acker) = msg.split();
-        let message: Message = envelope::decode(msg.headers.as_ref(), msg.payload.clone(), &[])?;
+        let message: Message = mapping::decode(msg.headers.as_ref(), msg.payload.clone(), &[])?;
         let last = self.max_deliver.is_some_and(|max| attempt >= max);
         let dl = match &self.dead_letter {
             Some(dl) if last => Some((
@@ -250,7 +250,7 @@ impl NatsQueue {
 
 impl QueueBackend for NatsQueue {
     async fn enqueue(&self, message: Message) -> Result<u64> {
-        let (headers, payload) = envelope::encode(&message, &[]);
+        let (headers, payload) = mapping::encode(&message, &[]);
         let ack = self
             .js
             .publish_with_headers(self.subject.clone(), headers, payload)

@@ -33,10 +33,8 @@ use plane_core::{Error, ErrorKind, Message, Result};
 use tokio::sync::watch;
 use tokio::time::Sleep;
 
-use crate::envelope::{
-    self, CREDIT, CTL, ERROR_CODE, ERROR_KIND, ERROR_MESSAGE, FRAME, ID, STREAM,
-};
 use crate::inbox::{self, Inbox, Next};
+use crate::mapping::{self, CREDIT, CTL, ERROR_CODE, ERROR_KIND, ERROR_MESSAGE, FRAME, ID, STREAM};
 
 /// Frames a streaming handler may send ahead of the caller's reads.
 ///
@@ -144,7 +142,7 @@ impl RequestBackend for NatsRequests {
         if call.stream {
             extra.push((STREAM, "1"));
         }
-        let (headers, payload) = envelope::encode(&call.message, &extra);
+        let (headers, payload) = mapping::encode(&call.message, &extra);
         self.client
             .publish_with_reply_and_headers(subject, inbox, headers, payload)
             .await
@@ -292,7 +290,7 @@ impl ServeLoop {
             return;
         };
         let headers = msg.headers.as_ref();
-        let plane_caller = envelope::get(headers, ID).is_some();
+        let plane_caller = mapping::get(headers, ID).is_some();
         let parsed = parse_call(&msg);
         let credits = (plane_caller && matches!(parsed, Ok((_, true))))
             .then(|| Arc::new(Credit::new(STREAM_WINDOW)));
@@ -331,15 +329,15 @@ impl ServeLoop {
 
     fn on_control(&self, msg: &async_nats::Message) {
         let headers = msg.headers.as_ref();
-        let Some(id) = envelope::get(headers, ID).and_then(|s| s.parse::<RequestId>().ok()) else {
+        let Some(id) = mapping::get(headers, ID).and_then(|s| s.parse::<RequestId>().ok()) else {
             return;
         };
-        match envelope::get(headers, FRAME) {
+        match mapping::get(headers, FRAME) {
             Some(frame::STOP) => self.dispatcher.stop(id),
             Some(frame::KILL) => self.dispatcher.kill(id),
             Some(frame::CREDIT) => {
                 if let Some(credit) = lock(&self.calls).get(&id).and_then(|l| l.credits.as_ref()) {
-                    credit.grant_header(envelope::get(headers, CREDIT));
+                    credit.grant_header(mapping::get(headers, CREDIT));
                 }
             }
             _ => {}
@@ -375,13 +373,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The call in a NATS message, and whether the caller expects a stream.
 fn parse_call(msg: &async_nats::Message) -> Result<(Incoming, bool)> {
     let headers = msg.headers.as_ref();
-    let id = match envelope::get(headers, ID) {
+    let id = match mapping::get(headers, ID) {
         None => RequestId::new_v7(),
         Some(s) => s
             .parse::<RequestId>()
             .map_err(|_| Error::new(ErrorKind::Decode, format!("malformed {ID} header")))?,
     };
-    let stream = match envelope::get(headers, STREAM) {
+    let stream = match mapping::get(headers, STREAM) {
         None | Some("0") => false,
         Some("1") => true,
         Some(_) => {
@@ -391,7 +389,7 @@ fn parse_call(msg: &async_nats::Message) -> Result<(Incoming, bool)> {
             ))
         }
     };
-    let message = envelope::decode(headers, msg.payload.clone(), &[ID, STREAM])?;
+    let message = mapping::decode(headers, msg.payload.clone(), &[ID, STREAM])?;
     Ok((
         Incoming {
             id,
@@ -419,7 +417,7 @@ struct NatsSink {
 
 impl NatsSink {
     async fn publish(&self, kind: &str, message: &Message, extra: &[(&str, &str)]) -> Result<()> {
-        let (mut headers, payload) = envelope::encode(message, extra);
+        let (mut headers, payload) = mapping::encode(message, extra);
         headers.insert(FRAME, kind);
         // Only a call still open can be stopped, killed or given credit:
         // a frame that ends it has no use for the control subject.
@@ -468,7 +466,7 @@ impl ReplySink for NatsSink {
         Box::pin(async move {
             self.finish();
             let code = error.kind().code().to_string();
-            let text = envelope::header_safe(error.message());
+            let text = mapping::header_safe(error.message());
             // The message is also the body, for plain NATS callers.
             let body = Message::from(Bytes::from(text.clone().into_bytes()));
             self.publish(
@@ -598,14 +596,14 @@ impl ReplyTransport for CallTransport {
                 ))));
             }
             let headers = msg.headers.as_ref();
-            let Some(kind) = envelope::get(headers, FRAME).map(str::to_owned) else {
+            let Some(kind) = mapping::get(headers, FRAME).map(str::to_owned) else {
                 // A plain NATS responder: its one reply is the final reply.
                 return Poll::Ready(Some(
-                    envelope::decode(headers, msg.payload, &[]).map(Frame::Last),
+                    mapping::decode(headers, msg.payload, &[]).map(Frame::Last),
                 ));
             };
             self.arm();
-            if let Some(ctl) = envelope::get(headers, CTL) {
+            if let Some(ctl) = mapping::get(headers, CTL) {
                 if ctl != self.ctl {
                     self.ctl = ctl.to_owned();
                 }
@@ -618,9 +616,9 @@ impl ReplyTransport for CallTransport {
                     if let Some(n) = self.grants.data_read() {
                         self.control(frame::CREDIT, Some(n));
                     }
-                    envelope::decode(headers, msg.payload, &strip).map(Frame::Data)
+                    mapping::decode(headers, msg.payload, &strip).map(Frame::Data)
                 }
-                frame::LAST => envelope::decode(headers, msg.payload, &strip).map(Frame::Last),
+                frame::LAST => mapping::decode(headers, msg.payload, &strip).map(Frame::Last),
                 frame::END => Ok(Frame::End),
                 frame::ERROR => Err(typed_error(headers)),
                 frame::ABORT => Err(Error::new(
@@ -629,7 +627,7 @@ impl ReplyTransport for CallTransport {
                 )),
                 other => Err(Error::new(
                     ErrorKind::Decode,
-                    format!("unknown plane-frame `{}`", envelope::header_safe(other)),
+                    format!("unknown plane-frame `{}`", mapping::header_safe(other)),
                 )),
             };
             return Poll::Ready(Some(frame));
@@ -648,11 +646,11 @@ impl ReplyTransport for CallTransport {
 }
 
 fn typed_error(headers: Option<&HeaderMap>) -> Error {
-    let kind = envelope::get(headers, ERROR_CODE)
+    let kind = mapping::get(headers, ERROR_CODE)
         .and_then(|c| c.parse::<u16>().ok())
         .map(ErrorKind::from_code)
         .unwrap_or(ErrorKind::Other);
-    let message = envelope::get(headers, ERROR_MESSAGE)
+    let message = mapping::get(headers, ERROR_MESSAGE)
         .unwrap_or("")
         .to_owned();
     Error::new(kind, message)
@@ -676,7 +674,7 @@ pub async fn send_garbage(
     .await
     .map_err(|_| Error::new(ErrorKind::Timeout, "no answer to garbage"))?
     .map_err(|e| Error::new(ErrorKind::Other, "garbage request failed").with_source(e))?;
-    match envelope::get(reply.headers.as_ref(), FRAME) {
+    match mapping::get(reply.headers.as_ref(), FRAME) {
         Some(frame::ERROR) => Ok(()),
         other => Err(Error::new(
             ErrorKind::Other,

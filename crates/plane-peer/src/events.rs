@@ -36,7 +36,7 @@ use plane_core::error::{Error, ErrorKind, Result};
 use plane_core::events::{Event, Origin, PublisherId, SubscriptionTransport};
 use plane_core::message::names;
 use plane_core::message::Message;
-use plane_core::wire::{Envelope, FrameKind, RequestId};
+use plane_core::wire::{Envelope, EnvelopeKind, RequestId};
 
 /// The envelope of `event`; `dropped` events were lost just before it.
 pub fn event_envelope(event: &Event, dropped: u64) -> Envelope {
@@ -49,7 +49,7 @@ pub fn event_envelope(event: &Event, dropped: u64) -> Envelope {
     if dropped > 0 {
         headers.insert(names::DROPPED, dropped.to_string());
     }
-    Envelope::new(FrameKind::Data, RequestId::default())
+    Envelope::new(EnvelopeKind::Data, RequestId::default())
         .with_headers(headers)
         .with_body(event.message.body.clone())
 }
@@ -62,7 +62,7 @@ pub fn event_envelope(event: &Event, dropped: u64) -> Envelope {
 /// invalid origin or drop count.
 pub fn decode_event(env: Envelope) -> Result<(Event, u64)> {
     let bad = |what: &str| Error::new(ErrorKind::Decode, format!("event envelope: {what}"));
-    if env.kind != FrameKind::Data {
+    if env.kind != EnvelopeKind::Data {
         return Err(bad("not a data frame"));
     }
     let mut headers = env.headers;
@@ -312,7 +312,7 @@ mod tests {
         let (back, dropped) = decode_event(event_envelope(&e, 2)).unwrap();
         assert_eq!(back, e);
         assert_eq!(dropped, 2);
-        let env = Envelope::new(FrameKind::Data, RequestId::default());
+        let env = Envelope::new(EnvelopeKind::Data, RequestId::default());
         assert_eq!(decode_event(env).unwrap_err().kind(), ErrorKind::Decode);
     }
 

@@ -56,7 +56,7 @@ use plane_core::error::{Error, ErrorKind, Result};
 use plane_core::message::Message;
 use plane_core::registry::{QueryParams, Registry};
 use plane_core::request::{Balancer, Call, Cancel, Dispatcher, Frame, Incoming, InstanceId, Route};
-use plane_core::wire::{Envelope, FrameKind, Limits, RequestId, WireError};
+use plane_core::wire::{Envelope, EnvelopeKind, Limits, RequestId, WireError};
 
 /// The request envelope of `call`, addressed to `instance`.
 ///
@@ -69,7 +69,7 @@ pub fn call_envelope(call: Call, instance: InstanceId) -> Envelope {
     if call.stream {
         headers.insert(names::STREAM, "1");
     }
-    Envelope::new(FrameKind::Request, call.id)
+    Envelope::new(EnvelopeKind::Request, call.id)
         .with_headers(headers)
         .with_body(body)
 }
@@ -77,33 +77,33 @@ pub fn call_envelope(call: Call, instance: InstanceId) -> Envelope {
 /// The envelope of one reply frame of call `id`.
 pub fn frame_envelope(id: RequestId, frame: Frame) -> Envelope {
     match frame {
-        Frame::Accepted => Envelope::new(FrameKind::Ack, id),
-        Frame::Data(m) => Envelope::new(FrameKind::Data, id)
+        Frame::Accepted => Envelope::new(EnvelopeKind::Ack, id),
+        Frame::Data(m) => Envelope::new(EnvelopeKind::Data, id)
             .with_headers(m.headers)
             .with_body(m.body),
         Frame::Last(m) => {
             let mut headers = m.headers;
             headers.insert(names::LAST, "1");
-            Envelope::new(FrameKind::Data, id)
+            Envelope::new(EnvelopeKind::Data, id)
                 .with_headers(headers)
                 .with_body(m.body)
         }
-        Frame::End => Envelope::new(FrameKind::End, id),
+        Frame::End => Envelope::new(EnvelopeKind::End, id),
     }
 }
 
 /// The envelope asking the handler of call `id` to stop or die.
 pub fn cancel_envelope(id: RequestId, how: Cancel) -> Envelope {
     let kind = match how {
-        Cancel::Stop => FrameKind::Stop,
-        Cancel::Kill => FrameKind::Kill,
+        Cancel::Stop => EnvelopeKind::Stop,
+        Cancel::Kill => EnvelopeKind::Kill,
     };
     Envelope::new(kind, id)
 }
 
 /// A heartbeat for call `id` (or for the connection, with any id).
 pub fn heartbeat_envelope(id: RequestId) -> Envelope {
-    Envelope::new(FrameKind::Heartbeat, id)
+    Envelope::new(EnvelopeKind::Heartbeat, id)
 }
 
 /// What a caller makes of one envelope received for its call.
@@ -123,8 +123,8 @@ pub enum Reply {
 /// `Decode` for a kind a server never sends to a caller.
 pub fn decode_reply(env: Envelope) -> Result<Reply> {
     Ok(match env.kind {
-        FrameKind::Ack => Reply::Frame(Frame::Accepted),
-        FrameKind::Data => {
+        EnvelopeKind::Ack => Reply::Frame(Frame::Accepted),
+        EnvelopeKind::Data => {
             let mut headers = env.headers;
             let last = headers.remove(names::LAST).is_some();
             let m = Message {
@@ -133,9 +133,9 @@ pub fn decode_reply(env: Envelope) -> Result<Reply> {
             };
             Reply::Frame(if last { Frame::Last(m) } else { Frame::Data(m) })
         }
-        FrameKind::End => Reply::Frame(Frame::End),
-        FrameKind::Error => Reply::Error(env.to_error()),
-        FrameKind::Heartbeat => Reply::Heartbeat,
+        EnvelopeKind::End => Reply::Frame(Frame::End),
+        EnvelopeKind::Error => Reply::Error(env.to_error()),
+        EnvelopeKind::Heartbeat => Reply::Heartbeat,
         other => {
             return Err(Error::new(
                 ErrorKind::Decode,
@@ -175,7 +175,7 @@ pub enum Inbound {
 /// back in-band ([`Envelope::error`]) with the envelope's id.
 pub fn decode_inbound(env: Envelope) -> Result<Inbound> {
     match env.kind {
-        FrameKind::Request => {
+        EnvelopeKind::Request => {
             let mut headers = env.headers;
             let endpoint = headers.remove(names::ENDPOINT).ok_or_else(|| {
                 Error::new(
@@ -201,9 +201,9 @@ pub fn decode_inbound(env: Envelope) -> Result<Inbound> {
                 },
             }))
         }
-        FrameKind::Stop => Ok(Inbound::Cancel(env.id, Cancel::Stop)),
-        FrameKind::Kill => Ok(Inbound::Cancel(env.id, Cancel::Kill)),
-        FrameKind::Heartbeat => Ok(Inbound::Heartbeat(env.id)),
+        EnvelopeKind::Stop => Ok(Inbound::Cancel(env.id, Cancel::Stop)),
+        EnvelopeKind::Kill => Ok(Inbound::Cancel(env.id, Cancel::Kill)),
+        EnvelopeKind::Heartbeat => Ok(Inbound::Heartbeat(env.id)),
         other => Err(Error::new(
             ErrorKind::Decode,
             format!("unexpected `{other}` frame from a caller"),
@@ -727,13 +727,13 @@ mod tests {
             Reply::Heartbeat
         ));
         assert_eq!(
-            decode_inbound(Envelope::new(FrameKind::Request, id))
+            decode_inbound(Envelope::new(EnvelopeKind::Request, id))
                 .unwrap_err()
                 .kind(),
             ErrorKind::InvalidArgument
         );
         assert_eq!(
-            decode_reply(Envelope::new(FrameKind::Request, id))
+            decode_reply(Envelope::new(EnvelopeKind::Request, id))
                 .unwrap_err()
                 .kind(),
             ErrorKind::Decode
@@ -742,8 +742,8 @@ mod tests {
 
     #[test]
     fn oversized_is_payload_too_large() {
-        let env = Envelope::new(FrameKind::Request, RequestId(1)).with_body(vec![0u8; 100]);
-        let limits = Limits::default().with_max_frame_bytes(64);
+        let env = Envelope::new(EnvelopeKind::Request, RequestId(1)).with_body(vec![0u8; 100]);
+        let limits = Limits::default().with_max_envelope_bytes(64);
         assert_eq!(
             check_limits(&env, &limits).unwrap_err().kind(),
             ErrorKind::PayloadTooLarge

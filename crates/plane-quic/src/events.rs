@@ -65,7 +65,7 @@ use plane_core::events::{
 use plane_core::message::names;
 use plane_core::request::InstanceId;
 use plane_core::subject;
-use plane_core::wire::{Envelope, FrameKind, RequestId};
+use plane_core::wire::{Envelope, EnvelopeKind, RequestId};
 use plane_core::{Error, ErrorKind, Headers, Result};
 use plane_peer::events::{
     decode_event, event_envelope, AbortOnDrop, BufferedSubscription, EventBuffer,
@@ -206,7 +206,7 @@ impl Subscribers {
         let (tx, mut rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         let id = self.add(pattern.clone(), group.as_deref(), tx);
         // In place from here on: confirm, so the subscriber can return.
-        let welcome = Envelope::new(FrameKind::Ack, first.id);
+        let welcome = Envelope::new(EnvelopeKind::Ack, first.id);
         if write_envelope(&mut send, &welcome).await.is_ok() {
             loop {
                 tokio::select! {
@@ -402,12 +402,13 @@ async fn join(
         if let Some(group) = &interest.group {
             headers.insert(names::GROUP, group.clone());
         }
-        let request = Envelope::new(FrameKind::Request, RequestId::new_v7()).with_headers(headers);
+        let request =
+            Envelope::new(EnvelopeKind::Request, RequestId::new_v7()).with_headers(headers);
         write_envelope(&mut send, &request).await?;
         let mut reader = EnvelopeReader::new(recv, limits);
         match reader.next().await {
-            Ok(Some(env)) if env.kind == FrameKind::Ack => Ok((conn, send, reader)),
-            Ok(Some(env)) if env.kind == FrameKind::Error => Err(env.to_error()),
+            Ok(Some(env)) if env.kind == EnvelopeKind::Ack => Ok((conn, send, reader)),
+            Ok(Some(env)) if env.kind == EnvelopeKind::Error => Err(env.to_error()),
             _ => Err(refusal(&conn).unwrap_or_else(|| {
                 Error::new(
                     ErrorKind::Connection,

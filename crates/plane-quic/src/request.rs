@@ -8,7 +8,7 @@
 //! call between the same two processes. The caller writes the request
 //! envelope (and later, perhaps, a `stop` envelope); the server writes the
 //! reply frames and finishes the stream after the end marker or an error.
-//! Envelopes are length-delimited (`wire::encode_framed`'s format); the body
+//! Envelopes are length-delimited (`wire::encode_delimited`'s format); the body
 //! parts are handed to quinn as they are, without being copied into one
 //! buffer.
 //!
@@ -34,7 +34,7 @@ use plane_core::request::{
     Call, Cancel, Dispatcher, Frame, InstanceId, ReplySink, ReplyTransport, RequestBackend,
     RequestCapabilities, ServeTransport,
 };
-use plane_core::wire::{self, Envelope, FrameDecoder, Limits, RequestId};
+use plane_core::wire::{self, DelimitedDecoder, Envelope, Limits, RequestId};
 use plane_core::{Error, ErrorKind, Result};
 use plane_peer::{
     self as peer, call_envelope, check_limits, decode_inbound, decode_reply, frame_envelope,
@@ -126,14 +126,14 @@ pub(crate) fn frame_chunks(env: &Envelope, chunks: &mut Vec<Bytes>) -> Result<()
 /// Reads envelopes off a QUIC receive stream.
 pub(crate) struct EnvelopeReader {
     recv: quinn::RecvStream,
-    decoder: FrameDecoder,
+    decoder: DelimitedDecoder,
 }
 
 impl EnvelopeReader {
     pub(crate) fn new(recv: quinn::RecvStream, limits: Limits) -> Self {
         EnvelopeReader {
             recv,
-            decoder: FrameDecoder::with_limits(limits),
+            decoder: DelimitedDecoder::with_limits(limits),
         }
     }
 
@@ -144,7 +144,7 @@ impl EnvelopeReader {
         cx: &mut Context<'_>,
     ) -> Poll<std::result::Result<Option<Envelope>, wire::WireError>> {
         loop {
-            if let Some(env) = self.decoder.next_frame()? {
+            if let Some(env) = self.decoder.next_envelope()? {
                 return Poll::Ready(Ok(Some(env)));
             }
             // Uninitialised: zeroing 16 KiB on every poll (most of which
@@ -267,7 +267,7 @@ impl QuicRequests {
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server_config.transport_config(transport_config(&config)?);
         let endpoint = bind(&config, server_config.clone())?;
-        let limits = Limits::default().with_max_frame_bytes(
+        let limits = Limits::default().with_max_envelope_bytes(
             config
                 .max_payload
                 .saturating_add(wire::MAX_HEADER_BYTES)
@@ -608,7 +608,7 @@ impl ReplyTransport for QuicReply {
                 Ok(None) => return Poll::Ready(refusal(&self.conn).map(Err)),
                 Err(e) => return Poll::Ready(Some(Err(peer::malformed(e)))),
             };
-            if env.id != self.id && env.kind != wire::FrameKind::Error {
+            if env.id != self.id && env.kind != wire::EnvelopeKind::Error {
                 return Poll::Ready(Some(Err(Error::new(
                     ErrorKind::Decode,
                     "reply frame for another call on this stream",
@@ -728,7 +728,7 @@ async fn serve_stream(
         Ok(None) => return,
         Err(e) => {
             let error = match e {
-                wire::WireError::FrameTooLarge { .. } => {
+                wire::WireError::EnvelopeTooLarge { .. } => {
                     Error::new(ErrorKind::PayloadTooLarge, format!("frame refused: {e}"))
                 }
                 e => peer::malformed(e),

@@ -201,7 +201,7 @@ impl ZmqEvents {
         let s = AsyncSocket::new(&context, s)?;
         let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
         let task = tokio::spawn(publisher_loop(s, rx, id));
-        let limits = Limits::default().with_max_frame_bytes(
+        let limits = Limits::default().with_max_envelope_bytes(
             config
                 .max_payload
                 .saturating_add(wire::MAX_HEADER_BYTES)

@@ -133,7 +133,7 @@ impl ZmqRequests {
     /// `Connection` when the address cannot be bound.
     pub fn connect(config: ZmqConfig, discovery: Discovery) -> Result<Self> {
         let context = zmq::Context::new();
-        let limits = Limits::default().with_max_frame_bytes(
+        let limits = Limits::default().with_max_envelope_bytes(
             config
                 .max_payload
                 .saturating_add(wire::MAX_HEADER_BYTES)
@@ -505,7 +505,7 @@ fn try_dealer_send(
             })),
         },
         DealerCmd::Credit(id, n) => {
-            let env = Envelope::new(wire::FrameKind::Ack, id)
+            let env = Envelope::new(wire::EnvelopeKind::Ack, id)
                 .with_headers(plane_core::Headers::new().with(names::CREDIT, n.to_string()));
             match socket.try_send(&wire::encode_parts(&env))? {
                 Sent::Done | Sent::Unreachable => Ok(None),
@@ -739,7 +739,7 @@ fn handle_inbound(
         }
     };
     let id = env.id;
-    if env.kind == wire::FrameKind::Ack {
+    if env.kind == wire::EnvelopeKind::Ack {
         if let Some(s) = calls.get(&(identity.clone(), id)) {
             s.credit.grant_header(env.headers.get(names::CREDIT));
         }

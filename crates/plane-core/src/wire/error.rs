@@ -4,7 +4,7 @@ use std::fmt;
 
 use crate::{Error, ErrorKind};
 
-/// Why bytes could not be decoded as a frame (or a frame could not be encoded).
+/// Why bytes could not be decoded as an envelope (or an envelope could not be encoded).
 ///
 /// Every decoder in [`wire`](super) returns one of these for malformed input
 /// instead of panicking. Numbers are `u64` so that a length read from the wire
@@ -15,11 +15,11 @@ use crate::{Error, ErrorKind};
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WireError {
-    /// The input ends before the frame does.
+    /// The input ends before the envelope does.
     Truncated,
     /// The version byte names a version this decoder does not speak.
     UnsupportedVersion(u8),
-    /// The frame kind code is not one of [`FrameKind`](super::FrameKind)'s.
+    /// The envelope kind code is not one of [`EnvelopeKind`](super::EnvelopeKind)'s.
     UnknownKind(u8),
     /// The encoded header is longer than [`Limits::max_header_bytes`](super::Limits).
     HeaderTooLarge {
@@ -42,10 +42,10 @@ pub enum WireError {
         /// The limit in force.
         max: u64,
     },
-    /// The frame is longer than [`Limits::max_frame_bytes`](super::Limits), or
+    /// The envelope is longer than [`Limits::max_envelope_bytes`](super::Limits), or
     /// longer than a `u32` length prefix can express.
-    FrameTooLarge {
-        /// Declared or actual frame length in bytes.
+    EnvelopeTooLarge {
+        /// Declared or actual envelope length in bytes.
         len: u64,
         /// The limit in force.
         max: u64,
@@ -70,16 +70,19 @@ pub enum WireError {
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            WireError::Truncated => f.write_str("frame truncated"),
+            WireError::Truncated => f.write_str("envelope truncated"),
             WireError::UnsupportedVersion(v) => write!(
                 f,
                 "unsupported wire version {v} (this decoder accepts {}..={})",
                 super::MIN_VERSION,
                 super::VERSION
             ),
-            WireError::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
+            WireError::UnknownKind(k) => write!(f, "unknown envelope kind {k}"),
             WireError::HeaderTooLarge { len, max } => {
-                write!(f, "frame header of {len} bytes exceeds the limit of {max}")
+                write!(
+                    f,
+                    "envelope header of {len} bytes exceeds the limit of {max}"
+                )
             }
             WireError::TooManyHeaders { count, max } => {
                 write!(f, "{count} header entries exceed the limit of {max}")
@@ -87,15 +90,15 @@ impl fmt::Display for WireError {
             WireError::TooManyParts { count, max } => {
                 write!(f, "{count} body parts exceed the limit of {max}")
             }
-            WireError::FrameTooLarge { len, max } => {
-                write!(f, "frame of {len} bytes exceeds the limit of {max}")
+            WireError::EnvelopeTooLarge { len, max } => {
+                write!(f, "envelope of {len} bytes exceeds the limit of {max}")
             }
             WireError::LengthMismatch { expected, actual } => write!(
                 f,
-                "frame length mismatch: header declares {expected}, found {actual}"
+                "envelope length mismatch: header declares {expected}, found {actual}"
             ),
             WireError::DuplicateHeader(name) => write!(f, "duplicate header `{name}`"),
-            WireError::BadHeader(why) => write!(f, "malformed frame header: {why}"),
+            WireError::BadHeader(why) => write!(f, "malformed envelope header: {why}"),
             WireError::InvalidRequestId(why) => write!(f, "invalid request id: {why}"),
         }
     }

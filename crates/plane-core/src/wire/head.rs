@@ -1,4 +1,4 @@
-//! The v1 frame head: version byte, header length varint, postcard header.
+//! The v1 envelope head: version byte, header length varint, postcard header.
 //!
 //! The postcard part is written and read through hand-written serde impls
 //! rather than `#[derive]`: encoding borrows straight from the [`Envelope`]
@@ -25,7 +25,7 @@ use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, SerializeTuple};
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::{Envelope, FrameKind, Limits, RequestId, WireError, VERSION};
+use super::{Envelope, EnvelopeKind, Limits, RequestId, WireError, VERSION};
 use crate::Headers;
 
 /// Longest LEB128 encoding of a `u64` (postcard's rule: 10 bytes, the last
@@ -149,7 +149,7 @@ pub(super) fn postcard_len(env: &Envelope) -> usize {
         .expect("postcard header of an envelope is always serialisable")
 }
 
-/// Length of the head frame: version byte, header length varint, header.
+/// Length of the head part: version byte, header length varint, header.
 pub(super) fn head_len(postcard_len: usize) -> usize {
     1 + varint_len(postcard_len as u64) + postcard_len
 }
@@ -169,7 +169,7 @@ pub(super) fn put_head(env: &Envelope, postcard_len: usize, dst: &mut BytesMut) 
 
 /// A decoded head.
 pub(super) struct Head {
-    pub(super) kind: FrameKind,
+    pub(super) kind: EnvelopeKind,
     pub(super) id: RequestId,
     pub(super) headers: Headers,
     pub(super) part_lens: Vec<u64>,
@@ -252,7 +252,7 @@ fn bad_header(e: postcard::Error) -> WireError {
 }
 
 struct RawHead<'de> {
-    kind: FrameKind,
+    kind: EnvelopeKind,
     id: RequestId,
     headers: Vec<(&'de str, &'de str)>,
     part_lens: Vec<u64>,
@@ -278,15 +278,15 @@ impl<'de> Visitor<'de> for HeadSeed<'_> {
     type Value = RawHead<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a plane v1 frame header")
+        f.write_str("a plane v1 envelope header")
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let missing = || de::Error::invalid_length(0, &"4 header fields");
         let code: u8 = seq.next_element()?.ok_or_else(missing)?;
-        // Checked here, first, so that a frame from a peer with a newer kind
+        // Checked here, first, so that an envelope from a peer with a newer kind
         // reports the kind rather than whatever else fails to parse.
-        let kind = FrameKind::from_code(code).map_err(|e| self.fail(e))?;
+        let kind = EnvelopeKind::from_code(code).map_err(|e| self.fail(e))?;
         let id: [u8; 16] = seq.next_element()?.ok_or_else(missing)?;
         let headers = seq
             .next_element_seed(Bounded::new(

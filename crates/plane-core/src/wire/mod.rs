@@ -19,10 +19,10 @@
 //!
 //! * single buffer ([`encode`], [`decode`]): head then every part's bytes,
 //!   for transports that deliver one message as one buffer (NATS payloads);
-//! * multipart ([`encode_parts`], [`decode_parts`]): head as the first frame,
-//!   then one frame per part, for transports with native framing (ZeroMQ);
-//!   the concatenation of the multipart frames *is* the single-buffer form;
-//! * length-delimited ([`encode_framed`], [`FrameDecoder`]): a big-endian
+//! * multipart ([`encode_parts`], [`decode_parts`]): head as the first message part,
+//!   then one message part per body part, for transports with native framing (ZeroMQ);
+//!   the concatenation of the message parts *is* the single-buffer form;
+//! * length-delimited ([`encode_delimited`], [`DelimitedDecoder`]): a big-endian
 //!   `u32` length, then the single-buffer form, for byte streams (QUIC).
 //!
 //! # Robustness
@@ -34,10 +34,10 @@
 //! # Example
 //!
 //! ```
-//! use plane_core::wire::{self, Envelope, FrameKind, RequestId};
+//! use plane_core::wire::{self, Envelope, EnvelopeKind, RequestId};
 //! use plane_core::Headers;
 //!
-//! let env = Envelope::new(FrameKind::Request, RequestId::new_v7())
+//! let env = Envelope::new(EnvelopeKind::Request, RequestId::new_v7())
 //!     .with_headers(Headers::new().with("content-type", "text/plain"))
 //!     .with_body("hello");
 //! let bytes = wire::encode(&env);
@@ -60,7 +60,7 @@ mod stream;
 mod tests;
 
 pub use error::WireError;
-pub use stream::{encode_framed, FrameDecoder, FRAME_PREFIX_LEN};
+pub use stream::{encode_delimited, DelimitedDecoder, LENGTH_PREFIX_LEN};
 
 /// The wire version this crate writes.
 pub const VERSION: u8 = 1;
@@ -80,9 +80,9 @@ pub const MAX_HEADER_ENTRIES: usize = 128;
 /// Default for [`Limits::max_parts`].
 pub const MAX_PARTS: usize = 1024;
 
-/// Default for [`Limits::max_frame_bytes`]: 16 MiB per frame. Larger payloads
+/// Default for [`Limits::max_envelope_bytes`]: 16 MiB per envelope. Larger payloads
 /// belong in the object plane (pass a handle, not the bytes).
-pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_ENVELOPE_BYTES: usize = 16 * 1024 * 1024;
 
 /// What a decoder accepts; anything larger is refused with a [`WireError`]
 /// before it is allocated.
@@ -92,8 +92,8 @@ pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// ```
 /// use plane_core::wire::Limits;
 ///
-/// let limits = Limits::default().with_max_frame_bytes(1024 * 1024);
-/// assert_eq!(limits.max_frame_bytes, 1024 * 1024);
+/// let limits = Limits::default().with_max_envelope_bytes(1024 * 1024);
+/// assert_eq!(limits.max_envelope_bytes, 1024 * 1024);
 /// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,19 +104,19 @@ pub struct Limits {
     pub max_header_entries: usize,
     /// Most body parts.
     pub max_parts: usize,
-    /// Longest frame in bytes: head plus all parts (the outer length prefix of
+    /// Longest envelope in bytes: head plus all parts (the outer length prefix of
     /// the length-delimited form is not counted).
-    pub max_frame_bytes: usize,
+    pub max_envelope_bytes: usize,
 }
 
 impl Limits {
     /// The defaults: [`MAX_HEADER_BYTES`], [`MAX_HEADER_ENTRIES`],
-    /// [`MAX_PARTS`], [`MAX_FRAME_BYTES`].
+    /// [`MAX_PARTS`], [`MAX_ENVELOPE_BYTES`].
     pub const DEFAULT: Limits = Limits {
         max_header_bytes: MAX_HEADER_BYTES,
         max_header_entries: MAX_HEADER_ENTRIES,
         max_parts: MAX_PARTS,
-        max_frame_bytes: MAX_FRAME_BYTES,
+        max_envelope_bytes: MAX_ENVELOPE_BYTES,
     };
 
     /// Set [`max_header_bytes`](Limits::max_header_bytes).
@@ -137,9 +137,9 @@ impl Limits {
         self
     }
 
-    /// Set [`max_frame_bytes`](Limits::max_frame_bytes).
-    pub const fn with_max_frame_bytes(mut self, n: usize) -> Self {
-        self.max_frame_bytes = n;
+    /// Set [`max_envelope_bytes`](Limits::max_envelope_bytes).
+    pub const fn with_max_envelope_bytes(mut self, n: usize) -> Self {
+        self.max_envelope_bytes = n;
         self
     }
 
@@ -174,10 +174,10 @@ impl Limits {
             });
         }
         let len = head::head_len(postcard_len) + env.body.len();
-        if len > self.max_frame_bytes {
-            return Err(WireError::FrameTooLarge {
+        if len > self.max_envelope_bytes {
+            return Err(WireError::EnvelopeTooLarge {
                 len: len as u64,
-                max: self.max_frame_bytes as u64,
+                max: self.max_envelope_bytes as u64,
             });
         }
         Ok(())
@@ -190,10 +190,10 @@ impl Default for Limits {
     }
 }
 
-/// What a frame means. Codes are stable; a new kind needs a new wire version.
+/// What an envelope means. Codes are stable; a new kind needs a new wire version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
-pub enum FrameKind {
+pub enum EnvelopeKind {
     /// Opens a request; the body is the request payload.
     Request = 1,
     /// One response item of a unary or streamed reply.
@@ -215,18 +215,18 @@ pub enum FrameKind {
     Heartbeat = 9,
 }
 
-impl FrameKind {
+impl EnvelopeKind {
     /// Every kind, in code order.
-    pub const ALL: [FrameKind; 9] = [
-        FrameKind::Request,
-        FrameKind::Data,
-        FrameKind::End,
-        FrameKind::Error,
-        FrameKind::Stop,
-        FrameKind::Kill,
-        FrameKind::Ack,
-        FrameKind::Nack,
-        FrameKind::Heartbeat,
+    pub const ALL: [EnvelopeKind; 9] = [
+        EnvelopeKind::Request,
+        EnvelopeKind::Data,
+        EnvelopeKind::End,
+        EnvelopeKind::Error,
+        EnvelopeKind::Stop,
+        EnvelopeKind::Kill,
+        EnvelopeKind::Ack,
+        EnvelopeKind::Nack,
+        EnvelopeKind::Heartbeat,
     ];
 
     /// The wire code. 0 is never a kind, so an all-zero header is refused.
@@ -239,17 +239,17 @@ impl FrameKind {
     /// # Errors
     ///
     /// [`WireError::UnknownKind`] for a code that names no kind.
-    pub const fn from_code(code: u8) -> Result<FrameKind, WireError> {
+    pub const fn from_code(code: u8) -> Result<EnvelopeKind, WireError> {
         Ok(match code {
-            1 => FrameKind::Request,
-            2 => FrameKind::Data,
-            3 => FrameKind::End,
-            4 => FrameKind::Error,
-            5 => FrameKind::Stop,
-            6 => FrameKind::Kill,
-            7 => FrameKind::Ack,
-            8 => FrameKind::Nack,
-            9 => FrameKind::Heartbeat,
+            1 => EnvelopeKind::Request,
+            2 => EnvelopeKind::Data,
+            3 => EnvelopeKind::End,
+            4 => EnvelopeKind::Error,
+            5 => EnvelopeKind::Stop,
+            6 => EnvelopeKind::Kill,
+            7 => EnvelopeKind::Ack,
+            8 => EnvelopeKind::Nack,
+            9 => EnvelopeKind::Heartbeat,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -257,36 +257,36 @@ impl FrameKind {
     /// Stable lower-case name, for logs and metrics labels.
     pub const fn as_str(self) -> &'static str {
         match self {
-            FrameKind::Request => "request",
-            FrameKind::Data => "data",
-            FrameKind::End => "end",
-            FrameKind::Error => "error",
-            FrameKind::Stop => "stop",
-            FrameKind::Kill => "kill",
-            FrameKind::Ack => "ack",
-            FrameKind::Nack => "nack",
-            FrameKind::Heartbeat => "heartbeat",
+            EnvelopeKind::Request => "request",
+            EnvelopeKind::Data => "data",
+            EnvelopeKind::End => "end",
+            EnvelopeKind::Error => "error",
+            EnvelopeKind::Stop => "stop",
+            EnvelopeKind::Kill => "kill",
+            EnvelopeKind::Ack => "ack",
+            EnvelopeKind::Nack => "nack",
+            EnvelopeKind::Heartbeat => "heartbeat",
         }
     }
 }
 
-impl fmt::Display for FrameKind {
+impl fmt::Display for EnvelopeKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl From<FrameKind> for u8 {
-    fn from(kind: FrameKind) -> u8 {
+impl From<EnvelopeKind> for u8 {
+    fn from(kind: EnvelopeKind) -> u8 {
         kind.code()
     }
 }
 
-impl TryFrom<u8> for FrameKind {
+impl TryFrom<u8> for EnvelopeKind {
     type Error = WireError;
 
     fn try_from(code: u8) -> Result<Self, WireError> {
-        FrameKind::from_code(code)
+        EnvelopeKind::from_code(code)
     }
 }
 
@@ -366,9 +366,9 @@ impl FromStr for RequestId {
 /// a body of one or more parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
-    /// What the frame means.
-    pub kind: FrameKind,
-    /// The request this frame belongs to.
+    /// What the envelope means.
+    pub kind: EnvelopeKind,
+    /// The request this envelope belongs to.
     pub id: RequestId,
     /// Headers; see [`crate::message::names`] for the well-known ones.
     pub headers: Headers,
@@ -378,7 +378,7 @@ pub struct Envelope {
 
 impl Envelope {
     /// An envelope with no headers and an empty single-part body.
-    pub fn new(kind: FrameKind, id: RequestId) -> Self {
+    pub fn new(kind: EnvelopeKind, id: RequestId) -> Self {
         Envelope {
             kind,
             id,
@@ -399,7 +399,7 @@ impl Envelope {
         self
     }
 
-    /// An Error frame carrying `err` in-band: header [`names::ERROR_KIND`] is
+    /// An error envelope carrying `err` in-band: header [`names::ERROR_KIND`] is
     /// the kind's [`code`](ErrorKind::code) in decimal, the body is the
     /// message as UTF-8.
     ///
@@ -417,19 +417,19 @@ impl Envelope {
     /// ```
     pub fn error(id: RequestId, err: &Error) -> Self {
         Envelope {
-            kind: FrameKind::Error,
+            kind: EnvelopeKind::Error,
             id,
             headers: Headers::new().with(names::ERROR_KIND, err.kind().code().to_string()),
             body: Body::from(err.message().to_owned()),
         }
     }
 
-    /// The error an Error frame carries (see [`Envelope::error`]).
+    /// The error an error envelope carries (see [`Envelope::error`]).
     ///
-    /// Lenient by design, since the frame may come from a newer or foreign
+    /// Lenient by design, since the envelope may come from a newer or foreign
     /// peer: a missing or unparsable kind header, or an unknown code, gives
     /// [`ErrorKind::Other`]; invalid UTF-8 in the message is replaced. Called
-    /// on a frame of another kind it still returns an error built the same way.
+    /// on an envelope of another kind it still returns an error built the same way.
     pub fn to_error(&self) -> Error {
         let kind = self
             .headers
@@ -502,7 +502,7 @@ pub fn decode(bytes: Bytes) -> Result<Envelope, WireError> {
 ///
 /// # Errors
 ///
-/// A [`WireError`] for any input that is not exactly one well-formed frame
+/// A [`WireError`] for any input that is not exactly one well-formed envelope
 /// within `limits`: [`Truncated`](WireError::Truncated) for a prefix of one,
 /// [`LengthMismatch`](WireError::LengthMismatch) for trailing bytes, and the
 /// specific variant for a bad version, kind, header or limit.
@@ -510,10 +510,10 @@ pub fn decode_with(bytes: Bytes, limits: &Limits) -> Result<Envelope, WireError>
     if let Some(&version) = bytes.first() {
         head::check_version(version)?;
     }
-    if bytes.len() > limits.max_frame_bytes {
-        return Err(WireError::FrameTooLarge {
+    if bytes.len() > limits.max_envelope_bytes {
+        return Err(WireError::EnvelopeTooLarge {
             len: bytes.len() as u64,
-            max: limits.max_frame_bytes as u64,
+            max: limits.max_envelope_bytes as u64,
         });
     }
     let head = head::decode_head(&bytes, limits)?;
@@ -555,24 +555,24 @@ pub fn decode_with(bytes: Bytes, limits: &Limits) -> Result<Envelope, WireError>
 /// # Errors
 ///
 /// See [`decode_parts_with`].
-pub fn decode_parts(frames: &[Bytes]) -> Result<Envelope, WireError> {
-    decode_parts_with(frames, &Limits::DEFAULT)
+pub fn decode_parts(message: &[Bytes]) -> Result<Envelope, WireError> {
+    decode_parts_with(message, &Limits::DEFAULT)
 }
 
 /// Decode the multipart form `[head, part 0, part 1, ...]`, refusing anything
-/// beyond `limits`. The body parts are the given frames (not copied).
+/// beyond `limits`. The body parts are the given message parts (not copied).
 ///
 /// # Errors
 ///
-/// [`Truncated`](WireError::Truncated) if there is no head frame or fewer
+/// [`Truncated`](WireError::Truncated) if there is no head part or fewer
 /// parts than the head declares; [`LengthMismatch`](WireError::LengthMismatch)
-/// if the head frame has trailing bytes, there are more parts than declared
+/// if the head part has trailing bytes, there are more parts than declared
 /// or a part's length differs from its declared length; otherwise as
-/// [`decode_with`]. [`max_frame_bytes`](Limits::max_frame_bytes) applies to
-/// the sum of all frames.
-pub fn decode_parts_with(frames: &[Bytes], limits: &Limits) -> Result<Envelope, WireError> {
-    let (head_frame, parts) = frames.split_first().ok_or(WireError::Truncated)?;
-    if let Some(&version) = head_frame.first() {
+/// [`decode_with`]. [`max_envelope_bytes`](Limits::max_envelope_bytes) applies to
+/// the sum of all message parts.
+pub fn decode_parts_with(message: &[Bytes], limits: &Limits) -> Result<Envelope, WireError> {
+    let (head_part, parts) = message.split_first().ok_or(WireError::Truncated)?;
+    if let Some(&version) = head_part.first() {
         head::check_version(version)?;
     }
     if parts.len() > limits.max_parts {
@@ -581,20 +581,20 @@ pub fn decode_parts_with(frames: &[Bytes], limits: &Limits) -> Result<Envelope, 
             max: limits.max_parts as u64,
         });
     }
-    let total = frames
+    let total = message
         .iter()
         .fold(0u64, |sum, f| sum.saturating_add(f.len() as u64));
-    if total > limits.max_frame_bytes as u64 {
-        return Err(WireError::FrameTooLarge {
+    if total > limits.max_envelope_bytes as u64 {
+        return Err(WireError::EnvelopeTooLarge {
             len: total,
-            max: limits.max_frame_bytes as u64,
+            max: limits.max_envelope_bytes as u64,
         });
     }
-    let head = head::decode_head(head_frame, limits)?;
-    if head.len != head_frame.len() {
+    let head = head::decode_head(head_part, limits)?;
+    if head.len != head_part.len() {
         return Err(WireError::LengthMismatch {
             expected: head.len as u64,
-            actual: head_frame.len() as u64,
+            actual: head_part.len() as u64,
         });
     }
     let declared = head.part_lens.len();

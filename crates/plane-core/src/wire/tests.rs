@@ -36,7 +36,7 @@ fn assert_golden(env: &Envelope, expected: &[u8]) {
 
 #[test]
 fn golden_heartbeat_without_parts() {
-    let env = Envelope::new(FrameKind::Heartbeat, RFC_ID).with_body(Body::from_parts(vec![]));
+    let env = Envelope::new(EnvelopeKind::Heartbeat, RFC_ID).with_body(Body::from_parts(vec![]));
     let expected = hex(concat!(
         "01",                               // version 1
         "13",                               // header length: 19 bytes (varint)
@@ -51,7 +51,7 @@ fn golden_heartbeat_without_parts() {
 
 #[test]
 fn golden_request_with_header_and_body() {
-    let env = Envelope::new(FrameKind::Request, RFC_ID)
+    let env = Envelope::new(EnvelopeKind::Request, RFC_ID)
         .with_headers(Headers::new().with("content-type", "text/plain"))
         .with_body("hello");
     let expected = hex(concat!(
@@ -101,7 +101,7 @@ fn golden_error_frame() {
 fn golden_multipart_data_in_every_form() {
     let big = Bytes::from(vec![0xab; 300]);
     let env =
-        Envelope::new(FrameKind::Data, RequestId(1)).with_body(vec![big.clone(), Bytes::new()]);
+        Envelope::new(EnvelopeKind::Data, RequestId(1)).with_body(vec![big.clone(), Bytes::new()]);
     let head = hex(concat!(
         "01",                               // version 1
         "16",                               // header length: 22 bytes
@@ -122,14 +122,14 @@ fn golden_multipart_data_in_every_form() {
     assert_eq!(decode_parts(&parts).unwrap(), env);
 
     let mut framed = BytesMut::new();
-    encode_framed(&env, &mut framed).unwrap();
+    encode_delimited(&env, &mut framed).unwrap();
     assert_eq!(framed[..4], hex("00000144")[..], "u32 big-endian 324");
     assert_eq!(framed[4..], single[..]);
 }
 
 #[test]
 fn golden_long_header_uses_two_byte_length() {
-    let env = Envelope::new(FrameKind::Ack, RequestId(0))
+    let env = Envelope::new(EnvelopeKind::Ack, RequestId(0))
         .with_headers(Headers::new().with("k", "v".repeat(200)));
     let bytes = encode(&env);
     let expected_head = hex(concat!(
@@ -154,20 +154,20 @@ fn golden_long_header_uses_two_byte_length() {
 
 #[test]
 fn kind_codes_are_stable() {
-    let codes: Vec<u8> = FrameKind::ALL.iter().map(|k| k.code()).collect();
+    let codes: Vec<u8> = EnvelopeKind::ALL.iter().map(|k| k.code()).collect();
     assert_eq!(codes, (1..=9).collect::<Vec<u8>>());
-    for kind in FrameKind::ALL {
-        assert_eq!(FrameKind::from_code(kind.code()), Ok(kind));
-        assert_eq!(FrameKind::try_from(u8::from(kind)), Ok(kind));
+    for kind in EnvelopeKind::ALL {
+        assert_eq!(EnvelopeKind::from_code(kind.code()), Ok(kind));
+        assert_eq!(EnvelopeKind::try_from(u8::from(kind)), Ok(kind));
     }
-    assert_eq!(FrameKind::from_code(0), Err(WireError::UnknownKind(0)));
-    assert_eq!(FrameKind::from_code(10), Err(WireError::UnknownKind(10)));
+    assert_eq!(EnvelopeKind::from_code(0), Err(WireError::UnknownKind(0)));
+    assert_eq!(EnvelopeKind::from_code(10), Err(WireError::UnknownKind(10)));
 }
 
 // --- refusals ------------------------------------------------------------------
 
 fn sample() -> Envelope {
-    Envelope::new(FrameKind::Request, RFC_ID)
+    Envelope::new(EnvelopeKind::Request, RFC_ID)
         .with_headers(Headers::new().with("a", "1").with("b", "2"))
         .with_body(vec![Bytes::from_static(b"xy"), Bytes::from_static(b"z")])
 }
@@ -197,7 +197,7 @@ fn unknown_versions_are_refused() {
 fn unknown_kinds_are_refused() {
     let good = encode(&sample());
     // Offset 2: after the version byte and the one-byte header length.
-    assert_eq!(good[2], FrameKind::Request.code());
+    assert_eq!(good[2], EnvelopeKind::Request.code());
     for k in [0u8, 10, 0x80, 0xff] {
         let mut bad = good.to_vec();
         bad[2] = k;
@@ -233,7 +233,7 @@ fn every_prefix_is_truncated() {
             assert_eq!(
                 decode_parts(&parts[..n]),
                 Err(WireError::Truncated),
-                "{n} frames"
+                "{n} envelopes"
             );
         }
     }
@@ -306,8 +306,8 @@ fn limits_are_enforced() {
         Err(WireError::TooManyParts { count: 2, max: 1 })
     );
     assert_eq!(
-        tight(Limits::DEFAULT.with_max_frame_bytes(10)),
-        Err(WireError::FrameTooLarge {
+        tight(Limits::DEFAULT.with_max_envelope_bytes(10)),
+        Err(WireError::EnvelopeTooLarge {
             len: bytes.len() as u64,
             max: 10
         })
@@ -323,13 +323,13 @@ fn limits_are_enforced() {
         Limits::DEFAULT.with_max_header_bytes(10),
         Limits::DEFAULT.with_max_header_entries(1),
         Limits::DEFAULT.with_max_parts(1),
-        Limits::DEFAULT.with_max_frame_bytes(10),
+        Limits::DEFAULT.with_max_envelope_bytes(10),
     ] {
         assert_eq!(l.check(&env), tight(l).map(|_| ()));
     }
 }
 
-/// A frame whose postcard header is `header`, with no body bytes.
+/// An envelope whose postcard header is `header`, with no body bytes.
 fn frame_with_header(header: &[u8]) -> Bytes {
     let mut out = BytesMut::new();
     out.extend_from_slice(&[VERSION]);
@@ -340,7 +340,7 @@ fn frame_with_header(header: &[u8]) -> Bytes {
 
 /// A postcard header: kind data, id 0, then `rest`.
 fn header_with(rest: &[u8]) -> Vec<u8> {
-    let mut h = vec![FrameKind::Data.code()];
+    let mut h = vec![EnvelopeKind::Data.code()];
     h.extend_from_slice(&[0u8; 16]);
     h.extend_from_slice(rest);
     h
@@ -432,12 +432,12 @@ fn error_frames_carry_every_kind() {
             .with_op("kv.get")
             .with_backend("mem");
         let env = decode(encode(&Envelope::error(RequestId(9), &err))).unwrap();
-        assert_eq!(env.kind, FrameKind::Error);
+        assert_eq!(env.kind, EnvelopeKind::Error);
         let back = env.to_error();
         assert_eq!(back.kind(), kind);
         assert_eq!(back.message(), "déjà vu");
     }
-    let bare = Envelope::new(FrameKind::Error, RequestId(1)).with_body(&b"\xffoops"[..]);
+    let bare = Envelope::new(EnvelopeKind::Error, RequestId(1)).with_body(&b"\xffoops"[..]);
     assert_eq!(bare.to_error().kind(), ErrorKind::Other);
     assert_eq!(bare.to_error().message(), "\u{fffd}oops");
     let future = bare.with_headers(Headers::new().with(names::ERROR_KIND, "60000"));
@@ -448,7 +448,7 @@ fn error_frames_carry_every_kind() {
 fn wire_errors_become_decode_errors() {
     let e: Error = WireError::UnknownKind(42).into();
     assert_eq!(e.kind(), ErrorKind::Decode);
-    assert_eq!(e.message(), "unknown frame kind 42");
+    assert_eq!(e.message(), "unknown envelope kind 42");
     let source = std::error::Error::source(&e).expect("source kept");
     assert_eq!(
         source.downcast_ref::<WireError>(),
@@ -495,31 +495,31 @@ fn request_ids_print_and_parse_as_uuids() {
 
 #[test]
 fn oversized_prefix_is_refused_before_buffering() {
-    let mut dec = FrameDecoder::with_limits(Limits::DEFAULT.with_max_frame_bytes(1024));
+    let mut dec = DelimitedDecoder::with_limits(Limits::DEFAULT.with_max_envelope_bytes(1024));
     dec.push(&[0xff, 0xff, 0xff, 0xff]);
-    let e = WireError::FrameTooLarge {
+    let e = WireError::EnvelopeTooLarge {
         len: u64::from(u32::MAX),
         max: 1024,
     };
-    assert_eq!(dec.next_frame(), Err(e.clone()));
+    assert_eq!(dec.next_envelope(), Err(e.clone()));
     assert_eq!(dec.capacity(), 0, "nothing kept, nothing reserved");
     // Poisoned: framing is lost, so later bytes are dropped and the error sticks.
     dec.push(&[0; 4096]);
     assert_eq!(dec.buffered(), 0);
-    assert_eq!(dec.next_frame(), Err(e.clone()));
+    assert_eq!(dec.next_envelope(), Err(e.clone()));
     assert_eq!(dec.finish(), Err(e));
 
-    // Refused as soon as the prefix is complete, with no frame bytes present.
-    let mut dec = FrameDecoder::new();
-    dec.push(&((MAX_FRAME_BYTES as u32) + 1).to_be_bytes());
+    // Refused as soon as the prefix is complete, with no envelope bytes present.
+    let mut dec = DelimitedDecoder::new();
+    dec.push(&((MAX_ENVELOPE_BYTES as u32) + 1).to_be_bytes());
     assert!(matches!(
-        dec.next_frame(),
-        Err(WireError::FrameTooLarge { .. })
+        dec.next_envelope(),
+        Err(WireError::EnvelopeTooLarge { .. })
     ));
     // Exactly at the limit it waits for the bytes instead, reserving nothing.
-    let mut dec = FrameDecoder::new();
-    dec.push(&(MAX_FRAME_BYTES as u32).to_be_bytes());
-    assert_eq!(dec.next_frame(), Ok(None));
+    let mut dec = DelimitedDecoder::new();
+    dec.push(&(MAX_ENVELOPE_BYTES as u32).to_be_bytes());
+    assert_eq!(dec.next_envelope(), Ok(None));
     assert!(dec.capacity() < 1024);
     assert_eq!(dec.finish(), Err(WireError::Truncated));
 }
@@ -529,19 +529,19 @@ fn undecodable_frame_is_skipped_and_stream_continues() {
     let mut stream = BytesMut::new();
     stream.extend_from_slice(&3u32.to_be_bytes());
     stream.extend_from_slice(&[9, 9, 9]);
-    encode_framed(&sample(), &mut stream).unwrap();
-    let mut dec = FrameDecoder::new();
+    encode_delimited(&sample(), &mut stream).unwrap();
+    let mut dec = DelimitedDecoder::new();
     dec.push(&stream);
-    assert_eq!(dec.next_frame(), Err(WireError::UnsupportedVersion(9)));
-    assert_eq!(dec.next_frame(), Ok(Some(sample())));
-    assert_eq!(dec.next_frame(), Ok(None));
+    assert_eq!(dec.next_envelope(), Err(WireError::UnsupportedVersion(9)));
+    assert_eq!(dec.next_envelope(), Ok(Some(sample())));
+    assert_eq!(dec.next_envelope(), Ok(None));
     assert_eq!(dec.finish(), Ok(()));
 }
 
 // --- properties ------------------------------------------------------------------
 
-fn arb_kind() -> impl Strategy<Value = FrameKind> {
-    proptest::sample::select(FrameKind::ALL.to_vec())
+fn arb_kind() -> impl Strategy<Value = EnvelopeKind> {
+    proptest::sample::select(EnvelopeKind::ALL.to_vec())
 }
 
 fn arb_headers() -> impl Strategy<Value = Headers> {
@@ -569,13 +569,13 @@ fn arb_envelope() -> impl Strategy<Value = Envelope> {
 }
 
 /// Everything a decoder yields from `dec` until it needs more bytes.
-fn drain(dec: &mut FrameDecoder, out: &mut Vec<Result<Envelope, WireError>>) {
+fn drain(dec: &mut DelimitedDecoder, out: &mut Vec<Result<Envelope, WireError>>) {
     loop {
-        match dec.next_frame() {
+        match dec.next_envelope() {
             Ok(None) => return,
             Ok(Some(env)) => out.push(Ok(env)),
             Err(e) => {
-                let fatal = matches!(e, WireError::FrameTooLarge { .. });
+                let fatal = matches!(e, WireError::EnvelopeTooLarge { .. });
                 out.push(Err(e));
                 if fatal {
                     return;
@@ -597,7 +597,7 @@ proptest! {
         prop_assert_eq!(&decode_parts(&parts).unwrap(), &env);
 
         let mut framed = BytesMut::new();
-        encode_framed(&env, &mut framed).unwrap();
+        encode_delimited(&env, &mut framed).unwrap();
         prop_assert_eq!(&framed[4..], &single[..]);
         prop_assert_eq!(Limits::DEFAULT.check(&env), Ok(()));
     }
@@ -629,7 +629,7 @@ proptest! {
         let mut parts = encode_parts(&env);
         parts[0] = bytes.slice(..parts[0].len().min(bytes.len()));
         let _ = decode_parts(&parts);
-        let mut dec = FrameDecoder::new();
+        let mut dec = DelimitedDecoder::new();
         dec.push(&bytes);
         drain(&mut dec, &mut Vec::new());
     }
@@ -639,7 +639,7 @@ proptest! {
         let bytes = Bytes::from(data);
         let _ = decode(bytes.clone());
         let _ = decode_parts(&[bytes.clone(), bytes.clone()]);
-        let mut dec = FrameDecoder::new();
+        let mut dec = DelimitedDecoder::new();
         dec.push(&bytes);
         drain(&mut dec, &mut Vec::new());
     }
@@ -651,18 +651,18 @@ proptest! {
     ) {
         let mut stream = BytesMut::new();
         for env in &envs {
-            encode_framed(env, &mut stream).unwrap();
+            encode_delimited(env, &mut stream).unwrap();
         }
         let want: Vec<_> = envs.into_iter().map(Ok).collect();
 
-        let mut whole = FrameDecoder::new();
+        let mut whole = DelimitedDecoder::new();
         whole.push(&stream);
         let mut got = Vec::new();
         drain(&mut whole, &mut got);
         prop_assert_eq!(&got, &want);
         prop_assert_eq!(whole.finish(), Ok(()));
 
-        let mut bytewise = FrameDecoder::new();
+        let mut bytewise = DelimitedDecoder::new();
         let mut got = Vec::new();
         for b in stream.chunks(1) {
             bytewise.push(b);
@@ -670,7 +670,7 @@ proptest! {
         }
         prop_assert_eq!(&got, &want);
 
-        let mut chunked = FrameDecoder::new();
+        let mut chunked = DelimitedDecoder::new();
         let mut got = Vec::new();
         let mut rest = &stream[..];
         for size in chunks.iter().cycle() {
