@@ -657,7 +657,9 @@ fn typed_error(headers: Option<&HeaderMap>) -> Error {
 }
 
 /// Publish `garbage` as a call to `endpoint` with a malformed plane header,
-/// as a misbehaving peer would, and wait (bounded) for the refusal. For tests.
+/// as a misbehaving peer would, and wait (bounded) for the refusal. A test
+/// hook (feature `testkit`).
+#[cfg(feature = "testkit")]
 pub async fn send_garbage(
     client: &Client,
     prefix: &str,

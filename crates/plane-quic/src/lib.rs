@@ -17,33 +17,7 @@
 //! See [`events`]. An events handle built from a URL binds its own port (the
 //! `quic://` port is best left 0 when both planes are built from one URL).
 //!
-//! # URL
-//!
-//! ```text
-//! quic://HOST:PORT?discovery=<percent-encoded kv URL>[&key=value...]
-//! ```
-//!
-//! `HOST:PORT` is the UDP address to bind (`0.0.0.0:0`, `127.0.0.1:4433`);
-//! port 0 picks a free port. `discovery` is required: the URL of the kv
-//! plane that holds the discovery records, percent-encoded
-//! (`mem%3A%2F%2Fdev`, `nats%3A%2F%2Fhost%3A4222`).
-//!
-//! | query key | meaning | default |
-//! |---|---|---|
-//! | `discovery` | kv URL of the discovery plane (required) | — |
-//! | `bucket` | discovery bucket | `plane_discovery` |
-//! | `lease_ms` | discovery lease of served instances | 10000 |
-//! | `advertise` | `host:port` published for this endpoint | the bound address (loopback if bound to every interface) |
-//! | `cert`, `key` | PEM certificate chain and private key | a self-signed certificate generated at start-up |
-//! | `ca` | PEM CA roots to verify servers with, instead of pinning the fingerprint they publish | pinning |
-//! | `client_ca` | PEM CA roots; when set the server requires client certificates issued by it (mutual TLS), and callers present `cert` | no client authentication |
-//! | `server_name` | TLS name of this server's certificate, published for callers | `plane` |
-//! | `max_payload` | largest request, reply or event payload in bytes | 8 MiB |
-//! | `idle_timeout_ms` | a connection silent this long is lost (keep-alives every third of it) | 6000 |
-//! | `connect_timeout_ms` | longest wait for a QUIC handshake | 3000 |
-//! | `stream_window` | bytes a call's receiver takes ahead of its reader (how far a handler runs ahead of a stalled caller) | 65536 |
-//!
-//! Unknown keys are refused with `InvalidConfig`.
+#![doc = include_str!("../../../docs/quic.md")]
 //!
 //! # Example
 //!

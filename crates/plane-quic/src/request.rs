@@ -314,10 +314,12 @@ impl QuicRequests {
 
     /// Open a stream to this endpoint itself, write `bytes` as they are (not
     /// an envelope), and return everything the server answers on it, up to
-    /// 64 KiB. A diagnostic for checking that a peer survives garbage.
+    /// 64 KiB. A test hook (feature `testkit`) for checking that a peer
+    /// survives garbage.
     ///
     /// # Errors
     /// `Connection` if the endpoint cannot be reached.
+    #[cfg(feature = "testkit")]
     pub async fn send_raw(&self, bytes: &[u8]) -> Result<Vec<u8>> {
         let node = &self.node;
         let me = Instance::new("raw", InstanceId(0), node.advertised()?)

@@ -18,34 +18,7 @@
 //! libzmq is built from source by `zmq-sys` (a C++ compiler is needed, no
 //! system package). Unix only (the socket is driven through its `ZMQ_FD`).
 //!
-//! # URL
-//!
-//! ```text
-//! zmq+tcp://HOST:PORT?discovery=<percent-encoded kv URL>[&key=value...]
-//! zmq+ipc:///path/to/socket?discovery=...
-//! ```
-//!
-//! `HOST:PORT` is the TCP address the ROUTER binds (`127.0.0.1:0` picks a
-//! free port; `0.0.0.0:5555`). `zmq+ipc` binds a Unix-domain socket at the
-//! path. `discovery` is required: the URL of the kv plane holding discovery
-//! records, percent-encoded (`mem%3A%2F%2Fdev`).
-//!
-//! | query key | meaning | default |
-//! |---|---|---|
-//! | `discovery` | kv URL of the discovery plane (required) | — |
-//! | `bucket` | discovery bucket | `plane_discovery` |
-//! | `lease_ms` | discovery lease of served instances | 10000 |
-//! | `advertise` | ZeroMQ address published (`tcp://10.0.0.7:5555`) | the bound address (loopback if bound to every interface) |
-//! | `events_bind` | ZeroMQ address the events XPUB binds (`tcp://0.0.0.0:5556`) | the ROUTER's host on a free port |
-//! | `events_advertise` | XPUB address published | the bound address (loopback if bound to every interface) |
-//! | `max_payload` | largest request, reply or event payload in bytes | 8 MiB |
-//! | `hwm` | high-water mark of every request-plane socket, in messages | 1000 |
-//! | `events_hwm` | high-water mark of the events sockets, in events | 10000 |
-//! | `heartbeat_ms` | interval of the server's per-call heartbeats | 500 |
-//! | `idle_timeout_ms` | a call the server says nothing about for this long is `Disconnected` | 3000 |
-//! | `connect_timeout_ms` | longest wait for a connection to a peer | 3000 |
-//!
-//! Unknown keys are refused with `InvalidConfig`.
+#![doc = include_str!("../../../docs/zmq.md")]
 //!
 //! # Example
 //!

@@ -163,10 +163,12 @@ impl ZmqRequests {
 
     /// Send `parts` as one multipart message, as they are, from a fresh
     /// DEALER to this handle's ROUTER, and return the first answer (or `None`
-    /// after `wait`). A diagnostic for checking that a peer survives garbage.
+    /// after `wait`). A test hook (feature `testkit`) for checking that a peer
+    /// survives garbage.
     ///
     /// # Errors
     /// `Connection` if the socket cannot be created or connected.
+    #[cfg(feature = "testkit")]
     pub async fn send_raw(&self, parts: &[Bytes], wait: Duration) -> Result<Option<Vec<Bytes>>> {
         let node = &self.node;
         let s = socket(&node.context, zmq::DEALER, &node.config)?;
