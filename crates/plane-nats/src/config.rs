@@ -153,7 +153,13 @@ impl NatsConfig {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Check the configuration however it was built: [`from_url`](Self::from_url)
+    /// and [`connect`](Self::connect) call this, so a config built in code is
+    /// held to the same rules as one read from a URL.
+    ///
+    /// # Errors
+    /// `InvalidConfig` naming the settings that conflict or are out of range.
+    pub fn validate(&self) -> Result<()> {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(invalid("tls_cert and tls_key must be given together"));
         }
@@ -186,8 +192,10 @@ impl NatsConfig {
     /// # Errors
     /// `Unauthorized` when the server refuses the credentials, `Connection`
     /// when no server could be reached within `connect_timeout`,
-    /// `InvalidConfig` for unreadable credential or certificate files.
+    /// `InvalidConfig` for a configuration [`validate`](Self::validate)
+    /// refuses, or unreadable credential or certificate files.
     pub async fn connect(&self) -> Result<async_nats::Client> {
+        self.validate()?;
         let mut opts = async_nats::ConnectOptions::new()
             .connection_timeout(self.connect_timeout)
             // Reconnect for ever, quickly: a restarted broker is back within a
@@ -246,6 +254,17 @@ impl NatsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_config_built_in_code_is_validated_on_connect() {
+        let c = NatsConfig {
+            heartbeat: Duration::ZERO,
+            ..NatsConfig::default()
+        };
+        let e = c.connect().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        assert!(e.message().contains("heartbeat_ms"), "{e}");
+    }
 
     #[test]
     fn debug_never_prints_secrets() {

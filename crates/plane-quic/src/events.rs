@@ -301,6 +301,7 @@ impl QuicEvents {
     /// # Errors
     /// As [`QuicRequests::connect`]; discovery errors.
     pub async fn connect(config: QuicConfig, discovery: Discovery) -> Result<Self> {
+        config.validate()?;
         let mut capabilities = EventsCapabilities::default();
         capabilities.wildcards = true;
         // Each publisher picks one member per group (see the module docs).

@@ -39,139 +39,24 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod events;
 pub mod request;
 pub mod tls;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
-
 use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, DiscoveryConfig};
-use plane_core::registry::{QueryParams, Registry};
-use plane_core::{Error, ErrorKind, Events, Requests, Result};
+use plane_core::registry::Registry;
+use plane_core::{Events, Requests, Result};
 use plane_peer as peer;
 use url::Url;
 
+pub use config::QuicConfig;
 pub use events::QuicEvents;
 pub use request::QuicRequests;
 
 /// The backend name used in errors and reports.
 pub const NAME: &str = "quic";
-
-/// Configuration of a QUIC plane, usually read from a `quic://` URL.
-#[non_exhaustive]
-#[derive(Debug, Clone)]
-pub struct QuicConfig {
-    /// UDP address to bind.
-    pub bind: SocketAddr,
-    /// Address published in discovery; `None` publishes the bound address.
-    pub advertise: Option<String>,
-    /// kv URL of the discovery plane.
-    pub discovery: String,
-    /// Discovery bucket and lease.
-    pub discovery_config: DiscoveryConfig,
-    /// PEM certificate chain; generated when `None`.
-    pub cert: Option<PathBuf>,
-    /// PEM private key of `cert`.
-    pub key: Option<PathBuf>,
-    /// CA roots to verify servers with; `None` pins published fingerprints.
-    pub ca: Option<PathBuf>,
-    /// CA roots client certificates must be issued by (mutual TLS).
-    pub client_ca: Option<PathBuf>,
-    /// TLS name of this server's certificate.
-    pub server_name: String,
-    /// Largest request or reply payload.
-    pub max_payload: usize,
-    /// Silence after which a connection is lost.
-    pub idle_timeout: Duration,
-    /// Longest wait for a handshake.
-    pub connect_timeout: Duration,
-    /// Concurrent streams (calls) a peer may open on one connection.
-    pub max_streams: u32,
-    /// Bytes a call's receiver accepts ahead of its reader (QUIC stream
-    /// flow-control window): how far a handler runs ahead of a stalled
-    /// caller, and the throughput cap of one call per round trip.
-    pub stream_window: u32,
-}
-
-impl QuicConfig {
-    /// Bind `bind` and use the kv plane at `discovery` for discovery.
-    pub fn new(bind: SocketAddr, discovery: impl Into<String>) -> Self {
-        QuicConfig {
-            bind,
-            advertise: None,
-            discovery: discovery.into(),
-            discovery_config: DiscoveryConfig::default(),
-            cert: None,
-            key: None,
-            ca: None,
-            client_ca: None,
-            server_name: tls::DEFAULT_SERVER_NAME.to_owned(),
-            max_payload: 8 * 1024 * 1024,
-            idle_timeout: Duration::from_secs(6),
-            connect_timeout: Duration::from_secs(3),
-            max_streams: 4096,
-            stream_window: 64 * 1024,
-        }
-    }
-
-    /// Read the configuration from a `quic://` URL (see the crate docs).
-    ///
-    /// # Errors
-    /// `InvalidConfig` for a missing host or port, a missing `discovery`, or
-    /// an unknown or invalid query key.
-    pub fn from_url(url: &Url) -> Result<Self> {
-        let host = url
-            .host_str()
-            .ok_or_else(|| Error::new(ErrorKind::InvalidConfig, "quic url needs a host to bind"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = url.port().unwrap_or(0);
-        let ip: std::net::IpAddr = host.parse().map_err(|_| {
-            Error::new(
-                ErrorKind::InvalidConfig,
-                format!("quic url host `{host}` is not an IP address to bind"),
-            )
-        })?;
-        let mut q = QueryParams::new(url)?;
-        let (discovery, discovery_config) = peer::discovery_query(&mut q, "quic")?;
-        let mut c = QuicConfig::new(SocketAddr::new(ip, port), discovery);
-        c.discovery_config = discovery_config;
-        c.advertise = q.take_str("advertise");
-        c.cert = q.take_str("cert").map(PathBuf::from);
-        c.key = q.take_str("key").map(PathBuf::from);
-        c.ca = q.take_str("ca").map(PathBuf::from);
-        c.client_ca = q.take_str("client_ca").map(PathBuf::from);
-        if let Some(n) = q.take_str("server_name") {
-            c.server_name = n;
-        }
-        if let Some(m) = q.take("max_payload")? {
-            c.max_payload = m;
-        }
-        if let Some(t) = q.take_millis("idle_timeout_ms")? {
-            c.idle_timeout = t;
-        }
-        if let Some(t) = q.take_millis("connect_timeout_ms")? {
-            c.connect_timeout = t;
-        }
-        if let Some(w) = q.take("stream_window")? {
-            c.stream_window = w;
-        }
-        q.finish()?;
-        if c.max_payload == 0
-            || c.idle_timeout.is_zero()
-            || c.connect_timeout.is_zero()
-            || c.stream_window == 0
-        {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                "max_payload, idle_timeout_ms, connect_timeout_ms and stream_window must be positive",
-            ));
-        }
-        Ok(c)
-    }
-}
 
 /// The `quic://` transport: what [`peer::PeerConnector`] needs of this crate.
 #[derive(Debug)]

@@ -240,6 +240,7 @@ impl QuicRequests {
     /// `InvalidConfig` for unusable TLS material, `Connection` when the
     /// address cannot be bound.
     pub fn connect(config: QuicConfig, discovery: Discovery) -> Result<Self> {
+        config.validate()?;
         let identity = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => Identity::load(cert, key)?,
             (None, None) => Identity::generate(std::slice::from_ref(&config.server_name))?,

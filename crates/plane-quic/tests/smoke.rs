@@ -42,3 +42,20 @@ async fn garbage_refused_and_restart_recovers() {
     assert_ne!(before, backend.local_addr().unwrap());
     plane_conformance::peer::calls_recover_after_restart(&requests).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_built_in_code_is_validated() {
+    let registry = plane_mem::registry();
+    let mut config = plane_quic::QuicConfig::new("127.0.0.1:0".parse().unwrap(), hub());
+    let discovery = plane_peer::discovery_of::<plane_quic::Quic>(&config, &registry)
+        .await
+        .unwrap();
+    config.stream_window = 0;
+    let e = QuicRequests::connect(config.clone(), discovery.clone()).unwrap_err();
+    assert_eq!(e.kind(), plane_core::ErrorKind::InvalidConfig);
+    assert!(e.message().contains("stream_window"), "{e}");
+    let e = plane_quic::QuicEvents::connect(config, discovery)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), plane_core::ErrorKind::InvalidConfig);
+}

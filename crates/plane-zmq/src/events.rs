@@ -181,6 +181,7 @@ impl ZmqEvents {
     /// # Errors
     /// `Connection` when the address cannot be bound; discovery errors.
     pub async fn connect(config: ZmqConfig, discovery: Discovery) -> Result<Self> {
+        config.validate()?;
         let context = zmq::Context::new();
         let s = socket(&context, zmq::XPUB, &config)?;
         s.set_xpub_verbose(true)

@@ -132,6 +132,7 @@ impl ZmqRequests {
     /// # Errors
     /// `Connection` when the address cannot be bound.
     pub fn connect(config: ZmqConfig, discovery: Discovery) -> Result<Self> {
+        config.validate()?;
         let context = zmq::Context::new();
         let limits = Limits::default().with_max_envelope_bytes(
             config

@@ -51,3 +51,21 @@ async fn garbage_refused_and_restart_recovers() {
     assert_ne!(before, backend.address());
     plane_conformance::peer::calls_recover_after_restart(&requests).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_built_in_code_is_validated() {
+    let registry = plane_mem::registry();
+    let mut config = plane_zmq::ZmqConfig::new("tcp://127.0.0.1:0", hub());
+    let discovery = plane_peer::discovery_of::<plane_zmq::Zmq>(&config, &registry)
+        .await
+        .unwrap();
+    // Silence shorter than the heartbeat would end every call.
+    config.idle_timeout = config.heartbeat;
+    let e = ZmqRequests::connect(config.clone(), discovery.clone()).unwrap_err();
+    assert_eq!(e.kind(), plane_core::ErrorKind::InvalidConfig);
+    assert!(e.message().contains("idle_timeout_ms"), "{e}");
+    let e = plane_zmq::ZmqEvents::connect(config, discovery)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), plane_core::ErrorKind::InvalidConfig);
+}
