@@ -278,6 +278,32 @@ impl QueryParams {
         Ok(self.take::<u64>(key)?.map(std::time::Duration::from_millis))
     }
 
+    /// Take `key` into `field` when present, leaving the default otherwise:
+    /// one line per key in a backend's `from_url`.
+    ///
+    /// # Errors
+    /// `InvalidConfig` when the value does not parse.
+    pub fn set<T: FromStr>(&mut self, key: &str, field: &mut T) -> Result<()>
+    where
+        T::Err: std::fmt::Display,
+    {
+        if let Some(v) = self.take(key)? {
+            *field = v;
+        }
+        Ok(())
+    }
+
+    /// [`set`](QueryParams::set) for a duration given in milliseconds.
+    ///
+    /// # Errors
+    /// `InvalidConfig` when the value is not a whole number.
+    pub fn set_millis(&mut self, key: &str, field: &mut std::time::Duration) -> Result<()> {
+        if let Some(v) = self.take_millis(key)? {
+            *field = v;
+        }
+        Ok(())
+    }
+
     /// Fail with `InvalidConfig` if any key was not taken.
     pub fn finish(self) -> Result<()> {
         if self.params.is_empty() {
@@ -301,6 +327,17 @@ mod tests {
         let mut q = QueryParams::new(&u).unwrap();
         assert_eq!(q.take::<usize>("max_payload").unwrap(), Some(10));
         assert_eq!(q.finish().unwrap_err().kind(), ErrorKind::InvalidConfig);
+        let u = Url::parse("mem://x?max_payload=7&wait_ms=3").unwrap();
+        let mut q = QueryParams::new(&u).unwrap();
+        let (mut n, mut other, mut wait) = (1usize, 2usize, std::time::Duration::ZERO);
+        q.set("max_payload", &mut n).unwrap();
+        q.set("absent", &mut other).unwrap();
+        q.set_millis("wait_ms", &mut wait).unwrap();
+        assert_eq!(
+            (n, other, wait),
+            (7, 2, std::time::Duration::from_millis(3))
+        );
+        q.finish().unwrap();
         let u = Url::parse("mem://x?max_payload=ten").unwrap();
         let mut q = QueryParams::new(&u).unwrap();
         assert_eq!(

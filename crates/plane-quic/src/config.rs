@@ -100,18 +100,10 @@ impl QuicConfig {
         if let Some(n) = q.take_str("server_name") {
             c.server_name = n;
         }
-        if let Some(m) = q.take("max_payload")? {
-            c.max_payload = m;
-        }
-        if let Some(t) = q.take_millis("idle_timeout_ms")? {
-            c.idle_timeout = t;
-        }
-        if let Some(t) = q.take_millis("connect_timeout_ms")? {
-            c.connect_timeout = t;
-        }
-        if let Some(w) = q.take("stream_window")? {
-            c.stream_window = w;
-        }
+        q.set("max_payload", &mut c.max_payload)?;
+        q.set_millis("idle_timeout_ms", &mut c.idle_timeout)?;
+        q.set_millis("connect_timeout_ms", &mut c.connect_timeout)?;
+        q.set("stream_window", &mut c.stream_window)?;
         q.finish()?;
         c.validate()?;
         Ok(c)

@@ -102,24 +102,12 @@ impl ZmqConfig {
         c.advertise = q.take_str("advertise");
         c.events_bind = q.take_str("events_bind");
         c.events_advertise = q.take_str("events_advertise");
-        if let Some(m) = q.take("max_payload")? {
-            c.max_payload = m;
-        }
-        if let Some(h) = q.take("hwm")? {
-            c.hwm = h;
-        }
-        if let Some(h) = q.take("events_hwm")? {
-            c.events_hwm = h;
-        }
-        if let Some(t) = q.take_millis("heartbeat_ms")? {
-            c.heartbeat = t;
-        }
-        if let Some(t) = q.take_millis("idle_timeout_ms")? {
-            c.idle_timeout = t;
-        }
-        if let Some(t) = q.take_millis("connect_timeout_ms")? {
-            c.connect_timeout = t;
-        }
+        q.set("max_payload", &mut c.max_payload)?;
+        q.set("hwm", &mut c.hwm)?;
+        q.set("events_hwm", &mut c.events_hwm)?;
+        q.set_millis("heartbeat_ms", &mut c.heartbeat)?;
+        q.set_millis("idle_timeout_ms", &mut c.idle_timeout)?;
+        q.set_millis("connect_timeout_ms", &mut c.connect_timeout)?;
         q.finish()?;
         c.validate()?;
         Ok(c)
