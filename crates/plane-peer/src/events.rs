@@ -32,11 +32,26 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
+use plane_core::discovery::Registration;
 use plane_core::error::{Error, ErrorKind, Result};
 use plane_core::events::{Event, Origin, PublisherId, SubscriptionTransport};
 use plane_core::message::names;
 use plane_core::message::Message;
 use plane_core::wire::{Envelope, EnvelopeKind, RequestId};
+
+/// Withdraw an events publisher's discovery record, when it had one, in the
+/// background: called from `Drop`, which cannot wait. Removing the record
+/// now rather than when its lease runs out stops subscribers dialling a
+/// publisher that is gone.
+pub fn deregister_publisher(registration: Option<Registration>) {
+    if let (Some(r), Ok(rt)) = (registration, tokio::runtime::Handle::try_current()) {
+        rt.spawn(async move {
+            if let Err(e) = r.deregister().await {
+                tracing::debug!(error = %e, "cannot deregister an events publisher");
+            }
+        });
+    }
+}
 
 /// The envelope of `event`; `dropped` events were lost just before it.
 pub fn event_envelope(event: &Event, dropped: u64) -> Envelope {

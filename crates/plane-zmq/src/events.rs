@@ -144,19 +144,12 @@ struct Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.task.abort();
-        let registration = self
-            .registration
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let (Some(r), Ok(rt)) = (registration, tokio::runtime::Handle::try_current()) {
-            // Remove the record now rather than when its lease runs out.
-            rt.spawn(async move {
-                if let Err(e) = r.deregister().await {
-                    tracing::debug!(error = %e, "cannot deregister an events publisher");
-                }
-            });
-        }
+        plane_peer::events::deregister_publisher(
+            self.registration
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
     }
 }
 
