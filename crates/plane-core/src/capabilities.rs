@@ -45,6 +45,23 @@ impl Default for RequestCapabilities {
     }
 }
 
+impl RequestCapabilities {
+    /// Everything the request plane defines: streaming, cancellation and
+    /// every route, up to `max_payload`. What a backend that runs plane's
+    /// own server runtime end to end (mem, the brokerless planes) offers.
+    pub fn complete(max_payload: usize) -> Self {
+        RequestCapabilities {
+            streaming: true,
+            cancellation: true,
+            round_robin: true,
+            random: true,
+            power_of_two: true,
+            direct: true,
+            max_payload,
+        }
+    }
+}
+
 /// Events plane capabilities.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

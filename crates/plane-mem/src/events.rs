@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use super::MemConfig;
 use plane_core::ack::{AckHandle, Acker};
 use plane_core::error::{Error, ErrorKind, Result};
+use plane_core::events::buffer::EventBuffer;
 use plane_core::events::groups::{Groups, Offered};
 use plane_core::events::*;
 use plane_core::message::names;
@@ -99,14 +100,14 @@ impl HubState {
     fn fan_out(&mut self, event: &Event, wake: &mut Vec<Waker>) {
         for sub in &self.broadcast {
             if matches(&sub.pattern, &event.subject) {
-                sub.offer(event, true, wake);
+                sub.buffer.offer_deferred(event, true, wake);
             }
         }
         // Round-robin, skipping members whose buffer is full; when all are
         // full the member whose turn it was counts (and later reports) the
         // drop. Members leave through `remove_sub`, never by an offer.
         self.groups.deliver(&event.subject, |member, last_resort| {
-            if member.offer(event, last_resort, wake) {
+            if member.buffer.offer_deferred(event, last_resort, wake) {
                 Offered::Taken
             } else {
                 Offered::Full
@@ -168,7 +169,7 @@ impl Drop for EventHub {
         // see their streams finish instead of waiting forever.
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         for sub in state.broadcast.iter().chain(state.groups.iter()) {
-            sub.close();
+            sub.buffer.close();
         }
         for stream in state.streams.values() {
             stream.shut_down();
@@ -184,102 +185,9 @@ struct SubShared {
     id: u64,
     pattern: String,
     group: Option<String>,
-    capacity: usize,
-    buffer: Mutex<SubBuffer>,
-}
-
-#[derive(Default)]
-struct SubBuffer {
-    items: VecDeque<Item>,
-    /// Events in `items` (markers excluded); never more than the capacity.
-    events: usize,
-    /// Events dropped since the last marker was queued.
-    dropped: u64,
-    closed: bool,
-    waker: Option<Waker>,
-}
-
-/// A buffered item. A `Dropped` marker is only queued right before an
-/// accepted event, so markers never outnumber events and the buffer stays
-/// bounded by twice the capacity.
-enum Item {
-    Event(Event),
-    Dropped(u64),
-}
-
-fn overloaded(n: u64) -> Error {
-    Error::new(ErrorKind::Overloaded, format!("{n} events dropped"))
-}
-
-impl SubShared {
-    /// Buffer `event` if there is room. When full, the drop is counted if
-    /// `count_drop` is set. Returns whether the event was buffered.
-    fn offer(&self, event: &Event, count_drop: bool, wake: &mut Vec<Waker>) -> bool {
-        let mut b = lock(&self.buffer);
-        if b.closed {
-            return false;
-        }
-        if b.events >= self.capacity {
-            if count_drop {
-                b.dropped += 1;
-            }
-            return false;
-        }
-        if b.dropped > 0 {
-            let n = std::mem::take(&mut b.dropped);
-            b.items.push_back(Item::Dropped(n));
-        }
-        b.items.push_back(Item::Event(event.clone()));
-        b.events += 1;
-        wake.extend(b.waker.take());
-        true
-    }
-
-    fn poll(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Event>>> {
-        let mut b = lock(&self.buffer);
-        if b.closed {
-            return Poll::Ready(None);
-        }
-        match b.items.pop_front() {
-            Some(Item::Event(e)) => {
-                b.events -= 1;
-                Poll::Ready(Some(Ok(e)))
-            }
-            Some(Item::Dropped(n)) => Poll::Ready(Some(Err(overloaded(n)))),
-            // Drops after everything buffered: report them now that the
-            // reader has caught up.
-            None if b.dropped > 0 => {
-                let n = std::mem::take(&mut b.dropped);
-                Poll::Ready(Some(Err(overloaded(n))))
-            }
-            None => {
-                match &mut b.waker {
-                    Some(w) => w.clone_from(cx.waker()),
-                    slot => *slot = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
-        }
-    }
-
-    /// Close and free the buffer. Returns whether it was open.
-    fn close(&self) -> bool {
-        let waker = {
-            let mut b = lock(&self.buffer);
-            if b.closed {
-                return false;
-            }
-            b.closed = true;
-            b.items.clear();
-            b.events = 0;
-            b.dropped = 0;
-            b.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-        true
-    }
+    /// The one subscriber buffer every backend that buffers shares; offers
+    /// happen under the hub lock, so readers are woken after it is released.
+    buffer: EventBuffer,
 }
 
 struct MemSubscription {
@@ -289,13 +197,13 @@ struct MemSubscription {
 
 impl SubscriptionTransport for MemSubscription {
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Event>>> {
-        self.shared.poll(cx)
+        self.shared.buffer.poll(cx)
     }
 
     fn close(&mut self) {
         // The buffer lock is released before the hub lock is taken: the
         // publish path nests them the other way round.
-        if self.shared.close() {
+        if self.shared.buffer.close() {
             if let Some(hub) = self.hub.upgrade() {
                 lock(&hub.state).remove_sub(&self.shared);
             }
@@ -915,8 +823,7 @@ impl EventsBackend for MemEvents {
             id: hub.next_id,
             pattern: options.pattern,
             group: options.group,
-            capacity: options.capacity,
-            buffer: Mutex::default(),
+            buffer: EventBuffer::new(options.capacity),
         });
         match &shared.group {
             None => hub.broadcast.push(shared.clone()),

@@ -133,15 +133,10 @@ pub struct MemRequests {
 
 impl MemRequests {
     pub(crate) fn new(hub: Arc<RequestHub>, config: &MemConfig) -> Self {
-        let mut caps = RequestCapabilities::default();
-        caps.streaming = true;
-        caps.cancellation = true;
-        caps.round_robin = true;
-        caps.random = true;
-        caps.power_of_two = true;
-        caps.direct = true;
-        caps.max_payload = config.max_payload;
-        MemRequests { caps, hub }
+        MemRequests {
+            caps: RequestCapabilities::complete(config.max_payload),
+            hub,
+        }
     }
 }
 

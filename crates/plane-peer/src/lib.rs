@@ -50,7 +50,6 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
-use plane_core::capabilities::RequestCapabilities;
 use plane_core::discovery::{Discovery, DiscoveryConfig, DiscoveryEvent, Instance};
 use plane_core::error::{Error, ErrorKind, Result};
 use plane_core::message::Message;
@@ -247,20 +246,6 @@ pub async fn open_discovery(
 ) -> Result<Discovery> {
     let kv = registry.kv(url).await?;
     Discovery::open(&kv, config.clone()).await
-}
-
-/// What the request plane of a brokerless backend offers: streaming,
-/// cancellation and every route, up to `max_payload`.
-pub fn request_capabilities(max_payload: usize) -> RequestCapabilities {
-    let mut caps = RequestCapabilities::default();
-    caps.streaming = true;
-    caps.cancellation = true;
-    caps.round_robin = true;
-    caps.random = true;
-    caps.power_of_two = true;
-    caps.direct = true;
-    caps.max_payload = max_payload;
-    caps
 }
 
 /// Check `env` against the receiver's `limits` before sending it.

@@ -58,6 +58,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use plane_core::discovery::{Discovery, DiscoveryEvent, Instance, Registration};
+use plane_core::events::buffer::EventBuffer;
 use plane_core::events::groups::{Groups, Offered};
 use plane_core::events::{
     Event, EventsBackend, EventsCapabilities, SubscribeOptions, SubscriptionTransport,
@@ -67,9 +68,7 @@ use plane_core::request::InstanceId;
 use plane_core::subject;
 use plane_core::wire::{Envelope, EnvelopeKind, RequestId};
 use plane_core::{Error, ErrorKind, Headers, Result};
-use plane_peer::events::{
-    decode_event, event_envelope, AbortOnDrop, BufferedSubscription, EventBuffer,
-};
+use plane_peer::events::{decode_event, event_envelope, AbortOnDrop, BufferedSubscription};
 use tokio::sync::mpsc;
 
 use crate::request::{

@@ -274,7 +274,7 @@ impl QuicRequests {
                 .saturating_add(wire::MAX_HEADER_BYTES)
                 .min(u32::MAX as usize),
         );
-        let capabilities = peer::request_capabilities(config.max_payload);
+        let capabilities = RequestCapabilities::complete(config.max_payload);
         let served = Served::new(discovery.clone());
         let node = Arc::new(Node {
             directory: PeerDirectory::new(discovery, Default::default()),

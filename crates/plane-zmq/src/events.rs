@@ -83,6 +83,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use plane_core::discovery::{Discovery, DiscoveryEvent, DiscoveryWatch, Instance, Registration};
+use plane_core::events::buffer::EventBuffer;
 use plane_core::events::groups::{Groups, Offered};
 use plane_core::events::{
     Event, EventsBackend, EventsCapabilities, SubscribeOptions, SubscriptionTransport,
@@ -91,9 +92,7 @@ use plane_core::request::InstanceId;
 use plane_core::subject;
 use plane_core::wire::{self, Limits};
 use plane_core::{Error, ErrorKind, Result};
-use plane_peer::events::{
-    decode_event, event_envelope, AbortOnDrop, BufferedSubscription, EventBuffer,
-};
+use plane_peer::events::{decode_event, event_envelope, AbortOnDrop, BufferedSubscription};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 

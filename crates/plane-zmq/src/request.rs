@@ -142,7 +142,7 @@ impl ZmqRequests {
         );
         let served = peer::Served::new(discovery.clone());
         let router = start_router(&context, &config, served.endpoints().clone(), limits)?;
-        let capabilities = peer::request_capabilities(config.max_payload);
+        let capabilities = RequestCapabilities::complete(config.max_payload);
         Ok(ZmqRequests {
             node: Arc::new(Node {
                 directory: PeerDirectory::new(discovery, Default::default()),

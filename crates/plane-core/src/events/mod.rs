@@ -38,6 +38,7 @@ use crate::policy::RetryPolicy;
 use crate::subject::{validate_name, validate_pattern, validate_subject};
 use crate::trace::TraceContext;
 
+pub mod buffer;
 pub mod groups;
 
 /// Who published an event, and its place in that publisher's sequence.
