@@ -1,9 +1,10 @@
 //! The connector and session of every brokerless backend, written once.
 //!
 //! A transport crate says what is its own — its name and schemes, how its
-//! configuration is read from a URL, and how its request and events planes
-//! are built over a [`Discovery`] — by implementing [`Transport`]; the
-//! registry glue is [`PeerConnector`]. A session opens discovery once, so
+//! configuration is read from a URL and checked, the links its request plane
+//! runs over, and how its events plane is built over a [`Discovery`] — by
+//! implementing [`Transport`]; the registry glue is [`PeerConnector`], and
+//! the request plane is [`PeerRequests`] over the transport's links. A session opens discovery once, so
 //! the request and events planes of one URL share one discovery kv
 //! connection (each plane still binds its own sockets).
 
@@ -17,6 +18,8 @@ use plane_core::{Events, Requests, Result};
 use tokio::sync::OnceCell;
 use url::Url;
 
+use crate::{PeerRequests, RequestLinks};
+
 /// What a brokerless transport crate provides to [`PeerConnector`].
 pub trait Transport: Send + Sync + 'static {
     /// Backend name (`"quic"`, `"zmq"`).
@@ -26,16 +29,33 @@ pub trait Transport: Send + Sync + 'static {
     /// Its configuration.
     type Config: Clone + Send + Sync + 'static;
 
+    /// What its request plane runs over.
+    type Links: RequestLinks<Transport = Self>;
+
     /// Read the configuration from a URL of one of [`SCHEMES`](Transport::SCHEMES).
     ///
     /// # Errors
     /// `InvalidConfig` naming the key that is wrong.
     fn config(url: &Url) -> Result<Self::Config>;
+    /// Check a configuration however it was built (from a URL or in code);
+    /// every plane's constructor calls it.
+    ///
+    /// # Errors
+    /// `InvalidConfig` naming the setting that is out of range.
+    fn validate(config: &Self::Config) -> Result<()>;
     /// The kv URL and settings of the discovery plane `config` names.
     fn discovery(config: &Self::Config) -> (&str, &DiscoveryConfig);
-    /// Build the request plane.
-    fn requests(config: Self::Config, discovery: Discovery)
-        -> BoxFuture<'static, Result<Requests>>;
+    /// Build the request plane: [`PeerRequests`] over [`Links`](Transport::Links).
+    fn requests(
+        config: Self::Config,
+        discovery: Discovery,
+    ) -> BoxFuture<'static, Result<Requests>> {
+        Box::pin(async move {
+            Ok(Requests::new(PeerRequests::<Self::Links>::connect(
+                config, discovery,
+            )?))
+        })
+    }
     /// Build the events plane.
     fn events(config: Self::Config, discovery: Discovery) -> BoxFuture<'static, Result<Events>>;
 }

@@ -1,8 +1,11 @@
 //! The shared layer of the brokerless backends (`plane-quic`, `plane-zmq`).
 //!
-//! Without a broker the caller talks straight to a serving process, so two
-//! things every brokerless transport needs are written once, here:
+//! Without a broker the caller talks straight to a serving process, so what
+//! every brokerless transport needs is written once, here:
 //!
+//! - **The request plane** ([`PeerRequests`]): the whole call, caller's and
+//!   server's sides, over a transport's [`RequestLinks`]; the transport only
+//!   carries envelopes, in `src/calls.rs`.
 //! - **The envelope mapping** of the request plane: how a [`Call`], a reply
 //!   [`Frame`], a stop or kill, and a heartbeat travel as wire
 //!   [`Envelope`]s, and how a serving process decodes what it receives
@@ -36,10 +39,15 @@
 //! `plane-` are reserved for plane's own use; the mapping removes the ones it
 //! adds before the handler or the caller sees the message.
 
+mod calls;
 mod connector;
 pub mod events;
 mod served;
 
+pub use calls::{
+    abandoned, ends_call, limits, CallLink, Config, Control, PeerRequests, ReplyWriter,
+    RequestLinks, ServedCall, WINDOW,
+};
 pub use connector::{discovery_of, PeerConnector, Transport};
 pub use served::Served;
 
@@ -57,14 +65,16 @@ use plane_core::registry::{QueryParams, Registry};
 use plane_core::request::{Balancer, Call, Cancel, Dispatcher, Frame, Incoming, InstanceId, Route};
 use plane_core::wire::{Envelope, EnvelopeKind, Limits, RequestId, WireError};
 
-/// The request envelope of `call`, addressed to `instance`.
+/// The request envelope of `call`, addressed to `instance` when given.
 ///
 /// Moves the call's headers and body into the envelope; the body's bytes are
 /// shared, not copied.
-pub fn call_envelope(call: Call, instance: InstanceId) -> Envelope {
+pub fn call_envelope(call: Call, instance: Option<InstanceId>) -> Envelope {
     let Message { mut headers, body } = call.message;
     headers.insert(names::ENDPOINT, call.endpoint);
-    headers.insert(names::INSTANCE, instance.to_string());
+    if let Some(instance) = instance {
+        headers.insert(names::INSTANCE, instance.to_string());
+    }
     if call.stream {
         headers.insert(names::STREAM, "1");
     }
@@ -144,24 +154,22 @@ pub fn decode_reply(env: Envelope) -> Result<Reply> {
     })
 }
 
-/// A call as a serving process received it, with its routing.
-#[derive(Debug)]
-pub struct RoutedCall {
-    /// The endpoint called.
-    pub endpoint: String,
-    /// The instance the caller picked, if it named one.
-    pub instance: Option<InstanceId>,
-    /// The call, ready for [`Dispatcher::dispatch`].
-    pub incoming: Incoming,
-}
-
 /// What a serving process makes of one envelope it received.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A new call.
-    Call(RoutedCall),
+    /// A new call, with the routing its caller asked for.
+    Call {
+        /// The endpoint called.
+        endpoint: String,
+        /// The instance the caller picked, if it named one.
+        instance: Option<InstanceId>,
+        /// The call, ready for [`Dispatcher::dispatch`].
+        incoming: Incoming,
+    },
     /// Stop or kill the call with this id.
     Cancel(RequestId, Cancel),
+    /// The caller's reader consumed data: more credit (the header's value).
+    Credit(RequestId, Option<String>),
     /// Liveness from the caller.
     Heartbeat(RequestId),
 }
@@ -187,7 +195,7 @@ pub fn decode_inbound(env: Envelope) -> Result<Inbound> {
                 .map(|s| s.parse::<InstanceId>())
                 .transpose()?;
             let stream = headers.remove(names::STREAM).is_some_and(|v| v == "1");
-            Ok(Inbound::Call(RoutedCall {
+            Ok(Inbound::Call {
                 endpoint,
                 instance,
                 incoming: Incoming {
@@ -198,11 +206,15 @@ pub fn decode_inbound(env: Envelope) -> Result<Inbound> {
                     },
                     stream,
                 },
-            }))
+            })
         }
         EnvelopeKind::Stop => Ok(Inbound::Cancel(env.id, Cancel::Stop)),
         EnvelopeKind::Kill => Ok(Inbound::Cancel(env.id, Cancel::Kill)),
         EnvelopeKind::Heartbeat => Ok(Inbound::Heartbeat(env.id)),
+        EnvelopeKind::Ack => {
+            let mut headers = env.headers;
+            Ok(Inbound::Credit(env.id, headers.remove(names::CREDIT)))
+        }
         other => Err(Error::new(
             ErrorKind::Decode,
             format!("unexpected `{other}` frame from a caller"),
@@ -342,17 +354,6 @@ impl Endpoints {
             (None, _) => None,
         };
         found.cloned().ok_or_else(|| not_served(endpoint, instance))
-    }
-
-    /// Route a decoded call to its dispatcher, or return the refusal to send
-    /// back. Returns the dispatcher so the transport can deliver the call's
-    /// stop and kill to it.
-    ///
-    /// # Errors
-    /// `NoResponders` when the endpoint or instance is not served here (the
-    /// call's id comes with it).
-    pub fn route(&self, call: &RoutedCall) -> Result<Dispatcher> {
-        self.lookup(&call.endpoint, call.instance)
     }
 
     /// Whether nothing is served.
@@ -674,16 +675,21 @@ mod tests {
         let id = call.id;
         let mut call = call;
         call.stream = true;
-        let env = call_envelope(call, InstanceId(7));
-        let Inbound::Call(routed) = decode_inbound(env).unwrap() else {
+        let env = call_envelope(call, Some(InstanceId(7)));
+        let Inbound::Call {
+            endpoint,
+            instance,
+            incoming,
+        } = decode_inbound(env).unwrap()
+        else {
             panic!("a call")
         };
-        assert_eq!(routed.endpoint, "echo");
-        assert_eq!(routed.instance, Some(InstanceId(7)));
-        assert_eq!(routed.incoming.id, id);
-        assert!(routed.incoming.stream);
+        assert_eq!(endpoint, "echo");
+        assert_eq!(instance, Some(InstanceId(7)));
+        assert_eq!(incoming.id, id);
+        assert!(incoming.stream);
         assert_eq!(
-            routed.incoming.message.headers,
+            incoming.message.headers,
             Headers::new().with("content-type", "text/plain")
         );
         let reply = Message::new(Headers::new().with("a", "b"), "r");

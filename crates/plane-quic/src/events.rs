@@ -262,7 +262,7 @@ pub struct QuicEvents {
 impl std::fmt::Debug for QuicEvents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QuicEvents")
-            .field("local_addr", &self.inner.requests.local_addr().ok())
+            .field("local_addr", &self.local_addr().ok())
             .finish()
     }
 }
@@ -302,10 +302,11 @@ impl QuicEvents {
         capabilities.ordered_per_publisher = true;
         capabilities.max_payload = config.max_payload;
         let requests = QuicRequests::connect(config, discovery)?;
-        let registration = requests
+        let record = requests
+            .links()
             .node
-            .register(EVENTS_ENDPOINT, InstanceId::random())
-            .await?;
+            .record(EVENTS_ENDPOINT, InstanceId::random())?;
+        let registration = requests.directory().discovery().register(record).await?;
         Ok(QuicEvents {
             inner: Arc::new(Inner {
                 requests,
@@ -320,11 +321,11 @@ impl QuicEvents {
     /// # Errors
     /// `Connection` if the socket is gone.
     pub fn local_addr(&self) -> Result<std::net::SocketAddr> {
-        self.inner.requests.local_addr()
+        self.inner.requests.links().local_addr()
     }
 
     fn node(&self) -> &Arc<Node> {
-        &self.inner.requests.node
+        &self.inner.requests.links().node
     }
 }
 
@@ -344,7 +345,7 @@ impl EventsBackend for QuicEvents {
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn SubscriptionTransport>> {
         let node = self.node().clone();
-        let discovery = node.directory.discovery().clone();
+        let discovery = self.inner.requests.directory().discovery().clone();
         // Watch before listing, so no publisher appearing meanwhile is missed.
         let watch = discovery.watch(EVENTS_ENDPOINT).await?;
         let buffer = EventBuffer::new(options.capacity);
@@ -390,7 +391,7 @@ async fn join(
     let id = publisher.id;
     let limits = node.limits;
     let attempt = async {
-        let (conn, mut send, recv) = node.open(publisher).await?;
+        let (conn, mut send, recv) = node.open(&publisher).await?;
         let mut headers = Headers::new().with(names::SUBSCRIBE, interest.pattern.clone());
         if let Some(group) = &interest.group {
             headers.insert(names::GROUP, group.clone());

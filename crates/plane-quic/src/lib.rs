@@ -47,13 +47,13 @@ pub mod tls;
 use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, DiscoveryConfig};
 use plane_core::registry::Registry;
-use plane_core::{Events, Requests, Result};
+use plane_core::{Events, Result};
 use plane_peer as peer;
 use url::Url;
 
 pub use config::QuicConfig;
 pub use events::QuicEvents;
-pub use request::QuicRequests;
+pub use request::{QuicLinks, QuicRequests};
 
 /// The backend name used in errors and reports.
 pub const NAME: &str = "quic";
@@ -66,17 +66,18 @@ impl peer::Transport for Quic {
     const NAME: &'static str = NAME;
     const SCHEMES: &'static [&'static str] = &["quic"];
     type Config = QuicConfig;
+    type Links = request::QuicLinks;
 
     fn config(url: &Url) -> Result<QuicConfig> {
         QuicConfig::from_url(url)
     }
 
-    fn discovery(config: &QuicConfig) -> (&str, &DiscoveryConfig) {
-        (&config.discovery, &config.discovery_config)
+    fn validate(config: &QuicConfig) -> Result<()> {
+        config.validate()
     }
 
-    fn requests(config: QuicConfig, discovery: Discovery) -> BoxFuture<'static, Result<Requests>> {
-        Box::pin(async move { Ok(Requests::new(QuicRequests::connect(config, discovery)?)) })
+    fn discovery(config: &QuicConfig) -> (&str, &DiscoveryConfig) {
+        (&config.discovery, &config.discovery_config)
     }
 
     fn events(config: QuicConfig, discovery: Discovery) -> BoxFuture<'static, Result<Events>> {

@@ -25,20 +25,17 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use plane_core::discovery::{Discovery, Instance, Registration};
+use plane_core::discovery::Instance;
 use plane_core::message::names;
-use plane_core::request::{
-    Call, Cancel, Dispatcher, Frame, InstanceId, ReplySink, ReplyTransport, RequestBackend,
-    RequestCapabilities, ServeTransport,
-};
+use plane_core::request::InstanceId;
 use plane_core::wire::{self, DelimitedDecoder, Envelope, Limits, RequestId};
 use plane_core::{Error, ErrorKind, Result};
 use plane_peer::{
-    self as peer, call_envelope, check_limits, decode_inbound, decode_reply, frame_envelope,
-    Endpoints, InFlight, Inbound, PeerDirectory, Reply, Served,
+    self as peer, CallLink, Control, Endpoints, PeerRequests, ReplyWriter, RequestLinks, ServedCall,
 };
 use quinn::VarInt;
 use tokio::sync::OnceCell;
@@ -166,17 +163,20 @@ impl EnvelopeReader {
 
 /// The QUIC request plane. Build it with [`QuicRequests::connect`] (or
 /// through the registry with a `quic://` URL) and wrap it in
-/// [`plane_core::Requests`].
-#[derive(Clone)]
-pub struct QuicRequests {
+/// [`plane_core::Requests`]; its own methods are on [`QuicRequests::links`].
+pub type QuicRequests = PeerRequests<QuicLinks>;
+
+/// What the QUIC request plane is made of: one quinn endpoint that serves
+/// this process's endpoint instances and opens a stream per call to peers.
+pub struct QuicLinks {
     pub(crate) node: Arc<Node>,
 }
 
-impl std::fmt::Debug for QuicRequests {
+impl std::fmt::Debug for QuicLinks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QuicRequests")
+        f.debug_struct("QuicLinks")
             .field("local_addr", &self.local_addr().ok())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -189,12 +189,10 @@ pub(crate) struct Node {
     ca: Option<Arc<rustls::RootCertStore>>,
     server_config: quinn::ServerConfig,
     endpoint: RwLock<quinn::Endpoint>,
-    served: Served,
-    pub(crate) directory: PeerDirectory,
+    endpoints: Endpoints,
     connections: Mutex<HashMap<ConnectionKey, Arc<OnceCell<quinn::Connection>>>>,
     client_configs: Mutex<HashMap<String, quinn::ClientConfig>>,
     pub(crate) limits: Limits,
-    capabilities: RequestCapabilities,
     /// Events subscribers connected to this endpoint (see [`crate::events`]).
     pub(crate) subscribers: Subscribers,
 }
@@ -233,14 +231,11 @@ fn bind(config: &QuicConfig, server_config: quinn::ServerConfig) -> Result<quinn
     })
 }
 
-impl QuicRequests {
-    /// Bind a QUIC endpoint as `config` says and find peers through `discovery`.
-    ///
-    /// # Errors
-    /// `InvalidConfig` for unusable TLS material, `Connection` when the
-    /// address cannot be bound.
-    pub fn connect(config: QuicConfig, discovery: Discovery) -> Result<Self> {
-        config.validate()?;
+impl RequestLinks for QuicLinks {
+    type Transport = crate::Quic;
+    type Link = QuicLink;
+
+    fn bind(config: QuicConfig, endpoints: Endpoints) -> Result<Self> {
         let identity = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => Identity::load(cert, key)?,
             (None, None) => Identity::generate(std::slice::from_ref(&config.server_name))?,
@@ -268,37 +263,73 @@ impl QuicRequests {
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server_config.transport_config(transport_config(&config)?);
         let endpoint = bind(&config, server_config.clone())?;
-        let limits = Limits::default().with_max_envelope_bytes(
-            config
-                .max_payload
-                .saturating_add(wire::MAX_HEADER_BYTES)
-                .min(u32::MAX as usize),
-        );
-        let capabilities = RequestCapabilities::complete(config.max_payload);
-        let served = Served::new(discovery.clone());
+        let limits = peer::limits(config.max_payload);
         let node = Arc::new(Node {
-            directory: PeerDirectory::new(discovery, Default::default()),
             identity,
             ca,
             server_config,
             endpoint: RwLock::new(endpoint.clone()),
-            served,
+            endpoints,
             connections: Mutex::new(HashMap::new()),
             client_configs: Mutex::new(HashMap::new()),
             limits,
-            capabilities,
             subscribers: Subscribers::default(),
             config,
         });
-        tokio::spawn(accept_loop(
-            endpoint,
-            node.served.endpoints().clone(),
-            node.subscribers.clone(),
-            limits,
-        ));
-        Ok(QuicRequests { node })
+        node.accept(endpoint);
+        Ok(QuicLinks { node })
     }
 
+    fn max_payload(&self) -> usize {
+        self.node.config.max_payload
+    }
+
+    fn idle_limit(&self) -> Option<Duration> {
+        // QUIC notices a lost peer itself (its idle timeout and keep-alive).
+        None
+    }
+
+    fn record(&self, endpoint: &str, instance: InstanceId) -> Result<Instance> {
+        self.node.record(endpoint, instance)
+    }
+
+    async fn open(&self, instance: &Instance, request: Envelope) -> Result<QuicLink> {
+        let (conn, mut send, recv) = self.node.open(instance).await?;
+        write_envelope(&mut send, &request).await.map_err(|e| {
+            refusal(&conn).unwrap_or_else(|| {
+                Error::new(ErrorKind::Disconnected, "the call could not be sent").with_source(e)
+            })
+        })?;
+        Ok(QuicLink {
+            reader: EnvelopeReader::new(recv, self.node.limits),
+            send: Arc::new(tokio::sync::Mutex::new(Some(send))),
+            conn,
+        })
+    }
+
+    async fn rebind(&self) -> Result<()> {
+        // Close the endpoint (every connection and call in flight is lost)
+        // and bind a new one, on a new port when the configured port is 0.
+        let node = &self.node;
+        let old = node
+            .endpoint
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        old.close(CLOSED, b"restart");
+        old.wait_idle().await;
+        let endpoint = bind(&node.config, node.server_config.clone())?;
+        *node.endpoint.write().unwrap_or_else(|p| p.into_inner()) = endpoint.clone();
+        node.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        node.accept(endpoint);
+        Ok(())
+    }
+}
+
+impl QuicLinks {
     /// The address the endpoint is bound to.
     ///
     /// # Errors
@@ -323,10 +354,8 @@ impl QuicRequests {
     #[cfg(feature = "testkit")]
     pub async fn send_raw(&self, bytes: &[u8]) -> Result<Vec<u8>> {
         let node = &self.node;
-        let me = Instance::new("raw", InstanceId(0), node.advertised()?)
-            .with_metadata(tls::FINGERPRINT_METADATA, node.identity.fingerprint())
-            .with_metadata(tls::SERVER_NAME_METADATA, node.config.server_name.clone());
-        let (_conn, mut send, mut recv) = node.open(me).await?;
+        let me = node.record("raw", InstanceId(0))?;
+        let (_conn, mut send, mut recv) = node.open(&me).await?;
         send.write_all(bytes)
             .await
             .map_err(|e| connection_error("cannot write", e))?;
@@ -334,40 +363,6 @@ impl QuicRequests {
         recv.read_to_end(64 * 1024)
             .await
             .map_err(|e| connection_error("cannot read the answer", e))
-    }
-
-    /// Restart the serving side as a crashed and restarted process would:
-    /// close the endpoint (every connection and call in flight is lost), bind
-    /// a new one (on a new port when the configured port is 0) and
-    /// re-register every served instance at the new address. Callers find it
-    /// through discovery.
-    ///
-    /// # Errors
-    /// `Connection` if the new endpoint cannot be bound; discovery errors.
-    pub async fn restart(&self) -> Result<()> {
-        let node = &self.node;
-        let old = node
-            .endpoint
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        old.close(CLOSED, b"restart");
-        old.wait_idle().await;
-        let endpoint = bind(&node.config, node.server_config.clone())?;
-        *node.endpoint.write().unwrap_or_else(|p| p.into_inner()) = endpoint.clone();
-        node.connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        tokio::spawn(accept_loop(
-            endpoint,
-            node.served.endpoints().clone(),
-            node.subscribers.clone(),
-            node.limits,
-        ));
-        node.served
-            .reregister(|endpoint, instance| node.record(endpoint, instance))
-            .await
     }
 }
 
@@ -399,19 +394,10 @@ impl Node {
     }
 
     /// The discovery record of `instance` of `endpoint` served here.
-    fn record(&self, endpoint: &str, instance: InstanceId) -> Result<Instance> {
+    pub(crate) fn record(&self, endpoint: &str, instance: InstanceId) -> Result<Instance> {
         Ok(Instance::new(endpoint, instance, self.advertised()?)
             .with_metadata(tls::FINGERPRINT_METADATA, self.identity.fingerprint())
             .with_metadata(tls::SERVER_NAME_METADATA, self.config.server_name.clone()))
-    }
-
-    pub(crate) async fn register(
-        &self,
-        endpoint: &str,
-        instance: InstanceId,
-    ) -> Result<Registration> {
-        let record = self.record(endpoint, instance)?;
-        self.directory.discovery().register(record).await
     }
 
     fn client_config(&self, instance: &Instance) -> Result<quinn::ClientConfig> {
@@ -526,13 +512,13 @@ impl Node {
     /// that turns out to be dead.
     pub(crate) async fn open(
         &self,
-        instance: Instance,
+        instance: &Instance,
     ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
-        let conn = self.connection(&instance, false).await?;
+        let conn = self.connection(instance, false).await?;
         match conn.open_bi().await {
             Ok((s, r)) => Ok((conn, s, r)),
             Err(_) => {
-                let conn = self.connection(&instance, true).await?;
+                let conn = self.connection(instance, true).await?;
                 let (s, r) = conn.open_bi().await.map_err(|e| {
                     refusal(&conn).unwrap_or_else(|| connection_error("cannot open a stream", e))
                 })?;
@@ -542,129 +528,75 @@ impl Node {
     }
 }
 
-impl RequestBackend for QuicRequests {
-    fn name(&self) -> &'static str {
-        crate::NAME
-    }
-
-    fn capabilities(&self) -> &RequestCapabilities {
-        &self.node.capabilities
-    }
-
-    async fn call(&self, call: Call) -> Result<Box<dyn ReplyTransport>> {
-        let node = &self.node;
-        let id = call.id;
-        let route = call.route;
-        let endpoint = call.endpoint.clone();
-        // Refuse an oversized call before connecting, let alone sending. The
-        // envelope is built once; only its instance header waits for the pick.
-        let mut env = call_envelope(call, InstanceId(0));
-        check_limits(&env, &node.limits)?;
-        let ((conn, mut send, recv), instance, in_flight) = node
-            .directory
-            .connect(&endpoint, route, |instance| node.open(instance))
-            .await?;
-        env.headers.insert(names::INSTANCE, instance.id.to_string());
-        write_envelope(&mut send, &env).await.map_err(|e| {
-            refusal(&conn).unwrap_or_else(|| {
-                Error::new(ErrorKind::Disconnected, "the call could not be sent").with_source(e)
-            })
-        })?;
-        Ok(Box::new(QuicReply {
-            id,
-            reader: EnvelopeReader::new(recv, node.limits),
-            send: Arc::new(tokio::sync::Mutex::new(Some(send))),
-            conn,
-            _in_flight: in_flight,
-        }))
-    }
-
-    async fn serve(
-        &self,
-        endpoint: &str,
-        instance: InstanceId,
-        dispatcher: Dispatcher,
-    ) -> Result<Box<dyn ServeTransport>> {
-        let node = &self.node;
-        let record = node.record(endpoint, instance)?;
-        node.served.serve(dispatcher, record).await
-    }
-}
-
 /// The caller's side of one call's stream.
-struct QuicReply {
-    id: RequestId,
+pub struct QuicLink {
     reader: EnvelopeReader,
     send: Arc<tokio::sync::Mutex<Option<quinn::SendStream>>>,
     conn: quinn::Connection,
-    _in_flight: InFlight,
 }
 
-impl ReplyTransport for QuicReply {
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame>>> {
-        loop {
-            let env = match ready!(self.reader.poll_envelope(cx)) {
-                Ok(Some(env)) => env,
-                // A stream cut by a refused certificate is `Unauthorized`;
-                // any other end is the plane's to judge (`Disconnected`
-                // without an end marker).
-                Ok(None) => return Poll::Ready(refusal(&self.conn).map(Err)),
-                Err(e) => return Poll::Ready(Some(Err(peer::malformed(e)))),
-            };
-            if env.id != self.id && env.kind != wire::EnvelopeKind::Error {
-                return Poll::Ready(Some(Err(Error::new(
-                    ErrorKind::Decode,
-                    "reply frame for another call on this stream",
-                ))));
-            }
-            return Poll::Ready(match decode_reply(env) {
-                Ok(Reply::Frame(f)) => Some(Ok(f)),
-                Ok(Reply::Error(e)) => Some(Err(e)),
-                Ok(Reply::Heartbeat) => continue,
-                Err(e) => Some(Err(e)),
-            });
-        }
+impl CallLink for QuicLink {
+    fn poll_envelope(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Envelope>>> {
+        Poll::Ready(match ready!(self.reader.poll_envelope(cx)) {
+            Ok(Some(env)) => Some(Ok(env)),
+            // A stream cut by a refused certificate is `Unauthorized`; any
+            // other end is the plane's to judge (`Disconnected` without an
+            // end marker).
+            Ok(None) => refusal(&self.conn).map(Err),
+            Err(e) => Some(Err(peer::malformed(e))),
+        })
     }
 
-    fn cancel(&mut self, how: Cancel) {
+    fn control(&mut self, env: Envelope) -> bool {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
         let send = self.send.clone();
-        match how {
-            Cancel::Stop => {
-                let env = peer::cancel_envelope(self.id, Cancel::Stop);
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move {
-                        if let Some(s) = send.lock().await.as_mut() {
-                            // The call may be over already; nothing to stop then.
-                            let _ = write_envelope(s, &env).await;
-                        }
-                    });
-                }
+        rt.spawn(async move {
+            if let Some(s) = send.lock().await.as_mut() {
+                // The call may be over already; nothing to control then.
+                let _ = write_envelope(s, &env).await;
             }
-            Cancel::Kill => {
-                // Both directions at once: the server reads the reset as a
-                // kill, and stops sending what nobody will read.
-                let _ = self.reader.recv.stop(KILLED);
-                let reset_now = match send.try_lock() {
-                    Ok(mut s) => {
-                        if let Some(mut s) = s.take() {
-                            let _ = s.reset(KILLED);
-                        }
-                        true
-                    }
-                    Err(_) => false,
-                };
-                if !reset_now {
-                    // A stop is being written right now: reset after it.
-                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                        rt.spawn(async move {
-                            if let Some(mut s) = send.lock().await.take() {
-                                let _ = s.reset(KILLED);
-                            }
-                        });
-                    }
+        });
+        true
+    }
+
+    fn kill(&mut self) {
+        // Both directions at once: the server reads the reset as a kill, and
+        // stops sending what nobody will read.
+        let _ = self.reader.recv.stop(KILLED);
+        let send = self.send.clone();
+        let reset_now = match send.try_lock() {
+            Ok(mut s) => {
+                if let Some(mut s) = s.take() {
+                    let _ = s.reset(KILLED);
                 }
+                true
+            }
+            Err(_) => false,
+        };
+        if !reset_now {
+            // A control envelope is being written right now: reset after it.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Some(mut s) = send.lock().await.take() {
+                        let _ = s.reset(KILLED);
+                    }
+                });
             }
         }
+    }
+}
+
+impl Node {
+    /// Serve what arrives on `endpoint` until it is closed.
+    fn accept(&self, endpoint: quinn::Endpoint) {
+        tokio::spawn(accept_loop(
+            endpoint,
+            self.endpoints.clone(),
+            self.subscribers.clone(),
+            self.limits,
+        ));
     }
 }
 
@@ -732,11 +664,11 @@ async fn serve_stream(
         Err(e) => {
             let error = match e {
                 wire::WireError::EnvelopeTooLarge { .. } => {
-                    Error::new(ErrorKind::PayloadTooLarge, format!("frame refused: {e}"))
+                    Error::new(ErrorKind::PayloadTooLarge, format!("envelope refused: {e}"))
                 }
                 e => peer::malformed(e),
             };
-            tracing::debug!(error = %error, "malformed request frame refused");
+            tracing::debug!(error = %error, "malformed request envelope refused");
             return refuse(send, RequestId::default(), error).await;
         }
     };
@@ -744,80 +676,55 @@ async fn serve_stream(
         return subscribers.serve(send, reader, env).await;
     }
     let id = env.id;
-    let routed = match decode_inbound(env) {
-        Ok(Inbound::Call(c)) => c,
-        Ok(_) => {
-            let e = Error::new(
-                ErrorKind::Decode,
-                "a call's stream must open with a request",
-            );
-            return refuse(send, id, e).await;
-        }
+    let (call, incoming) = match ServedCall::accept(&endpoints, env) {
+        Ok(accepted) => accepted,
         Err(e) => return refuse(send, id, e).await,
     };
-    let dispatcher = match endpoints.route(&routed) {
-        Ok(d) => d,
-        Err(e) => return refuse(send, id, e).await,
-    };
-    let sink = Arc::new(QuicSink {
-        id,
-        send: tokio::sync::Mutex::new(Some(send)),
-    });
-    dispatcher.dispatch(routed.incoming, sink);
-    // Follow the caller's side for stop and kill. However it ends — a kill
-    // envelope, a reset, a lost connection, or the caller finishing its side
-    // after the reply — the handler is killed; for a call that is already
-    // over that does nothing.
+    call.start(
+        incoming,
+        QuicWriter {
+            send: tokio::sync::Mutex::new(Some(send)),
+        },
+    );
+    // Follow the caller's side for credit, stop and kill. However it ends —
+    // a kill envelope, a reset, a lost connection, or the caller finishing
+    // its side after the reply — the handler is killed; for a call that is
+    // already over that does nothing.
     while let Ok(Some(env)) = reader.next().await {
-        match decode_inbound(env) {
-            Ok(Inbound::Cancel(_, Cancel::Stop)) => dispatcher.stop(id),
-            Ok(Inbound::Heartbeat(_)) => {}
-            Ok(Inbound::Cancel(_, Cancel::Kill)) | Ok(Inbound::Call(_)) | Err(_) => break,
+        match call.control(env) {
+            Ok(Control::Continue) => {}
+            Ok(Control::Killed) | Err(_) => break,
         }
     }
-    dispatcher.kill(id);
+    call.kill();
 }
 
-/// The server's side of one call's stream, owned by the dispatcher.
-struct QuicSink {
-    id: RequestId,
+/// How a served call's replies go onto its stream.
+struct QuicWriter {
     send: tokio::sync::Mutex<Option<quinn::SendStream>>,
 }
 
-impl QuicSink {
-    async fn write(&self, env: Envelope, last: bool) -> Result<()> {
-        let mut guard = self.send.lock().await;
-        let Some(send) = guard.as_mut() else {
-            return Err(Error::new(
-                ErrorKind::Closed,
-                "the reply stream is finished",
-            ));
-        };
-        write_envelope(send, &env).await?;
-        if last {
-            if let Some(mut s) = guard.take() {
-                let _ = s.finish();
+impl ReplyWriter for QuicWriter {
+    fn write(&self, env: Envelope, last: bool) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let mut guard = self.send.lock().await;
+            let Some(send) = guard.as_mut() else {
+                return Err(Error::new(
+                    ErrorKind::Closed,
+                    "the reply stream is finished",
+                ));
+            };
+            write_envelope(send, &env).await?;
+            if last {
+                if let Some(mut s) = guard.take() {
+                    let _ = s.finish();
+                }
             }
-        }
-        Ok(())
-    }
-}
-
-impl ReplySink for QuicSink {
-    fn send(&self, frame: Frame) -> BoxFuture<'_, Result<()>> {
-        let last = matches!(frame, Frame::Last(_) | Frame::End);
-        let env = frame_envelope(self.id, frame);
-        Box::pin(self.write(env, last))
+            Ok(())
+        })
     }
 
-    fn send_error(&self, error: Error) -> BoxFuture<'_, Result<()>> {
-        let env = Envelope::error(self.id, &error);
-        Box::pin(self.write(env, true))
-    }
-}
-
-impl Drop for QuicSink {
-    fn drop(&mut self) {
+    fn abandon(&mut self) {
         // A handler that went away without its end marker (killed, server
         // shut down) must not look like a clean end: reset, don't finish.
         if let Some(mut s) = self.send.get_mut().take() {

@@ -27,6 +27,7 @@ impl Hooks for QuicHooks {
         // One process serves every endpoint on one port: the garbage goes to it.
         Some(Box::pin(async move {
             self.0
+                .links()
                 .send_raw(garbage)
                 .await
                 .map(drop)

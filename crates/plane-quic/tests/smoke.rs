@@ -34,12 +34,16 @@ async fn garbage_refused_and_restart_recovers() {
         .serve("echo", unary_fn(|r: Request| async move { Ok(r.message) }))
         .await
         .unwrap();
-    let answer = backend.send_raw(b"\x00\x00\x00\x05junk!").await.unwrap();
+    let answer = backend
+        .links()
+        .send_raw(b"\x00\x00\x00\x05junk!")
+        .await
+        .unwrap();
     assert!(!answer.is_empty(), "a typed refusal comes back");
     assert_eq!(requests.call("echo", "ok").await.unwrap().to_bytes(), "ok");
-    let before = backend.local_addr().unwrap();
+    let before = backend.links().local_addr().unwrap();
     backend.restart().await.unwrap();
-    assert_ne!(before, backend.local_addr().unwrap());
+    assert_ne!(before, backend.links().local_addr().unwrap());
     plane_conformance::peer::calls_recover_after_restart(&requests).await;
 }
 

@@ -48,13 +48,13 @@ mod socket;
 use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, DiscoveryConfig};
 use plane_core::registry::Registry;
-use plane_core::{Events, Requests, Result};
+use plane_core::{Events, Result};
 use plane_peer as peer;
 use url::Url;
 
 pub use config::ZmqConfig;
 pub use events::ZmqEvents;
-pub use request::ZmqRequests;
+pub use request::{ZmqLinks, ZmqRequests};
 
 /// The backend name used in errors and reports.
 pub const NAME: &str = "zmq";
@@ -67,17 +67,18 @@ impl peer::Transport for Zmq {
     const NAME: &'static str = NAME;
     const SCHEMES: &'static [&'static str] = &["zmq+tcp", "zmq+ipc"];
     type Config = ZmqConfig;
+    type Links = request::ZmqLinks;
 
     fn config(url: &Url) -> Result<ZmqConfig> {
         ZmqConfig::from_url(url)
     }
 
-    fn discovery(config: &ZmqConfig) -> (&str, &DiscoveryConfig) {
-        (&config.discovery, &config.discovery_config)
+    fn validate(config: &ZmqConfig) -> Result<()> {
+        config.validate()
     }
 
-    fn requests(config: ZmqConfig, discovery: Discovery) -> BoxFuture<'static, Result<Requests>> {
-        Box::pin(async move { Ok(Requests::new(ZmqRequests::connect(config, discovery)?)) })
+    fn discovery(config: &ZmqConfig) -> (&str, &DiscoveryConfig) {
+        (&config.discovery, &config.discovery_config)
     }
 
     fn events(config: ZmqConfig, discovery: Discovery) -> BoxFuture<'static, Result<Events>> {

@@ -1,11 +1,13 @@
 //! The ZeroMQ request plane: a ROUTER serving every endpoint instance
 //! registered through a handle, and one DEALER per peer process for calls.
+//! The plane itself is [`plane_peer::PeerRequests`]; this module is its
+//! ZeroMQ links ([`ZmqLinks`]): sockets, their tasks, and what ZeroMQ hides.
 //!
 //! # Messages
 //!
 //! Each message is one wire envelope in the multipart form
-//! (`wire::encode_parts`: the head as the first frame, then one frame per
-//! body part). The ROUTER prefixes the caller's routing identity, as ZeroMQ
+//! (`wire::encode_parts`: the head as the first message part, then one
+//! part per body part). The ROUTER prefixes the caller's routing identity, as ZeroMQ
 //! does. Calls are multiplexed on a DEALER by request id.
 //!
 //! # Liveness
@@ -28,24 +30,19 @@
 //! replies are not delayed by Nagle's algorithm.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use plane_core::discovery::{Discovery, Instance};
-use plane_core::message::names;
-use plane_core::request::flow::{Credit, Grants, Liveness};
-use plane_core::request::{
-    Call, Cancel, Dispatcher, Frame, InstanceId, ReplySink, ReplyTransport, RequestBackend,
-    RequestCapabilities, ServeTransport,
-};
+use plane_core::discovery::Instance;
+use plane_core::request::{Cancel, InstanceId};
 use plane_core::wire::{self, Envelope, Limits, RequestId};
 use plane_core::{Error, ErrorKind, Result};
 use plane_peer::{
-    self as peer, call_envelope, check_limits, decode_inbound, decode_reply, frame_envelope,
-    Endpoints, InFlight, Inbound, PeerDirectory, Reply,
+    self as peer, ends_call, CallLink, Control, Endpoints, PeerRequests, ReplyWriter, RequestLinks,
+    ServedCall,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -53,33 +50,36 @@ use tokio::time::Instant;
 use crate::socket::{zmq_error, AsyncSocket, Sent};
 use crate::ZmqConfig;
 
-/// Frames buffered per call on the caller's side.
+/// Envelopes buffered per call on the caller's side.
 const CALL_BUFFER: usize = 64;
 /// Messages waiting for a socket task.
 const SOCKET_QUEUE: usize = 1024;
 /// Queued messages a socket's loop sends before it reads its socket again.
 const SEND_BATCH: usize = 64;
-/// Data frames a server may send on one call ahead of the caller's reader;
-/// the caller grants more with `ack` envelopes carrying [`names::CREDIT`] as
-/// its reader consumes them. Sockets and TCP buffers alone would let a
-/// handler run megabytes ahead of a stalled reader.
-const WINDOW: u32 = 256;
 /// Pause before retrying a send that hit a high-water mark.
 const RETRY: Duration = Duration::from_millis(1);
 
 /// The ZeroMQ request plane. Build it with [`ZmqRequests::connect`] (or
 /// through the registry with a `zmq+tcp://` URL) and wrap it in
-/// [`plane_core::Requests`].
-#[derive(Clone)]
-pub struct ZmqRequests {
-    node: Arc<Node>,
+/// [`plane_core::Requests`]; its own methods are on [`ZmqRequests::links`].
+pub type ZmqRequests = PeerRequests<ZmqLinks>;
+
+/// What the ZeroMQ request plane is made of: the ROUTER serving this
+/// process's endpoint instances and a DEALER per peer process.
+pub struct ZmqLinks {
+    config: ZmqConfig,
+    context: zmq::Context,
+    router: Mutex<RouterHandle>,
+    endpoints: Endpoints,
+    dealers: Mutex<HashMap<String, DealerHandle>>,
+    limits: Limits,
 }
 
-impl std::fmt::Debug for ZmqRequests {
+impl std::fmt::Debug for ZmqLinks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ZmqRequests")
+        f.debug_struct("ZmqLinks")
             .field("address", &self.address())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -92,17 +92,6 @@ impl Drop for RouterHandle {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-struct Node {
-    config: ZmqConfig,
-    context: zmq::Context,
-    router: Mutex<RouterHandle>,
-    served: peer::Served,
-    directory: PeerDirectory,
-    dealers: Mutex<HashMap<String, DealerHandle>>,
-    limits: Limits,
-    capabilities: RequestCapabilities,
 }
 
 pub(crate) fn socket(
@@ -118,48 +107,107 @@ pub(crate) fn socket(
     set(s.set_linger(0))?;
     set(s.set_sndhwm(config.hwm))?;
     set(s.set_rcvhwm(config.hwm))?;
-    // libzmq refuses (and disconnects) a peer sending a larger frame, so a
-    // hostile peer cannot make it allocate without bound.
+    // libzmq refuses (and disconnects) a peer sending a larger message part,
+    // so a hostile peer cannot make it allocate without bound.
     set(s.set_maxmsgsize(
         i64::try_from(config.max_payload + wire::MAX_HEADER_BYTES).unwrap_or(i64::MAX),
     ))?;
     Ok(s)
 }
 
-impl ZmqRequests {
-    /// Bind a ROUTER as `config` says and find peers through `discovery`.
-    ///
-    /// # Errors
-    /// `Connection` when the address cannot be bound.
-    pub fn connect(config: ZmqConfig, discovery: Discovery) -> Result<Self> {
-        config.validate()?;
+impl RequestLinks for ZmqLinks {
+    type Transport = crate::Zmq;
+    type Link = ZmqLink;
+
+    fn bind(config: ZmqConfig, endpoints: Endpoints) -> Result<Self> {
         let context = zmq::Context::new();
-        let limits = Limits::default().with_max_envelope_bytes(
-            config
-                .max_payload
-                .saturating_add(wire::MAX_HEADER_BYTES)
-                .min(u32::MAX as usize),
-        );
-        let served = peer::Served::new(discovery.clone());
-        let router = start_router(&context, &config, served.endpoints().clone(), limits)?;
-        let capabilities = RequestCapabilities::complete(config.max_payload);
-        Ok(ZmqRequests {
-            node: Arc::new(Node {
-                directory: PeerDirectory::new(discovery, Default::default()),
-                context,
-                router: Mutex::new(router),
-                served,
-                dealers: Mutex::new(HashMap::new()),
-                limits,
-                capabilities,
-                config,
-            }),
+        let limits = peer::limits(config.max_payload);
+        let router = start_router(&context, &config, endpoints.clone(), limits)?;
+        Ok(ZmqLinks {
+            context,
+            router: Mutex::new(router),
+            endpoints,
+            dealers: Mutex::new(HashMap::new()),
+            limits,
+            config,
         })
     }
 
+    fn max_payload(&self) -> usize {
+        self.config.max_payload
+    }
+
+    fn idle_limit(&self) -> Option<Duration> {
+        // ZeroMQ hides disconnects: the server's heartbeats are the only
+        // sign it is still there.
+        Some(self.config.idle_timeout)
+    }
+
+    fn record(&self, endpoint: &str, instance: InstanceId) -> Result<Instance> {
+        Ok(Instance::new(endpoint, instance, self.address()))
+    }
+
+    async fn open(&self, instance: &Instance, request: Envelope) -> Result<ZmqLink> {
+        let dealer = self.dealer(&instance.address, false)?;
+        let id = request.id;
+        let (reply_tx, reply_rx) = mpsc::channel(CALL_BUFFER);
+        let (sent_tx, sent_rx) = oneshot::channel();
+        let start = DealerCmd::Start {
+            id,
+            parts: wire::encode_parts(&request),
+            replies: reply_tx,
+            sent: sent_tx,
+        };
+        let gone = || {
+            Error::new(
+                ErrorKind::Connection,
+                format!("peer {} is unreachable", instance.address),
+            )
+        };
+        dealer.tx.send(start).await.map_err(|_| gone())?;
+        match sent_rx.await {
+            Ok(Ok(())) => Ok(ZmqLink {
+                id,
+                replies: reply_rx,
+                dealer,
+            }),
+            Ok(Err(e)) => {
+                // The peer did not take the message in time: forget this
+                // DEALER so the next call connects afresh.
+                let mut dealers = self.dealers.lock().unwrap_or_else(|p| p.into_inner());
+                if dealers
+                    .get(&instance.address)
+                    .is_some_and(|d| d.tx.same_channel(&dealer.tx))
+                {
+                    dealers.remove(&instance.address);
+                }
+                Err(e)
+            }
+            Err(_) => Err(gone()),
+        }
+    }
+
+    async fn rebind(&self) -> Result<()> {
+        let fresh = start_router(
+            &self.context,
+            &self.config,
+            self.endpoints.clone(),
+            self.limits,
+        )?;
+        // Dropping the old handle aborts its task, which closes its socket.
+        drop(std::mem::replace(&mut *self.lock_router(), fresh));
+        self.dealers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(())
+    }
+}
+
+impl ZmqLinks {
     /// The address the ROUTER is bound to (`tcp://127.0.0.1:PORT`).
     pub fn address(&self) -> String {
-        self.node.lock_router().address.clone()
+        self.lock_router().address.clone()
     }
 
     /// Send `parts` as one multipart message, as they are, from a fresh
@@ -171,11 +219,10 @@ impl ZmqRequests {
     /// `Connection` if the socket cannot be created or connected.
     #[cfg(feature = "testkit")]
     pub async fn send_raw(&self, parts: &[Bytes], wait: Duration) -> Result<Option<Vec<Bytes>>> {
-        let node = &self.node;
-        let s = socket(&node.context, zmq::DEALER, &node.config)?;
+        let s = socket(&self.context, zmq::DEALER, &self.config)?;
         s.connect(&self.address())
             .map_err(|e| zmq_error("cannot connect", e))?;
-        let s = AsyncSocket::new(&node.context, s)?;
+        let s = AsyncSocket::new(&self.context, s)?;
         let deadline = Instant::now() + wait;
         let mut sent = false;
         loop {
@@ -193,41 +240,8 @@ impl ZmqRequests {
         }
     }
 
-    /// Restart the serving side as a crashed and restarted process would:
-    /// close the ROUTER (calls in flight are lost), bind a new one (on a new
-    /// port when the configured port is 0) and re-register every served
-    /// instance at the new address.
-    ///
-    /// # Errors
-    /// `Connection` if the new socket cannot be bound; discovery errors.
-    pub async fn restart(&self) -> Result<()> {
-        let node = &self.node;
-        let fresh = start_router(
-            &node.context,
-            &node.config,
-            node.served.endpoints().clone(),
-            node.limits,
-        )?;
-        // Dropping the old handle aborts its task, which closes its socket.
-        drop(std::mem::replace(&mut *node.lock_router(), fresh));
-        node.dealers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        node.served
-            .reregister(|endpoint, instance| Ok(node.record(endpoint, instance)))
-            .await
-    }
-}
-
-impl Node {
     fn lock_router(&self) -> std::sync::MutexGuard<'_, RouterHandle> {
         self.router.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The discovery record of `instance` of `endpoint` served here.
-    fn record(&self, endpoint: &str, instance: InstanceId) -> Instance {
-        Instance::new(endpoint, instance, self.lock_router().address.clone())
     }
 
     /// The DEALER for `address`, created on first use.
@@ -251,99 +265,12 @@ impl Node {
             s,
             rx,
             self.limits,
-            self.config.idle_timeout,
             self.config.heartbeat,
             self.config.connect_timeout,
         ));
         let handle = DealerHandle { tx };
         dealers.insert(address.to_owned(), handle.clone());
         Ok(handle)
-    }
-
-    /// Start a call on `instance`: queue the request `env` (its instance
-    /// header still unset) on its DEALER and wait until libzmq took it (a
-    /// connection exists).
-    async fn start(
-        &self,
-        instance: Instance,
-        env: &Envelope,
-    ) -> Result<(DealerHandle, mpsc::Receiver<Result<Frame>>)> {
-        let dealer = self.dealer(&instance.address, false)?;
-        let mut env = env.clone();
-        env.headers.insert(names::INSTANCE, instance.id.to_string());
-        let (reply_tx, reply_rx) = mpsc::channel(CALL_BUFFER);
-        let (sent_tx, sent_rx) = oneshot::channel();
-        let start = DealerCmd::Start {
-            id: env.id,
-            parts: wire::encode_parts(&env),
-            replies: reply_tx,
-            sent: sent_tx,
-        };
-        let gone = || {
-            Error::new(
-                ErrorKind::Connection,
-                format!("peer {} is unreachable", instance.address),
-            )
-        };
-        dealer.tx.send(start).await.map_err(|_| gone())?;
-        match sent_rx.await {
-            Ok(Ok(())) => Ok((dealer, reply_rx)),
-            Ok(Err(e)) => {
-                // The peer did not take the message in time: forget this
-                // DEALER so the next call connects afresh.
-                let mut dealers = self.dealers.lock().unwrap_or_else(|p| p.into_inner());
-                if dealers
-                    .get(&instance.address)
-                    .is_some_and(|d| d.tx.same_channel(&dealer.tx))
-                {
-                    dealers.remove(&instance.address);
-                }
-                Err(e)
-            }
-            Err(_) => Err(gone()),
-        }
-    }
-}
-
-impl RequestBackend for ZmqRequests {
-    fn name(&self) -> &'static str {
-        crate::NAME
-    }
-
-    fn capabilities(&self) -> &RequestCapabilities {
-        &self.node.capabilities
-    }
-
-    async fn call(&self, call: Call) -> Result<Box<dyn ReplyTransport>> {
-        let node = &self.node;
-        let id = call.id;
-        let route = call.route;
-        let endpoint = call.endpoint.clone();
-        // Built once and checked before connecting; each attempt's copy gets
-        // the instance it goes to.
-        let env = call_envelope(call, InstanceId(0));
-        check_limits(&env, &node.limits)?;
-        let ((dealer, replies), _instance, in_flight) = node
-            .directory
-            .connect(&endpoint, route, |instance| node.start(instance, &env))
-            .await?;
-        Ok(Box::new(ZmqReply {
-            id,
-            grants: Grants::new(WINDOW),
-            replies,
-            dealer,
-            _in_flight: in_flight,
-        }))
-    }
-
-    async fn serve(
-        &self,
-        endpoint: &str,
-        instance: InstanceId,
-        dispatcher: Dispatcher,
-    ) -> Result<Box<dyn ServeTransport>> {
-        let record = self.node.record(endpoint, instance);
-        self.node.served.serve(dispatcher, record).await
     }
 }
 
@@ -359,34 +286,31 @@ enum DealerCmd {
     Start {
         id: RequestId,
         parts: Vec<Bytes>,
-        replies: mpsc::Sender<Result<Frame>>,
+        replies: mpsc::Sender<Envelope>,
         sent: oneshot::Sender<Result<()>>,
     },
-    /// Send a stop or kill; a kill also forgets the call.
-    Cancel(RequestId, Cancel),
-    /// Grant the server more data frames for a call.
-    Credit(RequestId, u32),
+    /// Send a control envelope of call `id` (a credit grant, a stop, a
+    /// kill); `forget` drops the call's replies from now on.
+    Control {
+        id: RequestId,
+        parts: Vec<Bytes>,
+        forget: bool,
+    },
 }
 
-struct CallState {
-    replies: mpsc::Sender<Result<Frame>>,
-    liveness: Liveness,
-}
-
-/// Owns one DEALER: sends requests and cancellations, routes replies to
-/// their calls by request id, and ends calls whose server went silent.
+/// Owns one DEALER: sends requests and control envelopes, and routes
+/// replies to their calls by request id.
 async fn dealer_loop(
     socket: AsyncSocket,
     mut rx: mpsc::Receiver<DealerCmd>,
     limits: Limits,
-    idle_timeout: Duration,
-    heartbeat: Duration,
+    sweep: Duration,
     connect_timeout: Duration,
 ) {
-    let mut calls: HashMap<RequestId, CallState> = HashMap::new();
+    let mut calls: HashMap<RequestId, mpsc::Sender<Envelope>> = HashMap::new();
     // A message libzmq could not take yet, with when it was first tried.
     let mut pending: Option<(DealerCmd, Instant)> = None;
-    let mut tick = tokio::time::interval(heartbeat);
+    let mut tick = tokio::time::interval(sweep);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Deliver everything that arrived.
@@ -402,26 +326,19 @@ async fn dealer_loop(
             let env = match wire::decode_parts_with(&parts, &limits) {
                 Ok(env) => env,
                 Err(e) => {
-                    tracing::debug!(error = %e, "malformed reply frame dropped");
+                    tracing::debug!(error = %e, "malformed reply envelope dropped");
                     continue;
                 }
             };
             let id = env.id;
-            let Some(state) = calls.get_mut(&id) else {
+            let Some(replies) = calls.get(&id) else {
                 continue;
             };
-            state.liveness.heard(Instant::now().into_std());
-            let item = match decode_reply(env) {
-                Ok(Reply::Heartbeat) => continue,
-                Ok(Reply::Frame(f)) => Ok(f),
-                Ok(Reply::Error(e)) => Err(e),
-                Err(e) => Err(e),
-            };
-            let end = !matches!(item, Ok(Frame::Accepted | Frame::Data(_)));
+            let end = ends_call(&env);
             // Waiting here is the backpressure of a slow reader (and blocks
             // the other calls on this DEALER meanwhile).
-            let replies = state.replies.clone();
-            let delivered = replies.send(item).await.is_ok();
+            let replies = replies.clone();
+            let delivered = replies.send(env).await.is_ok();
             if end || !delivered {
                 calls.remove(&id);
             }
@@ -436,7 +353,7 @@ async fn dealer_loop(
             else {
                 break;
             };
-            match try_dealer_send(&socket, cmd, &mut calls, idle_timeout) {
+            match try_dealer_send(&socket, cmd, &mut calls) {
                 Ok(None) => sent = true,
                 Ok(Some(cmd)) => {
                     if since.elapsed() >= connect_timeout {
@@ -464,11 +381,8 @@ async fn dealer_loop(
             },
             _ = tokio::time::sleep(RETRY), if pending.is_some() => {}
             _ = tick.tick() => {
-                // A server that says nothing about a call for this long is
-                // gone (ZeroMQ would not tell): end the call, which the
-                // caller sees as Disconnected.
-                let now = Instant::now().into_std();
-                calls.retain(|_, s| s.liveness.expired(now).is_none() && !s.replies.is_closed());
+                // Forget calls whose caller went away without a kill.
+                calls.retain(|_, replies| !replies.is_closed());
                 if rx.is_closed() && calls.is_empty() {
                     return;
                 }
@@ -481,8 +395,7 @@ async fn dealer_loop(
 fn try_dealer_send(
     socket: &AsyncSocket,
     cmd: DealerCmd,
-    calls: &mut HashMap<RequestId, CallState>,
-    idle_timeout: Duration,
+    calls: &mut HashMap<RequestId, mpsc::Sender<Envelope>>,
 ) -> Result<Option<DealerCmd>> {
     match cmd {
         DealerCmd::Start {
@@ -492,11 +405,7 @@ fn try_dealer_send(
             sent,
         } => match socket.try_send(&parts)? {
             Sent::Done => {
-                // Every ZeroMQ server speaks plane, so the call's start
-                // counts as heard: a server that never answers is timed out.
-                let mut liveness = Liveness::new(idle_timeout);
-                liveness.heard(Instant::now().into_std());
-                calls.insert(id, CallState { replies, liveness });
+                calls.insert(id, replies);
                 let _ = sent.send(Ok(()));
                 Ok(None)
             }
@@ -507,22 +416,13 @@ fn try_dealer_send(
                 sent,
             })),
         },
-        DealerCmd::Credit(id, n) => {
-            let env = Envelope::new(wire::EnvelopeKind::Ack, id)
-                .with_headers(plane_core::Headers::new().with(names::CREDIT, n.to_string()));
-            match socket.try_send(&wire::encode_parts(&env))? {
-                Sent::Done | Sent::Unreachable => Ok(None),
-                Sent::WouldBlock => Ok(Some(DealerCmd::Credit(id, n))),
-            }
-        }
-        DealerCmd::Cancel(id, how) => {
-            if how == Cancel::Kill {
+        DealerCmd::Control { id, parts, forget } => {
+            if forget {
                 calls.remove(&id);
             }
-            let parts = wire::encode_parts(&peer::cancel_envelope(id, how));
             match socket.try_send(&parts)? {
                 Sent::Done | Sent::Unreachable => Ok(None),
-                Sent::WouldBlock => Ok(Some(DealerCmd::Cancel(id, how))),
+                Sent::WouldBlock => Ok(Some(DealerCmd::Control { id, parts, forget })),
             }
         }
     }
@@ -538,53 +438,48 @@ fn fail_start(cmd: DealerCmd, waited: Duration) {
         }
         // The server is unreachable; it kills the handler itself once it
         // notices the caller is gone, or the call ends by its deadline.
-        DealerCmd::Cancel(..) | DealerCmd::Credit(..) => {}
+        DealerCmd::Control { .. } => {}
     }
 }
 
-/// The caller's side of one call.
-struct ZmqReply {
+/// The caller's side of one call: its replies, routed here by the DEALER's
+/// task, and that task's queue for control.
+pub struct ZmqLink {
     id: RequestId,
-    grants: Grants,
-    replies: mpsc::Receiver<Result<Frame>>,
+    replies: mpsc::Receiver<Envelope>,
     dealer: DealerHandle,
-    _in_flight: InFlight,
 }
 
-impl ReplyTransport for ZmqReply {
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame>>> {
-        let item = std::task::ready!(self.replies.poll_recv(cx));
-        if let Some(Ok(Frame::Data(_))) = &item {
-            if let Some(n) = self.grants.data_read() {
-                // Credit lost to a full queue is granted with the next batch.
-                if self
-                    .dealer
-                    .tx
-                    .try_send(DealerCmd::Credit(self.id, n))
-                    .is_err()
-                {
-                    self.grants.grant_failed(n);
-                }
-            }
-        }
-        Poll::Ready(item)
+impl ZmqLink {
+    fn queue(&self, env: &Envelope, forget: bool) -> bool {
+        self.dealer
+            .tx
+            .try_send(DealerCmd::Control {
+                id: self.id,
+                parts: wire::encode_parts(env),
+                forget,
+            })
+            .is_ok()
+    }
+}
+
+impl CallLink for ZmqLink {
+    fn poll_envelope(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Envelope>>> {
+        self.replies.poll_recv(cx).map(|env| env.map(Ok))
     }
 
-    fn cancel(&mut self, how: Cancel) {
-        // Never blocks: with the DEALER's queue full the cancellation is
-        // dropped, and the server learns of it when the call's replies go
-        // nowhere or its deadline passes.
-        if self
-            .dealer
-            .tx
-            .try_send(DealerCmd::Cancel(self.id, how))
-            .is_err()
-        {
-            tracing::debug!(id = %self.id, "cancellation dropped: dealer queue full");
+    fn control(&mut self, env: Envelope) -> bool {
+        self.queue(&env, false)
+    }
+
+    fn kill(&mut self) {
+        // With the DEALER's queue full the kill is dropped, and the server
+        // learns of it when the call's replies go nowhere or its deadline
+        // passes.
+        if !self.queue(&peer::cancel_envelope(self.id, Cancel::Kill), true) {
+            tracing::debug!(id = %self.id, "kill dropped: dealer queue full");
         }
-        if how == Cancel::Kill {
-            self.replies.close();
-        }
+        self.replies.close();
     }
 }
 
@@ -636,14 +531,12 @@ pub(crate) fn advertised(bound: &str, advertise: Option<&str>) -> String {
         .replace("tcp://[::]:", "tcp://[::1]:")
 }
 
-struct Served {
-    dispatcher: Dispatcher,
-    credit: Arc<Credit>,
-}
+/// Calls in flight, by caller identity and request id.
+type ServedCalls = HashMap<(Bytes, RequestId), ServedCall>;
 
-/// Owns the ROUTER: decodes and routes incoming calls and cancellations,
-/// sends replies, heartbeats calls in flight, and kills the handlers of
-/// callers that disconnected.
+/// Owns the ROUTER: decodes and routes incoming calls and control
+/// envelopes, sends replies, heartbeats calls in flight, and kills the
+/// handlers of callers that disconnected.
 async fn router_loop(
     socket: AsyncSocket,
     endpoints: Endpoints,
@@ -652,21 +545,21 @@ async fn router_loop(
     limits: Limits,
     heartbeat: Duration,
 ) {
-    let mut calls: HashMap<(Bytes, RequestId), Served> = HashMap::new();
+    let mut calls = ServedCalls::new();
     let mut pending: Option<Outgoing> = None;
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         loop {
-            let frames = match socket.try_recv() {
-                Ok(Some(f)) => f,
+            let parts = match socket.try_recv() {
+                Ok(Some(p)) => p,
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "zmq router failed");
                     return;
                 }
             };
-            if let Some(refusal) = handle_inbound(frames, &endpoints, &tx, &mut calls, &limits) {
+            if let Some(refusal) = handle_inbound(parts, &endpoints, &tx, &mut calls, &limits) {
                 // A refusal to a caller that is gone is nobody's loss.
                 let _ = socket.try_send(&refusal);
             }
@@ -710,8 +603,8 @@ async fn router_loop(
                 }
                 for key in gone {
                     // The caller disconnected: a lost connection is a kill.
-                    if let Some(s) = calls.remove(&key) {
-                        s.dispatcher.kill(key.1);
+                    if let Some(call) = calls.remove(&key) {
+                        call.kill();
                     }
                 }
             }
@@ -721,13 +614,13 @@ async fn router_loop(
 
 /// Handle one message from a caller; returns a refusal to send back.
 fn handle_inbound(
-    frames: Vec<Bytes>,
+    parts: Vec<Bytes>,
     endpoints: &Endpoints,
     tx: &mpsc::Sender<Outgoing>,
-    calls: &mut HashMap<(Bytes, RequestId), Served>,
+    calls: &mut ServedCalls,
     limits: &Limits,
 ) -> Option<Vec<Bytes>> {
-    let (identity, rest) = frames.split_first()?;
+    let (identity, rest) = parts.split_first()?;
     let refuse = |id: RequestId, e: &Error| {
         let mut parts = vec![identity.clone()];
         parts.extend(wire::encode_parts(&Envelope::error(id, e)));
@@ -737,58 +630,44 @@ fn handle_inbound(
         Ok(env) => env,
         Err(e) => {
             let error = peer::malformed(e);
-            tracing::debug!(error = %error, "malformed request frame refused");
+            tracing::debug!(error = %error, "malformed request envelope refused");
             return refuse(RequestId::default(), &error);
         }
     };
     let id = env.id;
-    if env.kind == wire::EnvelopeKind::Ack {
-        if let Some(s) = calls.get(&(identity.clone(), id)) {
-            s.credit.grant_header(env.headers.get(names::CREDIT));
-        }
+    let key = (identity.clone(), id);
+    if let Some(call) = calls.get(&key) {
+        return match call.control(env) {
+            Ok(Control::Continue) => None,
+            Ok(Control::Killed) => {
+                calls.remove(&key);
+                None
+            }
+            Err(e) => {
+                if let Some(call) = calls.remove(&key) {
+                    call.kill();
+                }
+                refuse(id, &e)
+            }
+        };
+    }
+    if env.kind != wire::EnvelopeKind::Request {
+        // Control for a call that is over: nothing to do.
         return None;
     }
-    match decode_inbound(env) {
-        Ok(Inbound::Call(routed)) => {
-            let dispatcher = match endpoints.route(&routed) {
-                Ok(d) => d,
-                Err(e) => return refuse(id, &e),
-            };
-            let credit = Arc::new(Credit::new(WINDOW));
-            calls.insert(
-                (identity.clone(), id),
-                Served {
-                    dispatcher: dispatcher.clone(),
-                    credit: credit.clone(),
+    match ServedCall::accept(endpoints, env) {
+        Ok((call, incoming)) => {
+            call.start(
+                incoming,
+                ZmqWriter {
+                    identity: identity.clone(),
+                    id,
+                    tx: tx.clone(),
                 },
             );
-            let sink = Arc::new(ZmqSink {
-                identity: identity.clone(),
-                id,
-                credit,
-                tx: tx.clone(),
-                ended: std::sync::atomic::AtomicBool::new(false),
-            });
-            dispatcher.dispatch(routed.incoming, sink);
+            calls.insert(key, call);
             None
         }
-        Ok(Inbound::Cancel(id, how)) => {
-            let key = (identity.clone(), id);
-            match how {
-                Cancel::Stop => {
-                    if let Some(s) = calls.get(&key) {
-                        s.dispatcher.stop(id);
-                    }
-                }
-                Cancel::Kill => {
-                    if let Some(s) = calls.remove(&key) {
-                        s.dispatcher.kill(id);
-                    }
-                }
-            }
-            None
-        }
-        Ok(Inbound::Heartbeat(_)) => None,
         Err(e) => refuse(id, &e),
     }
 }
@@ -797,7 +676,7 @@ fn handle_inbound(
 fn send_outgoing(
     socket: &AsyncSocket,
     out: Outgoing,
-    calls: &mut HashMap<(Bytes, RequestId), Served>,
+    calls: &mut ServedCalls,
 ) -> Result<Option<Outgoing>> {
     let (identity, id, parts, last) = match out {
         Outgoing::Reply {
@@ -807,8 +686,7 @@ fn send_outgoing(
             last,
         } => (identity, id, parts, last),
         Outgoing::Abandoned { identity, id } => {
-            let e = Error::new(ErrorKind::Disconnected, "the handler went away mid-call");
-            let parts = wire::encode_parts(&Envelope::error(id, &e));
+            let parts = wire::encode_parts(&Envelope::error(id, &peer::abandoned()));
             (identity, id, parts, true)
         }
     };
@@ -829,67 +707,42 @@ fn send_outgoing(
             last,
         })),
         Sent::Unreachable => {
-            if let Some(s) = calls.remove(&(identity, id)) {
-                s.dispatcher.kill(id);
+            if let Some(call) = calls.remove(&(identity, id)) {
+                call.kill();
             }
             Ok(None)
         }
     }
 }
 
-/// The server's side of one call, owned by the dispatcher.
-struct ZmqSink {
+/// How a served call's replies reach the ROUTER's task.
+struct ZmqWriter {
     identity: Bytes,
     id: RequestId,
-    credit: Arc<Credit>,
     tx: mpsc::Sender<Outgoing>,
-    ended: std::sync::atomic::AtomicBool,
 }
 
-impl ZmqSink {
-    async fn send_env(&self, env: Envelope, last: bool) -> Result<()> {
-        if last {
-            self.ended.store(true, std::sync::atomic::Ordering::Release);
-        }
-        self.tx
-            .send(Outgoing::Reply {
-                identity: self.identity.clone(),
-                id: self.id,
-                parts: wire::encode_parts(&env),
-                last,
-            })
-            .await
-            .map_err(|_| Error::new(ErrorKind::Disconnected, "the server socket is closed"))
-    }
-}
-
-impl ReplySink for ZmqSink {
-    fn send(&self, frame: Frame) -> BoxFuture<'_, Result<()>> {
-        let last = matches!(frame, Frame::Last(_) | Frame::End);
-        let data = matches!(frame, Frame::Data(_));
+impl ReplyWriter for ZmqWriter {
+    fn write(&self, env: Envelope, last: bool) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if data {
-                // Wait for the caller's reader; the credit is never closed.
-                let _ = self.credit.take().await;
-            }
-            self.send_env(frame_envelope(self.id, frame), last).await
+            self.tx
+                .send(Outgoing::Reply {
+                    identity: self.identity.clone(),
+                    id: self.id,
+                    parts: wire::encode_parts(&env),
+                    last,
+                })
+                .await
+                .map_err(|_| Error::new(ErrorKind::Disconnected, "the server socket is closed"))
         })
     }
 
-    fn send_error(&self, error: Error) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.send_env(Envelope::error(self.id, &error), true))
-    }
-}
-
-impl Drop for ZmqSink {
-    fn drop(&mut self) {
-        if !self.ended.load(std::sync::atomic::Ordering::Acquire) {
-            // Tell the caller now rather than after its idle timeout. If the
-            // queue is full the heartbeat silence tells it instead.
-            let _ = self.tx.try_send(Outgoing::Abandoned {
-                identity: self.identity.clone(),
-                id: self.id,
-            });
-        }
+    fn abandon(&mut self) {
+        // Tell the caller now rather than after its idle limit. If the queue
+        // is full the heartbeat silence tells it instead.
+        let _ = self.tx.try_send(Outgoing::Abandoned {
+            identity: self.identity.clone(),
+            id: self.id,
+        });
     }
 }

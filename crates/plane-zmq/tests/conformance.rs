@@ -28,6 +28,7 @@ impl Hooks for ZmqHooks {
         Some(Box::pin(async move {
             let frame = bytes::Bytes::copy_from_slice(garbage);
             self.0
+                .links()
                 .send_raw(&[frame], std::time::Duration::from_secs(2))
                 .await
                 .map(drop)

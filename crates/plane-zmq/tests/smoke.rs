@@ -41,14 +41,15 @@ async fn garbage_refused_and_restart_recovers() {
         bytes::Bytes::from_static(b"!"),
     ];
     let answer = backend
+        .links()
         .send_raw(&garbage, Duration::from_secs(5))
         .await
         .unwrap();
     assert!(answer.is_some(), "a typed refusal comes back");
     assert_eq!(requests.call("echo", "ok").await.unwrap().to_bytes(), "ok");
-    let before = backend.address();
+    let before = backend.links().address();
     backend.restart().await.unwrap();
-    assert_ne!(before, backend.address());
+    assert_ne!(before, backend.links().address());
     plane_conformance::peer::calls_recover_after_restart(&requests).await;
 }
 
