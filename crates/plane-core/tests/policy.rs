@@ -66,13 +66,8 @@ impl RequestBackend for Lossy {
             transport
         })
     }
-    async fn serve(
-        &self,
-        endpoint: &str,
-        instance: InstanceId,
-        dispatcher: Dispatcher,
-    ) -> Result<Box<dyn ServeTransport>> {
-        self.inner.serve(endpoint, instance, dispatcher).await
+    async fn serve(&self, dispatcher: Dispatcher) -> Result<Box<dyn ServeTransport>> {
+        self.inner.serve(dispatcher).await
     }
 }
 

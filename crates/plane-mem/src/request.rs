@@ -166,20 +166,16 @@ impl RequestBackend for MemRequests {
         }))
     }
 
-    async fn serve(
-        &self,
-        endpoint: &str,
-        instance: InstanceId,
-        dispatcher: Dispatcher,
-    ) -> Result<Box<dyn ServeTransport>> {
+    async fn serve(&self, dispatcher: Dispatcher) -> Result<Box<dyn ServeTransport>> {
+        let endpoint = dispatcher.endpoint().to_owned();
         let registration = Arc::new(Registration {
-            instance,
+            instance: dispatcher.instance(),
             dispatcher,
         });
-        self.hub.register(endpoint, registration.clone())?;
+        self.hub.register(&endpoint, registration.clone())?;
         Ok(Box::new(MemServe {
             hub: Arc::downgrade(&self.hub),
-            endpoint: endpoint.to_owned(),
+            endpoint,
             registration,
             closed: AtomicBool::new(false),
         }))

@@ -13,8 +13,6 @@
 //! message per frame, with the frame kind in the `plane-frame` header.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -24,14 +22,13 @@ use async_nats::{Client, HeaderMap, StatusCode, Subject, Subscriber};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
-use plane_core::request::flow::{Credit, Grants, Liveness};
+use plane_core::request::flow::{Credit, Grants, IdleTimer};
 use plane_core::request::{
     Call, Cancel, Dispatcher, Frame, Incoming, InstanceId, ReplySink, ReplyTransport,
     RequestBackend, RequestCapabilities, RequestId, Route, ServeTransport,
 };
 use plane_core::{Error, ErrorKind, Message, Result};
 use tokio::sync::watch;
-use tokio::time::Sleep;
 
 use crate::inbox::{self, Inbox, Next};
 use crate::mapping::{self, CREDIT, CTL, ERROR_CODE, ERROR_KIND, ERROR_MESSAGE, FRAME, ID, STREAM};
@@ -152,18 +149,14 @@ impl RequestBackend for NatsRequests {
             replies,
             id,
             ctl: self.subjects.ctl(&call.endpoint),
-            liveness: Liveness::new(self.heartbeat * 3),
-            idle: None,
+            idle: IdleTimer::new(self.heartbeat * 3),
             grants: Grants::new(STREAM_WINDOW),
         }))
     }
 
-    async fn serve(
-        &self,
-        endpoint: &str,
-        instance: InstanceId,
-        dispatcher: Dispatcher,
-    ) -> Result<Box<dyn ServeTransport>> {
+    async fn serve(&self, dispatcher: Dispatcher) -> Result<Box<dyn ServeTransport>> {
+        let endpoint = &dispatcher.endpoint().to_owned();
+        let instance = dispatcher.instance();
         let s = &self.subjects;
         let sub_err = crate::error::subscribe;
         let calls = self
@@ -519,9 +512,7 @@ struct CallTransport {
     ctl: String,
     /// Heard from once the server proved to be a plane server (it sends
     /// heartbeats); a plain NATS responder is never timed out for silence.
-    liveness: Liveness,
-    /// The timer waking the reader at the liveness deadline.
-    idle: Option<Pin<Box<Sleep>>>,
+    idle: IdleTimer,
     grants: Grants,
 }
 
@@ -544,18 +535,6 @@ impl CallTransport {
                 .await;
         });
     }
-
-    fn arm(&mut self) {
-        self.liveness.heard(tokio::time::Instant::now().into_std());
-        let Some(deadline) = self.liveness.idle_deadline() else {
-            return;
-        };
-        let deadline = tokio::time::Instant::from_std(deadline);
-        match &mut self.idle {
-            Some(sleep) => sleep.as_mut().reset(deadline),
-            None => self.idle = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
-    }
 }
 
 impl ReplyTransport for CallTransport {
@@ -570,24 +549,7 @@ impl ReplyTransport for CallTransport {
                         "the serving instance sent more replies than flow control allows",
                     ))))
                 }
-                Poll::Pending => {
-                    let Some(idle) = self.idle.as_mut() else {
-                        return Poll::Pending;
-                    };
-                    while idle.as_mut().poll(cx).is_ready() {
-                        let now = tokio::time::Instant::now();
-                        if let Some(e) = self.liveness.expired(now.into_std()) {
-                            return Poll::Ready(Some(Err(e)));
-                        }
-                        // Woken a hair early for the clock the deadline
-                        // was taken from: wait out the rest.
-                        if let Some(at) = self.liveness.idle_deadline() {
-                            idle.as_mut()
-                                .reset(tokio::time::Instant::from_std(at).max(now));
-                        }
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => return self.idle.poll_expired(cx).map(|e| Some(Err(e))),
             };
             if msg.status == Some(StatusCode::NO_RESPONDERS) {
                 return Poll::Ready(Some(Err(Error::new(
@@ -602,7 +564,7 @@ impl ReplyTransport for CallTransport {
                     mapping::decode(headers, msg.payload, &[]).map(Frame::Last),
                 ));
             };
-            self.arm();
+            self.idle.heard();
             if let Some(ctl) = mapping::get(headers, CTL) {
                 if ctl != self.ctl {
                     self.ctl = ctl.to_owned();

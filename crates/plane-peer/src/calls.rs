@@ -22,7 +22,6 @@
 //! ```
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -32,13 +31,12 @@ use futures_util::future::BoxFuture;
 use plane_core::discovery::{Discovery, Instance};
 use plane_core::error::{Error, ErrorKind, Result};
 use plane_core::message::names;
-use plane_core::request::flow::{Credit, Grants, Liveness};
+use plane_core::request::flow::{Credit, Grants, IdleTimer};
 use plane_core::request::{
     Call, Cancel, Dispatcher, Frame, Incoming, InstanceId, ReplySink, ReplyTransport,
     RequestBackend, RequestCapabilities, ServeTransport,
 };
 use plane_core::wire::{self, Envelope, EnvelopeKind, Limits, RequestId};
-use tokio::time::Sleep;
 
 use crate::{
     call_envelope, cancel_envelope, check_limits, decode_inbound, decode_reply, frame_envelope,
@@ -243,13 +241,9 @@ impl<L: RequestLinks> RequestBackend for PeerRequests<L> {
             // Every server on such a transport speaks plane, so the call's
             // start counts as heard: a server that never answers is timed
             // out too.
-            let mut liveness = Liveness::new(limit);
-            let now = tokio::time::Instant::now();
-            liveness.heard(now.into_std());
-            Idle {
-                liveness,
-                timer: Box::pin(tokio::time::sleep_until(now + limit)),
-            }
+            let mut idle = IdleTimer::new(limit);
+            idle.heard();
+            idle
         });
         Ok(Box::new(PeerReply {
             id,
@@ -260,40 +254,12 @@ impl<L: RequestLinks> RequestBackend for PeerRequests<L> {
         }))
     }
 
-    async fn serve(
-        &self,
-        endpoint: &str,
-        instance: InstanceId,
-        dispatcher: Dispatcher,
-    ) -> Result<Box<dyn ServeTransport>> {
-        let record = self.inner.links.record(endpoint, instance)?;
+    async fn serve(&self, dispatcher: Dispatcher) -> Result<Box<dyn ServeTransport>> {
+        let record = self
+            .inner
+            .links
+            .record(dispatcher.endpoint(), dispatcher.instance())?;
         self.inner.served.serve(dispatcher, record).await
-    }
-}
-
-/// A call's idle limit and the timer that checks it. The timer is moved
-/// only when it fires, not on every envelope: it then finds the call heard
-/// from since and waits again until the new idle deadline.
-struct Idle {
-    liveness: Liveness,
-    timer: Pin<Box<Sleep>>,
-}
-
-impl Idle {
-    /// The error ending a call silent for its idle limit, once it is.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
-        loop {
-            ready!(self.timer.as_mut().poll(cx));
-            let now = tokio::time::Instant::now();
-            if let Some(e) = self.liveness.expired(now.into_std()) {
-                return Poll::Ready(e);
-            }
-            let next = self
-                .liveness
-                .idle_deadline()
-                .map_or(now, tokio::time::Instant::from_std);
-            self.timer.as_mut().reset(next);
-        }
     }
 }
 
@@ -302,7 +268,7 @@ struct PeerReply<K> {
     id: RequestId,
     link: K,
     grants: Grants,
-    idle: Option<Idle>,
+    idle: Option<IdleTimer>,
     _in_flight: InFlight,
 }
 
@@ -325,7 +291,7 @@ impl<K: CallLink> ReplyTransport for PeerReply<K> {
                 }
             };
             if let Some(idle) = &mut self.idle {
-                idle.liveness.heard(tokio::time::Instant::now().into_std());
+                idle.heard();
             }
             // A refusal before the call was read carries no id of its own.
             if env.id != self.id && env.kind != EnvelopeKind::Error {

@@ -1,15 +1,15 @@
-//! Flow control and liveness of one call, written once for every transport
-//! that has to do them itself (NATS and ZeroMQ; QUIC has both in the
-//! protocol).
+//! Flow control and liveness of one call, written once for every transport:
+//! NATS drives them itself, the brokerless transports (QUIC, ZeroMQ) through
+//! `plane-peer`. Only the window size and the idle limit are the
+//! transport's.
 //!
 //! The caller's halves, [`Grants`] and [`Liveness`], are sans-IO in the
 //! manner of quinn-proto: no sockets, no clocks, no tasks. The transport
 //! tells them what arrived and when (`now` is an argument), and they answer
 //! with what to send (a credit grant) and when the call is to be given up
-//! for silence. They are two types because they live in two places on some
-//! transports: grants where the reader consumes, liveness where replies
-//! arrive. The server's half, [`Credit`], is the one place that turns grants
-//! into permission to send.
+//! for silence. [`IdleTimer`] puts a [`Liveness`] on a tokio timer, the one
+//! idle timer every transport uses. The server's half, [`Credit`], is the
+//! one place that turns grants into permission to send.
 //!
 //! # The protocol, whatever carries it
 //! - A streamed call starts with `window` data frames of credit. Each data
@@ -135,6 +135,61 @@ impl Liveness {
                 ),
             )
         })
+    }
+}
+
+/// A call's [`Liveness`] on a tokio timer: the one idle timer of every
+/// transport that keeps an idle limit (NATS, ZeroMQ through `plane-peer`).
+///
+/// Hearing from the server only records the time; the timer is moved when
+/// it fires and finds the call heard from since, so a busy call costs no
+/// timer update per reply.
+#[derive(Debug)]
+pub struct IdleTimer {
+    liveness: Liveness,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleTimer {
+    /// A call given up after `idle_limit` of silence once heard (see
+    /// [`Liveness::new`]).
+    pub fn new(idle_limit: Duration) -> Self {
+        IdleTimer {
+            liveness: Liveness::new(idle_limit),
+            timer: None,
+        }
+    }
+
+    /// Something about the call arrived from the server just now.
+    pub fn heard(&mut self) {
+        self.liveness.heard(tokio::time::Instant::now().into_std());
+    }
+
+    /// Ready with the error ending the call once it has been silent for its
+    /// idle limit; pending (the task woken at the deadline) until then, and
+    /// for as long as the server was never heard from.
+    pub fn poll_expired(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Error> {
+        use std::future::Future;
+        use std::task::Poll;
+        loop {
+            let Some(deadline) = self.liveness.idle_deadline() else {
+                return Poll::Pending;
+            };
+            let deadline = tokio::time::Instant::from_std(deadline);
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = tokio::time::Instant::now();
+            if let Some(e) = self.liveness.expired(now.into_std()) {
+                return Poll::Ready(e);
+            }
+            // Heard from since the timer was set (or woken a hair early for
+            // the clock the deadline was taken from): wait out the rest.
+            timer.as_mut().reset(deadline.max(now));
+        }
     }
 }
 
@@ -286,5 +341,38 @@ mod tests {
             }
         }
         assert_eq!((sent, read), (FRAMES, FRAMES));
+    }
+
+    /// Whether the timer says the call expired, polled once.
+    async fn expired(t: &mut IdleTimer) -> bool {
+        std::future::poll_fn(|cx| std::task::Poll::Ready(t.poll_expired(cx).is_ready())).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timer_fires_only_after_a_whole_limit_of_silence() {
+        let limit = Duration::from_secs(3);
+        let mut never = IdleTimer::new(limit);
+        tokio::time::sleep(limit * 10).await;
+        assert!(!expired(&mut never).await, "never heard: never timed out");
+
+        let mut t = IdleTimer::new(limit);
+        t.heard();
+        for _ in 0..5 {
+            // Heard every two seconds: the timer, set for the first deadline,
+            // finds the call heard from and waits again.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert!(!expired(&mut t).await);
+            t.heard();
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!expired(&mut t).await);
+        let started = tokio::time::Instant::now();
+        let e = std::future::poll_fn(|cx| t.poll_expired(cx)).await;
+        assert_eq!(e.kind(), ErrorKind::Disconnected);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(1),
+            "woken at the deadline"
+        );
     }
 }

@@ -198,15 +198,15 @@ pub trait RequestBackend: Send + Sync + 'static {
     /// instance serves the endpoint, without waiting for the timeout.
     /// MUST honour `call.route`; the plane only passes declared routes.
     fn call(&self, call: Call) -> impl Future<Output = Result<Box<dyn ReplyTransport>>> + Send;
-    /// Start routing calls for `endpoint` to `dispatcher` as instance `instance`.
+    /// Start routing calls for the dispatcher's endpoint
+    /// ([`Dispatcher::endpoint`]) to it, as its instance
+    /// ([`Dispatcher::instance`]).
     ///
     /// # Behavior
     /// MUST hand every admitted call to [`Dispatcher::dispatch`] and deliver
     /// stop/kill (and connection loss, as kill) to it.
     fn serve(
         &self,
-        endpoint: &str,
-        instance: InstanceId,
         dispatcher: Dispatcher,
     ) -> impl Future<Output = Result<Box<dyn ServeTransport>>> + Send;
 }
@@ -222,12 +222,7 @@ pub trait DynRequestBackend: Send + Sync + 'static {
     /// See [`RequestBackend::call`].
     fn call(&self, call: Call) -> BoxFuture<'_, Result<Box<dyn ReplyTransport>>>;
     /// See [`RequestBackend::serve`].
-    fn serve<'a>(
-        &'a self,
-        endpoint: &'a str,
-        instance: InstanceId,
-        dispatcher: Dispatcher,
-    ) -> BoxFuture<'a, Result<Box<dyn ServeTransport>>>;
+    fn serve(&self, dispatcher: Dispatcher) -> BoxFuture<'_, Result<Box<dyn ServeTransport>>>;
 }
 
 impl<T: RequestBackend> DynRequestBackend for T {
@@ -243,13 +238,8 @@ impl<T: RequestBackend> DynRequestBackend for T {
     fn call(&self, call: Call) -> BoxFuture<'_, Result<Box<dyn ReplyTransport>>> {
         Box::pin(RequestBackend::call(self, call))
     }
-    fn serve<'a>(
-        &'a self,
-        endpoint: &'a str,
-        instance: InstanceId,
-        dispatcher: Dispatcher,
-    ) -> BoxFuture<'a, Result<Box<dyn ServeTransport>>> {
-        Box::pin(RequestBackend::serve(self, endpoint, instance, dispatcher))
+    fn serve(&self, dispatcher: Dispatcher) -> BoxFuture<'_, Result<Box<dyn ServeTransport>>> {
+        Box::pin(RequestBackend::serve(self, dispatcher))
     }
 }
 
@@ -675,7 +665,7 @@ impl Requests {
         );
         let transport = self
             .backend
-            .serve(endpoint, instance, dispatcher.clone())
+            .serve(dispatcher.clone())
             .await
             .map_err(|e| e.with_op("request.serve").with_backend(self.backend.name()))?;
         Ok(Server::new(endpoint, instance, dispatcher, transport))
