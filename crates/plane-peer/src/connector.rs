@@ -2,11 +2,12 @@
 //!
 //! A transport crate says what is its own — its name and schemes, how its
 //! configuration is read from a URL and checked, the links its request plane
-//! runs over, and how its events plane is built over a [`Discovery`] — by
-//! implementing [`Transport`]; the registry glue is [`PeerConnector`], and
-//! the request plane is [`PeerRequests`] over the transport's links. A session opens discovery once, so
-//! the request and events planes of one URL share one discovery kv
-//! connection (each plane still binds its own sockets).
+//! runs over, and how its events plane is built — by implementing
+//! [`Transport`]; the registry glue is [`PeerConnector`], and the request
+//! plane is [`PeerRequests`] over the transport's links. A session
+//! ([`PeerPlanes`]) opens [`Discovery`] once and binds the request plane
+//! once, so the planes of one URL share one discovery kv connection and, on
+//! QUIC, one endpoint.
 
 use std::marker::PhantomData;
 
@@ -45,19 +46,12 @@ pub trait Transport: Send + Sync + 'static {
     fn validate(config: &Self::Config) -> Result<()>;
     /// The kv URL and settings of the discovery plane `config` names.
     fn discovery(config: &Self::Config) -> (&str, &DiscoveryConfig);
-    /// Build the request plane: [`PeerRequests`] over [`Links`](Transport::Links).
-    fn requests(
-        config: Self::Config,
-        discovery: Discovery,
-    ) -> BoxFuture<'static, Result<Requests>> {
-        Box::pin(async move {
-            Ok(Requests::new(PeerRequests::<Self::Links>::connect(
-                config, discovery,
-            )?))
-        })
-    }
-    /// Build the events plane.
-    fn events(config: Self::Config, discovery: Discovery) -> BoxFuture<'static, Result<Events>>;
+    /// Build the events plane of a session. A transport whose events share
+    /// the request plane's listener (QUIC) takes [`PeerPlanes::requests`],
+    /// so one URL binds one endpoint.
+    fn events(planes: &PeerPlanes<Self>) -> BoxFuture<'_, Result<Events>>
+    where
+        Self: Sized;
 }
 
 /// Open the discovery plane that `config` of transport `T` names.
@@ -103,41 +97,75 @@ impl<T> std::fmt::Debug for PeerConnector<T> {
 }
 
 /// The planes of one brokerless URL: its configuration, the registry that
-/// builds its discovery kv, and that discovery once opened.
-struct PeerSession<T: Transport> {
+/// builds its discovery kv, and, each built on first use and then shared,
+/// that discovery and the request plane.
+pub struct PeerPlanes<T: Transport> {
     config: T::Config,
     registry: Registry,
     discovery: OnceCell<Discovery>,
+    requests: OnceCell<PeerRequests<T::Links>>,
 }
 
-impl<T: Transport> PeerSession<T> {
+impl<T: Transport> std::fmt::Debug for PeerPlanes<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerPlanes")
+            .field("backend", &T::NAME)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport> PeerPlanes<T> {
     fn open(url: &Url, registry: &Registry) -> Result<Self> {
-        Ok(PeerSession {
+        Ok(PeerPlanes {
             config: T::config(url)?,
             registry: registry.clone(),
             discovery: OnceCell::new(),
+            requests: OnceCell::new(),
         })
     }
 
-    async fn discovery(&self) -> Result<Discovery> {
+    /// The URL's configuration.
+    pub fn config(&self) -> &T::Config {
+        &self.config
+    }
+
+    /// The discovery plane, opened on first use.
+    ///
+    /// # Errors
+    /// Whatever building the kv plane or opening the bucket fails with.
+    pub async fn discovery(&self) -> Result<Discovery> {
         self.discovery
             .get_or_try_init(|| discovery_of::<T>(&self.config, &self.registry))
             .await
             .cloned()
     }
+
+    /// The request plane, bound on first use; a failed bind is tried again
+    /// on the next call.
+    ///
+    /// # Errors
+    /// Whatever opening discovery or [`PeerRequests::connect`] fails with.
+    pub async fn requests(&self) -> Result<PeerRequests<T::Links>> {
+        self.requests
+            .get_or_try_init(|| async {
+                PeerRequests::connect(self.config.clone(), self.discovery().await?)
+            })
+            .await
+            .cloned()
+    }
 }
 
-impl<T: Transport> SessionBackend for PeerSession<T> {
+impl<T: Transport> SessionBackend for PeerPlanes<T> {
     fn name(&self) -> &'static str {
         T::NAME
     }
 
     fn requests(&self) -> BoxFuture<'_, Result<Requests>> {
-        Box::pin(async move { T::requests(self.config.clone(), self.discovery().await?).await })
+        Box::pin(async move { Ok(Requests::new(PeerPlanes::requests(self).await?)) })
     }
 
     fn events(&self) -> BoxFuture<'_, Result<Events>> {
-        Box::pin(async move { T::events(self.config.clone(), self.discovery().await?).await })
+        T::events(self)
     }
 }
 
@@ -155,7 +183,7 @@ impl<T: Transport> Connector for PeerConnector<T> {
         url: &'a Url,
         registry: &'a Registry,
     ) -> BoxFuture<'a, Result<Option<Session>>> {
-        Box::pin(async move { Ok(Some(Session::new(PeerSession::<T>::open(url, registry)?))) })
+        Box::pin(async move { Ok(Some(Session::new(PeerPlanes::<T>::open(url, registry)?))) })
     }
 
     fn requests<'a>(
@@ -163,10 +191,12 @@ impl<T: Transport> Connector for PeerConnector<T> {
         url: &'a Url,
         registry: &'a Registry,
     ) -> BoxFuture<'a, Result<Requests>> {
-        Box::pin(async move { PeerSession::<T>::open(url, registry)?.requests().await })
+        Box::pin(
+            async move { SessionBackend::requests(&PeerPlanes::<T>::open(url, registry)?).await },
+        )
     }
 
     fn events<'a>(&'a self, url: &'a Url, registry: &'a Registry) -> BoxFuture<'a, Result<Events>> {
-        Box::pin(async move { PeerSession::<T>::open(url, registry)?.events().await })
+        Box::pin(async move { PeerPlanes::<T>::open(url, registry)?.events().await })
     }
 }

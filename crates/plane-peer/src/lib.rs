@@ -48,7 +48,7 @@ pub use calls::{
     abandoned, ends_call, limits, CallLink, Config, Control, PeerRequests, ReplyWriter,
     RequestLinks, ServedCall, WINDOW,
 };
-pub use connector::{discovery_of, PeerConnector, Transport};
+pub use connector::{discovery_of, PeerConnector, PeerPlanes, Transport};
 pub use served::Served;
 
 use futures_util::StreamExt;
@@ -397,59 +397,65 @@ impl Drop for InFlight {
 
 #[derive(Debug, Clone)]
 struct Peer {
-    instance: Instance,
+    instance: Arc<Instance>,
     in_flight: Arc<AtomicUsize>,
 }
 
 /// What the caller knows about one endpoint: its instances, kept current by a
 /// discovery watch.
+///
+/// Calls read an `Arc` snapshot of the list (one reference count, no
+/// copy); only a discovery change builds a new list.
 #[derive(Debug, Default)]
 struct View {
-    peers: RwLock<Vec<Peer>>,
+    peers: RwLock<Arc<[Peer]>>,
     balancer: Balancer,
 }
 
 impl View {
-    fn snapshot(&self) -> Vec<Peer> {
+    fn snapshot(&self) -> Arc<[Peer]> {
         self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn apply(&self, event: DiscoveryEvent) {
         let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = peers.to_vec();
         match event {
             DiscoveryEvent::Added(instance) => {
-                match peers.iter_mut().find(|p| p.instance.id == instance.id) {
+                let instance = Arc::new(instance);
+                match next.iter_mut().find(|p| p.instance.id == instance.id) {
                     // A changed record (a restarted peer on a new address)
                     // replaces the old one; its load counter carries over.
                     Some(p) => p.instance = instance,
-                    None => peers.push(Peer {
+                    None => next.push(Peer {
                         instance,
                         in_flight: Arc::default(),
                     }),
                 }
             }
-            DiscoveryEvent::Removed(id) => peers.retain(|p| p.instance.id != id),
+            DiscoveryEvent::Removed(id) => next.retain(|p| p.instance.id != id),
         }
+        *peers = next.into();
     }
 
     /// Replace the instances with a fresh listing, keeping load counters.
     fn replace(&self, listed: Vec<Instance>) {
         let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
-        let old = std::mem::take(&mut *peers);
-        *peers = listed
+        let next: Vec<Peer> = listed
             .into_iter()
             .map(|instance| {
-                let in_flight = old
+                let in_flight = peers
                     .iter()
                     .find(|p| p.instance.id == instance.id)
                     .map(|p| p.in_flight.clone())
                     .unwrap_or_default();
                 Peer {
-                    instance,
+                    instance: Arc::new(instance),
                     in_flight,
                 }
             })
             .collect();
+        *peers = next.into();
     }
 }
 
@@ -521,7 +527,11 @@ impl PeerDirectory {
     /// Whatever listing the endpoint in discovery fails with.
     pub async fn instances(&self, endpoint: &str) -> Result<Vec<Instance>> {
         let view = self.view(endpoint).await?;
-        Ok(view.snapshot().into_iter().map(|p| p.instance).collect())
+        Ok(view
+            .snapshot()
+            .iter()
+            .map(|p| Instance::clone(&p.instance))
+            .collect())
     }
 
     async fn view(&self, endpoint: &str) -> Result<Arc<View>> {
@@ -570,17 +580,19 @@ impl PeerDirectory {
         if relist {
             view.replace(self.inner.discovery.list(endpoint).await?);
         }
-        let candidates: Vec<Peer> = view
-            .snapshot()
-            .into_iter()
-            .filter(|p| !exclude.contains(&p.instance.id))
-            .collect();
-        let i = view.balancer.pick(
-            route,
-            &candidates,
-            |p| p.instance.id,
-            |p| p.in_flight.load(Ordering::Acquire),
-        )?;
+        let peers = view.snapshot();
+        let id_of = |p: &&Peer| p.instance.id;
+        let load_of = |p: &&Peer| p.in_flight.load(Ordering::Acquire);
+        // The first attempt excludes nothing: pick from the snapshot as it is.
+        let candidates: Vec<&Peer> = if exclude.is_empty() {
+            peers.iter().collect()
+        } else {
+            peers
+                .iter()
+                .filter(|p| !exclude.contains(&p.instance.id))
+                .collect()
+        };
+        let i = view.balancer.pick(route, &candidates, id_of, load_of)?;
         Ok(candidates[i].clone())
     }
 
@@ -598,9 +610,9 @@ impl PeerDirectory {
         endpoint: &str,
         route: Route,
         mut connect: F,
-    ) -> Result<(T, Instance, InFlight)>
+    ) -> Result<(T, Arc<Instance>, InFlight)>
     where
-        F: FnMut(Instance) -> Fut,
+        F: FnMut(Arc<Instance>) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let view = self.view(endpoint).await?;
@@ -751,7 +763,7 @@ mod tests {
             regs.push(d.register(inst).await.unwrap());
         }
         let dir = PeerDirectory::new(d.clone(), DirectoryConfig::default());
-        let ok = |i: Instance| async move { Ok::<_, Error>(i.id) };
+        let ok = |i: Arc<Instance>| async move { Ok::<_, Error>(i.id) };
 
         // Round-robin uses every instance.
         let mut seen = std::collections::BTreeSet::new();
@@ -774,7 +786,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(id, InstanceId(1));
-        let flaky = |i: Instance| async move {
+        let flaky = |i: Arc<Instance>| async move {
             if i.id == InstanceId(1) {
                 Err(Error::new(ErrorKind::Connection, "refused"))
             } else {
@@ -786,8 +798,9 @@ mod tests {
             assert_ne!(id, InstanceId(1));
         }
         // Other errors are not retried.
-        let bad =
-            |_: Instance| async move { Err::<InstanceId, _>(Error::new(ErrorKind::Decode, "x")) };
+        let bad = |_: Arc<Instance>| async move {
+            Err::<InstanceId, _>(Error::new(ErrorKind::Decode, "x"))
+        };
         assert_eq!(
             dir.connect("svc", Route::RoundRobin, bad)
                 .await
@@ -827,7 +840,7 @@ mod tests {
         // When each of the two instances left fails to connect (fewer
         // than the attempts), the caller learns
         // why rather than `NoResponders`.
-        let down = |_: Instance| async move {
+        let down = |_: Arc<Instance>| async move {
             Err::<InstanceId, _>(Error::new(ErrorKind::Connection, "refused"))
         };
         assert_eq!(

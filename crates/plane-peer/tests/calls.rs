@@ -11,13 +11,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use plane_core::discovery::{Discovery, DiscoveryConfig, Instance};
+use plane_core::discovery::{DiscoveryConfig, Instance};
 use plane_core::request::{handler_fn, unary_fn, Call, InstanceId, Request, Responder};
 use plane_core::wire::{Envelope, EnvelopeKind};
 use plane_core::{Error, ErrorKind, Events, Requests, Result};
 use plane_peer::{
-    CallLink, Control, Endpoints, PeerRequests, ReplyWriter, RequestLinks, ServedCall, Transport,
-    WINDOW,
+    CallLink, Control, Endpoints, PeerPlanes, PeerRequests, ReplyWriter, RequestLinks, ServedCall,
+    Transport, WINDOW,
 };
 use tokio::sync::mpsc;
 use url::Url;
@@ -67,7 +67,7 @@ impl Transport for Loop {
         (&config.discovery, &config.discovery_config)
     }
 
-    fn events(_config: LoopConfig, _discovery: Discovery) -> BoxFuture<'static, Result<Events>> {
+    fn events(_planes: &PeerPlanes<Self>) -> BoxFuture<'_, Result<Events>> {
         Box::pin(async { Err(Error::new(ErrorKind::Unsupported, "no events on loop")) })
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! # Topology
 //!
-//! Every events handle binds its own QUIC endpoint (TLS as for the request
-//! plane) and registers it in [discovery](plane_core::discovery) as an
+//! An events handle publishes on a QUIC endpoint — the one its session's
+//! request plane binds, or one of its own from [`QuicEvents::connect`] —
+//! (TLS as for the request plane) and registers it in [discovery](plane_core::discovery) as an
 //! instance of the reserved endpoint [`EVENTS_ENDPOINT`] (`plane-events`),
 //! with its certificate fingerprint. A subscription opens one bidirectional
 //! stream to every publisher listed there, on the connection shared with
@@ -293,7 +294,17 @@ impl QuicEvents {
     /// # Errors
     /// As [`QuicRequests::connect`]; discovery errors.
     pub async fn connect(config: QuicConfig, discovery: Discovery) -> Result<Self> {
-        config.validate()?;
+        QuicEvents::over(QuicRequests::connect(config, discovery)?).await
+    }
+
+    /// Publish and subscribe on the endpoint of `requests` (registered in
+    /// its discovery as an events publisher), so one process binds one QUIC
+    /// endpoint for both planes.
+    ///
+    /// # Errors
+    /// Discovery errors.
+    pub async fn over(requests: QuicRequests) -> Result<Self> {
+        let config = &requests.links().node.config;
         let mut capabilities = EventsCapabilities::default();
         capabilities.wildcards = true;
         // Each publisher picks one member per group (see the module docs).
@@ -301,7 +312,6 @@ impl QuicEvents {
         // One queue and one stream per subscriber, fed in publish order.
         capabilities.ordered_per_publisher = true;
         capabilities.max_payload = config.max_payload;
-        let requests = QuicRequests::connect(config, discovery)?;
         let record = requests
             .links()
             .node

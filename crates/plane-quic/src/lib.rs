@@ -8,14 +8,14 @@
 //! call on a connection shared by all calls between two processes. See
 //! [`request`] for the protocol and [`tls`] for certificates.
 //!
-//! Events go straight from publisher to subscriber too: each events handle
-//! binds its own QUIC endpoint, registered in discovery under the reserved
+//! Events go straight from publisher to subscriber too: an events handle
+//! publishes on a QUIC endpoint registered in discovery under the reserved
 //! endpoint [`events::EVENTS_ENDPOINT`] (`plane-events`), and each
 //! subscription opens one stream to every publisher. At-most-once only:
 //! wildcards, worker groups (each publisher picks one member) and
 //! per-publisher order, no durable streams.
-//! See [`events`]. An events handle built from a URL binds its own port (the
-//! `quic://` port is best left 0 when both planes are built from one URL).
+//! See [`events`]. The planes of one session (`Registry::connect`) share one
+//! endpoint; [`QuicEvents::connect`] on its own binds one of its own.
 //!
 #![doc = include_str!("../../../docs/quic.md")]
 //!
@@ -45,7 +45,7 @@ pub mod request;
 pub mod tls;
 
 use futures_util::future::BoxFuture;
-use plane_core::discovery::{Discovery, DiscoveryConfig};
+use plane_core::discovery::DiscoveryConfig;
 use plane_core::registry::Registry;
 use plane_core::{Events, Result};
 use plane_peer as peer;
@@ -80,8 +80,13 @@ impl peer::Transport for Quic {
         (&config.discovery, &config.discovery_config)
     }
 
-    fn events(config: QuicConfig, discovery: Discovery) -> BoxFuture<'static, Result<Events>> {
-        Box::pin(async move { Ok(Events::new(QuicEvents::connect(config, discovery).await?)) })
+    fn events(planes: &peer::PeerPlanes<Self>) -> BoxFuture<'_, Result<Events>> {
+        // On the session's one endpoint, shared with its request plane.
+        Box::pin(async move {
+            Ok(Events::new(
+                QuicEvents::over(planes.requests().await?).await?,
+            ))
+        })
     }
 }
 

@@ -63,3 +63,35 @@ async fn a_config_built_in_code_is_validated() {
         .unwrap_err();
     assert_eq!(e.kind(), plane_core::ErrorKind::InvalidConfig);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_serves_requests_and_events_on_one_endpoint() {
+    let hub = hub();
+    let mut registry = plane_mem::registry();
+    plane_quic::register(&mut registry);
+    let url = format!(
+        "quic://127.0.0.1:0?discovery={}",
+        hub.replace(':', "%3A").replace('/', "%2F")
+    );
+    let session = registry.connect(&url).await.unwrap();
+    let requests = session.requests().await.unwrap();
+    let _events = session.events().await.unwrap();
+    let _echo = requests
+        .serve("echo", unary_fn(|r: Request| async move { Ok(r.message) }))
+        .await
+        .unwrap();
+    let kv = registry.kv(&hub).await.unwrap();
+    let discovery = plane_core::discovery::Discovery::open(&kv, Default::default())
+        .await
+        .unwrap();
+    let served = discovery.list("echo").await.unwrap();
+    let publishers = discovery
+        .list(plane_quic::events::EVENTS_ENDPOINT)
+        .await
+        .unwrap();
+    assert_eq!((served.len(), publishers.len()), (1, 1));
+    assert_eq!(
+        served[0].address, publishers[0].address,
+        "the events publisher is the request plane's endpoint"
+    );
+}

@@ -46,7 +46,7 @@ pub mod request;
 mod socket;
 
 use futures_util::future::BoxFuture;
-use plane_core::discovery::{Discovery, DiscoveryConfig};
+use plane_core::discovery::DiscoveryConfig;
 use plane_core::registry::Registry;
 use plane_core::{Events, Result};
 use plane_peer as peer;
@@ -81,8 +81,14 @@ impl peer::Transport for Zmq {
         (&config.discovery, &config.discovery_config)
     }
 
-    fn events(config: ZmqConfig, discovery: Discovery) -> BoxFuture<'static, Result<Events>> {
-        Box::pin(async move { Ok(Events::new(ZmqEvents::connect(config, discovery).await?)) })
+    fn events(planes: &peer::PeerPlanes<Self>) -> BoxFuture<'_, Result<Events>> {
+        // Events have their own XPUB socket: the ROUTER is not needed.
+        Box::pin(async move {
+            let config = planes.config().clone();
+            Ok(Events::new(
+                ZmqEvents::connect(config, planes.discovery().await?).await?,
+            ))
+        })
     }
 }
 
