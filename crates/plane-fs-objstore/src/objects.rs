@@ -30,11 +30,16 @@
 //! object at the same instant, are invisible and are removed by
 //! [`FsObjects::sweep`].
 
+use crate::error::store_err;
+use object_store::ObjectStoreScheme;
+use plane_core::registry::QueryParams;
+use plane_core::Objects;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
+use url::Url;
 
 use bytes::Bytes;
 use futures_util::stream::{Stream, StreamExt, TryStreamExt};
@@ -56,22 +61,6 @@ const READ_ATTEMPTS: usize = 5;
 const LIST_CONCURRENCY: usize = 16;
 /// Manifest format version.
 const MANIFEST_VERSION: u32 = 1;
-
-/// Map an object_store error to plane's kinds, keeping it as the source.
-pub(crate) fn store_err(e: object_store::Error) -> Error {
-    use object_store::Error as E;
-    let kind = match &e {
-        E::NotFound { .. } => ErrorKind::NotFound,
-        E::AlreadyExists { .. } => ErrorKind::AlreadyExists,
-        E::Precondition { .. } => ErrorKind::RevisionMismatch,
-        E::NotSupported { .. } | E::NotImplemented { .. } => ErrorKind::Unsupported,
-        E::PermissionDenied { .. } | E::Unauthenticated { .. } => ErrorKind::Unauthorized,
-        E::UnknownConfigurationKey { .. } => ErrorKind::InvalidConfig,
-        E::InvalidPath { .. } => ErrorKind::InvalidArgument,
-        _ => ErrorKind::Other,
-    };
-    Error::new(kind, "object store operation failed").with_source(e)
-}
 
 /// What a manifest records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,7 +102,7 @@ struct Shared {
 }
 
 /// The objects backend over an object_store [`ObjectStore`]. Cheap to clone:
-/// keep a clone to call [`sweep`](FsObjects::sweep) beside the [`Objects`](plane_core::Objects)
+/// keep a clone to call [`sweep`](FsObjects::sweep) beside the [`Objects`]
 /// handle made from it.
 #[derive(Clone)]
 pub struct FsObjects {
@@ -652,5 +641,43 @@ impl Stream for Verified {
                 Poll::Ready(None)
             }
         }
+    }
+}
+
+/// Build the objects plane for `url`.
+pub async fn objects(url: &Url) -> Result<Objects> {
+    Ok(Objects::new(FsObjects::from_url(url).await?))
+}
+
+impl FsObjects {
+    /// The objects backend for `url`, for callers that want
+    /// [`sweep`](FsObjects::sweep) as well as the plane
+    /// (`Objects::new(backend.clone())`).
+    pub async fn from_url(url: &Url) -> Result<FsObjects> {
+        let (scheme, _) = ObjectStoreScheme::parse(url).map_err(|e| {
+            crate::error::config_err(format!("unsupported object store url `{url}`")).with_source(e)
+        })?;
+        let mut q = QueryParams::new(url)?;
+        let config = crate::config::FsConfig::take(&mut q)?;
+        let upload = UploadConfig {
+            chunk_size: config.chunk_size,
+            concurrency: config.upload_concurrency,
+        };
+        if scheme == ObjectStoreScheme::Local {
+            q.finish()?;
+            let root = crate::config::local_root(url)?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
+                .map_err(store_err)?
+                .with_automatic_cleanup(true)
+                .with_fsync(config.fsync);
+            return Ok(FsObjects::new(
+                Arc::new(store),
+                upload,
+                config.max_object_size,
+                Some(root),
+            ));
+        }
+        let store = crate::config::cloud::store(url, &scheme, q)?;
+        Ok(FsObjects::new(store, upload, config.max_object_size, None))
     }
 }

@@ -71,9 +71,7 @@ fn overlap(a: &str, b: &str) -> bool {
     }
 }
 
-fn stream_gone() -> Error {
-    Error::new(ErrorKind::NotFound, "the stream or consumer was deleted")
-}
+use crate::error::stream_gone;
 
 // ---------------------------------------------------------------------------
 // Hub
@@ -880,8 +878,7 @@ impl EventsBackend for MemEvents {
 
     async fn delete_stream(&self, name: &str) -> Result<()> {
         let stream = lock(&self.hub.state).streams.remove(name);
-        let stream = stream
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no stream named `{name}`")))?;
+        let stream = stream.ok_or_else(|| crate::error::missing("stream", name))?;
         stream.shut_down();
         Ok(())
     }
@@ -897,12 +894,7 @@ impl EventsBackend for MemEvents {
             .streams
             .get(&config.stream)
             .cloned()
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::NotFound,
-                    format!("no stream named `{}`", config.stream),
-                )
-            })?;
+            .ok_or_else(|| crate::error::missing("stream", &config.stream))?;
         // The consumer's timer task needs a runtime; refuse rather than panic.
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
             Error::new(

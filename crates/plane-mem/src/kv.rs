@@ -136,7 +136,7 @@ impl KvBackend for MemKv {
 }
 
 fn no_bucket(name: &str) -> Error {
-    Error::new(ErrorKind::NotFound, format!("no bucket `{name}`"))
+    crate::error::missing("kv bucket", name)
 }
 
 /// One key's retained entries.

@@ -4,18 +4,9 @@
 //! reference the conformance suite holds other backends to, and the embedded
 //! default for development and tests: no server to install.
 //!
-//! # URLs
+#![doc = include_str!("../../../docs/mem.md")]
 //!
-//! `mem://` or `mem://NAME`. Handles built from URLs with the same name share
-//! one in-process hub, so a caller and a server built separately find each
-//! other; different names are isolated from each other.
-//!
-//! | query key | meaning | default |
-//! |---|---|---|
-//! | `max_payload` | largest request, reply, event or job payload in bytes | 8 MiB |
-//! | `max_value` | largest kv value in bytes | 1 MiB |
-//!
-//! Unknown keys are refused with `InvalidConfig`.
+//! # Example
 //!
 //! ```
 //! use plane_core::request::{unary_fn, Request};
@@ -35,6 +26,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod config;
+mod error;
 mod events;
 mod kv;
 mod objects;
@@ -47,6 +40,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use futures_util::future::BoxFuture;
 use url::Url;
 
+pub use self::config::MemConfig;
 pub use self::events::MemEvents;
 pub use self::kv::MemKv;
 pub use self::objects::MemObjects;
@@ -57,50 +51,11 @@ use plane_core::events::Events;
 use plane_core::kv::Kv;
 use plane_core::objects::Objects;
 use plane_core::queue::Queues;
-use plane_core::registry::{Connector, QueryParams, Registry};
+use plane_core::registry::{Connector, Registry};
 use plane_core::request::Requests;
 
 /// The backend name used in errors and reports.
 pub const NAME: &str = "mem";
-
-/// Configuration of an in-memory hub's handles, from the URL query.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemConfig {
-    /// Largest request, reply, event or job payload (body plus headers).
-    pub max_payload: usize,
-    /// Largest kv value.
-    pub max_value: usize,
-}
-
-impl Default for MemConfig {
-    fn default() -> Self {
-        MemConfig {
-            max_payload: 8 * 1024 * 1024,
-            max_value: 1024 * 1024,
-        }
-    }
-}
-
-impl MemConfig {
-    /// Read the configuration from a `mem://` URL's query.
-    pub fn from_url(url: &Url) -> Result<Self> {
-        let mut q = QueryParams::new(url)?;
-        let d = MemConfig::default();
-        let config = MemConfig {
-            max_payload: q.take("max_payload")?.unwrap_or(d.max_payload),
-            max_value: q.take("max_value")?.unwrap_or(d.max_value),
-        };
-        q.finish()?;
-        if config.max_payload == 0 || config.max_value == 0 {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                "max_payload and max_value must be positive",
-            ));
-        }
-        Ok(config)
-    }
-}
 
 /// One in-process hub: the shared state behind every plane of one name.
 pub struct Hub {

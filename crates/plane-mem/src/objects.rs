@@ -97,17 +97,11 @@ impl ObjectsBackend for MemObjects {
 }
 
 fn no_bucket(name: &str) -> Error {
-    Error::new(
-        ErrorKind::NotFound,
-        format!("object bucket `{name}` does not exist"),
-    )
+    crate::error::missing("object bucket", name)
 }
 
 fn no_object(name: &str) -> Error {
-    Error::new(
-        ErrorKind::NotFound,
-        format!("object `{name}` does not exist"),
-    )
+    crate::error::missing("object", name)
 }
 
 /// One complete object. Immutable once stored; an overwrite stores a new one.

@@ -157,10 +157,7 @@ impl QueuesBackend for MemQueues {
 }
 
 fn no_queue(name: &str) -> Error {
-    Error::new(
-        ErrorKind::NotFound,
-        format!("queue `{name}` does not exist"),
-    )
+    crate::error::missing("queue", name)
 }
 
 fn deleted() -> Error {

@@ -72,9 +72,8 @@ use plane_core::{Error, ErrorKind, Headers, Result};
 use plane_peer::events::{decode_event, event_envelope, AbortOnDrop, BufferedSubscription};
 use tokio::sync::mpsc;
 
-use crate::request::{
-    frame_chunks, refusal, write_envelope, write_error, EnvelopeReader, Node, QuicRequests,
-};
+use crate::error::{refusal, write_error};
+use crate::request::{frame_chunks, write_envelope, EnvelopeReader, Node, QuicRequests};
 use crate::QuicConfig;
 
 /// The discovery endpoint under which publishers register.

@@ -40,6 +40,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+mod error;
 pub mod events;
 pub mod request;
 pub mod tls;

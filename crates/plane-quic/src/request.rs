@@ -40,6 +40,7 @@ use plane_peer::{
 use quinn::VarInt;
 use tokio::sync::OnceCell;
 
+use crate::error::{connection_error, refusal, write_error};
 use crate::events::Subscribers;
 use crate::tls::{self, Identity, ServerTrust};
 use crate::QuicConfig;
@@ -52,47 +53,6 @@ const ABANDONED: VarInt = VarInt::from_u32(2);
 const CLOSED: VarInt = VarInt::from_u32(3);
 /// Bytes read from a stream per poll.
 const READ_CHUNK: usize = 16 * 1024;
-
-fn connection_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::new(ErrorKind::Connection, format!("{what}: {e}")).with_source(e)
-}
-
-/// TLS alerts (RFC 8446, section 6.2) by which a peer refuses a
-/// certificate: bad, unsupported, revoked, expired or unknown certificate,
-/// unknown CA, access denied, certificate required.
-const CERTIFICATE_ALERTS: &[u8] = &[42, 43, 44, 45, 46, 48, 49, 116];
-
-/// `Unauthorized` if the peer closed `conn` because it refused this
-/// process's certificate, or its lack of one. Under mutual TLS the server
-/// checks the client's certificate only after the client considers the
-/// handshake done, so the refusal ends the first call on the connection
-/// rather than the connect; this tells it from a lost peer.
-pub(crate) fn refusal(conn: &quinn::Connection) -> Option<Error> {
-    let quinn::ConnectionError::ConnectionClosed(close) = conn.close_reason()? else {
-        return None;
-    };
-    // QUIC carries a TLS alert as the transport error 0x100 + alert.
-    let alert = u64::from(close.error_code).checked_sub(0x100)?;
-    let alert = u8::try_from(alert).ok()?;
-    CERTIFICATE_ALERTS.contains(&alert).then(|| {
-        Error::new(
-            ErrorKind::Unauthorized,
-            format!("the peer refused this process's TLS certificate: {close}"),
-        )
-    })
-}
-
-pub(crate) fn write_error(e: quinn::WriteError) -> Error {
-    match e {
-        quinn::WriteError::Stopped(_) => {
-            Error::new(ErrorKind::Cancelled, "the caller cancelled the call").with_source(e)
-        }
-        quinn::WriteError::ConnectionLost(_) => {
-            Error::new(ErrorKind::Disconnected, "the peer connection was lost").with_source(e)
-        }
-        other => Error::new(ErrorKind::Closed, "stream closed").with_source(other),
-    }
-}
 
 /// Write one envelope as a length-delimited frame, handing the body's parts
 /// to quinn without copying them.

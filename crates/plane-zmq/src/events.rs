@@ -96,8 +96,9 @@ use plane_peer::events::{decode_event, event_envelope, AbortOnDrop, BufferedSubs
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::error::zmq_error;
 use crate::request::{advertised, socket};
-use crate::socket::{zmq_error, AsyncSocket};
+use crate::socket::AsyncSocket;
 use crate::ZmqConfig;
 
 /// The discovery endpoint under which publishers register their XPUB socket.

@@ -41,6 +41,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+mod error;
 pub mod events;
 pub mod request;
 mod socket;

@@ -47,7 +47,8 @@ use plane_peer::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::socket::{zmq_error, AsyncSocket, Sent};
+use crate::error::zmq_error;
+use crate::socket::{AsyncSocket, Sent};
 use crate::ZmqConfig;
 
 /// Envelopes buffered per call on the caller's side.

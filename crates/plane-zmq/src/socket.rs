@@ -10,9 +10,7 @@ use bytes::Bytes;
 use plane_core::{Error, ErrorKind, Result};
 use tokio::io::unix::AsyncFd;
 
-pub(crate) fn zmq_error(what: &str, e: zmq::Error) -> Error {
-    Error::new(ErrorKind::Connection, format!("{what}: {e}")).with_source(e)
-}
+use crate::error::zmq_error;
 
 /// What a non-blocking send did.
 pub(crate) enum Sent {

@@ -34,7 +34,9 @@ use plane_core::kv::{
     KvCapabilities, Op, PutOptions, WatchEvent, WatchFrom, WatchOptions, WatchTransport,
 };
 use plane_core::subject::matches;
+use plane_core::Kv;
 use plane_core::{Error, ErrorKind, Result};
+use url::Url;
 
 use self::state::{BucketFiles, State, StoredConfig};
 
@@ -423,4 +425,29 @@ impl Poller {
             }
         }
     }
+}
+
+/// Build the kv plane for `url` (`file://` only).
+pub async fn kv(url: &Url) -> Result<Kv> {
+    if url.scheme() != "file" {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "the kv plane of backend `{}` needs a shared directory (file://), not `{}://`",
+                crate::NAME,
+                url.scheme()
+            ),
+        ));
+    }
+    let config = crate::config::FsConfig::from_url(url)?;
+    let root = crate::config::local_root(url)?.join(".plane-kv");
+    std::fs::create_dir_all(&root).map_err(|e| {
+        Error::new(ErrorKind::InvalidConfig, "cannot create the kv directory").with_source(e)
+    })?;
+    Ok(Kv::new(DirKv::new(DirKvConfig {
+        root,
+        poll: config.poll,
+        fsync: config.fsync,
+        max_value: config.max_value,
+    })))
 }

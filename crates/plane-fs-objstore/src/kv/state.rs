@@ -12,6 +12,7 @@
 //! records, small coordination state: hundreds or thousands of small keys);
 //! every write rewrites the bucket, so it is not a database.
 
+use crate::error::io_err;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind as IoKind, Write};
@@ -187,15 +188,6 @@ impl State {
         }
         changed
     }
-}
-
-fn io_err(what: &str, e: std::io::Error) -> Error {
-    let kind = match e.kind() {
-        IoKind::NotFound => ErrorKind::NotFound,
-        IoKind::PermissionDenied => ErrorKind::Unauthorized,
-        _ => ErrorKind::Other,
-    };
-    Error::new(kind, what.to_owned()).with_source(e)
 }
 
 /// The files of one bucket.
