@@ -76,6 +76,9 @@ pub trait RequestLinks: Sized + Send + Sync + 'static {
     fn bind(config: Config<Self>, endpoints: Endpoints) -> Result<Self>;
     /// The largest payload the transport takes.
     fn max_payload(&self) -> usize;
+    /// The longest wait for a connection to a peer (and for a publisher to
+    /// confirm a subscription).
+    fn connect_timeout(&self) -> Duration;
     /// How long a call may go without a word from its server, for a
     /// transport that hides disconnects (its servers send heartbeats);
     /// `None` when the transport notices a lost peer itself.
@@ -187,6 +190,12 @@ impl<L: RequestLinks> PeerRequests<L> {
     /// The transport, for what is its own (addresses, test hooks).
     pub fn links(&self) -> &L {
         &self.inner.links
+    }
+
+    /// The routing table of this process's listener (calls and events
+    /// subscribers).
+    pub fn endpoints(&self) -> &Endpoints {
+        self.inner.served.endpoints()
     }
 
     /// The directory calls pick their peers from.

@@ -11,8 +11,9 @@
 //!   [`Envelope`]s, and how a serving process decodes what it receives
 //!   ([`decode_inbound`]) and routes it to the [`Dispatcher`] of the right
 //!   endpoint instance ([`Endpoints`]).
-//! - **The events mapping** ([`events`]): how an event travels as an
-//!   envelope, and the bounded, visibly dropping buffer of a subscription.
+//! - **The events plane** ([`events::PeerEvents`]) over the same links:
+//!   the publisher's subscriber table, how an event travels as an envelope,
+//!   and the bounded, visibly dropping buffer of a subscription.
 //! - **The served instances** ([`Served`]): the routing table of a serving
 //!   process and the discovery registration of each instance it serves,
 //!   withdrawn when the instance closes and renewed after a restart.
@@ -298,6 +299,8 @@ pub fn not_served(endpoint: &str, instance: Option<InstanceId>) -> Error {
 #[derive(Clone, Default)]
 pub struct Endpoints {
     inner: Arc<RwLock<Table>>,
+    /// The events subscribers connected to the same listener.
+    subscribers: events::Subscribers,
 }
 
 /// Endpoint name → the instances served under it.
@@ -319,6 +322,13 @@ impl Endpoints {
     /// An empty table.
     pub fn new() -> Self {
         Endpoints::default()
+    }
+
+    /// The events subscribers served by the same listener: a link that
+    /// opens with a subscription request goes to
+    /// [`Subscribers::serve`](events::Subscribers::serve).
+    pub fn subscribers(&self) -> &events::Subscribers {
+        &self.subscribers
     }
 
     /// Route calls for `dispatcher`'s endpoint and instance to it.

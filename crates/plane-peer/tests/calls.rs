@@ -92,6 +92,10 @@ impl RequestLinks for LoopLinks {
         1 << 20
     }
 
+    fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
     fn idle_limit(&self) -> Option<Duration> {
         self.config.idle_limit
     }

@@ -41,7 +41,7 @@ use quinn::VarInt;
 use tokio::sync::OnceCell;
 
 use crate::error::{connection_error, refusal, write_error};
-use crate::events::Subscribers;
+use crate::events::QuicEventWriter;
 use crate::tls::{self, Identity, ServerTrust};
 use crate::QuicConfig;
 
@@ -56,7 +56,7 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// Write one envelope as a length-delimited frame, handing the body's parts
 /// to quinn without copying them.
-pub(crate) async fn write_envelope(send: &mut quinn::SendStream, env: &Envelope) -> Result<()> {
+async fn write_envelope(send: &mut quinn::SendStream, env: &Envelope) -> Result<()> {
     let mut chunks = Vec::with_capacity(4);
     frame_chunks(env, &mut chunks)?;
     send.write_all_chunks(&mut chunks)
@@ -81,13 +81,13 @@ pub(crate) fn frame_chunks(env: &Envelope, chunks: &mut Vec<Bytes>) -> Result<()
 }
 
 /// Reads envelopes off a QUIC receive stream.
-pub(crate) struct EnvelopeReader {
+struct EnvelopeReader {
     recv: quinn::RecvStream,
     decoder: DelimitedDecoder,
 }
 
 impl EnvelopeReader {
-    pub(crate) fn new(recv: quinn::RecvStream, limits: Limits) -> Self {
+    fn new(recv: quinn::RecvStream, limits: Limits) -> Self {
         EnvelopeReader {
             recv,
             decoder: DelimitedDecoder::with_limits(limits),
@@ -116,7 +116,7 @@ impl EnvelopeReader {
         }
     }
 
-    pub(crate) async fn next(&mut self) -> std::result::Result<Option<Envelope>, wire::WireError> {
+    async fn next(&mut self) -> std::result::Result<Option<Envelope>, wire::WireError> {
         std::future::poll_fn(|cx| self.poll_envelope(cx)).await
     }
 }
@@ -153,8 +153,6 @@ pub(crate) struct Node {
     connections: Mutex<HashMap<ConnectionKey, Arc<OnceCell<quinn::Connection>>>>,
     client_configs: Mutex<HashMap<String, quinn::ClientConfig>>,
     pub(crate) limits: Limits,
-    /// Events subscribers connected to this endpoint (see [`crate::events`]).
-    pub(crate) subscribers: Subscribers,
 }
 
 impl Drop for Node {
@@ -233,7 +231,6 @@ impl RequestLinks for QuicLinks {
             connections: Mutex::new(HashMap::new()),
             client_configs: Mutex::new(HashMap::new()),
             limits,
-            subscribers: Subscribers::default(),
             config,
         });
         node.accept(endpoint);
@@ -242,6 +239,10 @@ impl RequestLinks for QuicLinks {
 
     fn max_payload(&self) -> usize {
         self.node.config.max_payload
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        self.node.config.connect_timeout
     }
 
     fn idle_limit(&self) -> Option<Duration> {
@@ -551,37 +552,17 @@ impl CallLink for QuicLink {
 impl Node {
     /// Serve what arrives on `endpoint` until it is closed.
     fn accept(&self, endpoint: quinn::Endpoint) {
-        tokio::spawn(accept_loop(
-            endpoint,
-            self.endpoints.clone(),
-            self.subscribers.clone(),
-            self.limits,
-        ));
+        tokio::spawn(accept_loop(endpoint, self.endpoints.clone(), self.limits));
     }
 }
 
-async fn accept_loop(
-    endpoint: quinn::Endpoint,
-    endpoints: Endpoints,
-    subscribers: Subscribers,
-    limits: Limits,
-) {
+async fn accept_loop(endpoint: quinn::Endpoint, endpoints: Endpoints, limits: Limits) {
     while let Some(incoming) = endpoint.accept().await {
-        tokio::spawn(serve_connection(
-            incoming,
-            endpoints.clone(),
-            subscribers.clone(),
-            limits,
-        ));
+        tokio::spawn(serve_connection(incoming, endpoints.clone(), limits));
     }
 }
 
-async fn serve_connection(
-    incoming: quinn::Incoming,
-    endpoints: Endpoints,
-    subscribers: Subscribers,
-    limits: Limits,
-) {
+async fn serve_connection(incoming: quinn::Incoming, endpoints: Endpoints, limits: Limits) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -590,13 +571,7 @@ async fn serve_connection(
         }
     };
     while let Ok((send, recv)) = conn.accept_bi().await {
-        tokio::spawn(serve_stream(
-            send,
-            recv,
-            endpoints.clone(),
-            subscribers.clone(),
-            limits,
-        ));
+        tokio::spawn(serve_stream(send, recv, endpoints.clone(), limits));
     }
 }
 
@@ -614,7 +589,6 @@ async fn serve_stream(
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     endpoints: Endpoints,
-    subscribers: Subscribers,
     limits: Limits,
 ) {
     let mut reader = EnvelopeReader::new(recv, limits);
@@ -633,7 +607,15 @@ async fn serve_stream(
         }
     };
     if env.headers.get(names::SUBSCRIBE).is_some() {
-        return subscribers.serve(send, reader, env).await;
+        // Anything more from the subscriber, its end or a reset ends the
+        // subscription.
+        let gone = async move {
+            let _ = reader.next().await;
+        };
+        return endpoints
+            .subscribers()
+            .serve(env, QuicEventWriter(send), gone)
+            .await;
     }
     let id = env.id;
     let (call, incoming) = match ServedCall::accept(&endpoints, env) {

@@ -138,6 +138,10 @@ impl RequestLinks for ZmqLinks {
         self.config.max_payload
     }
 
+    fn connect_timeout(&self) -> Duration {
+        self.config.connect_timeout
+    }
+
     fn idle_limit(&self) -> Option<Duration> {
         // ZeroMQ hides disconnects: the server's heartbeats are the only
         // sign it is still there.

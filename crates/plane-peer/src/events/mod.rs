@@ -1,6 +1,8 @@
-//! The shared layer of the brokerless events planes: how an [`Event`]
-//! travels as a wire [`Envelope`], and the bounded buffer behind every
-//! at-most-once subscription.
+//! The brokerless events plane, written once: [`PeerEvents`] over a
+//! transport's links (see `plane.rs`), the publisher's subscriber table
+//! ([`Subscribers`], `publisher.rs`), how an [`Event`] travels as a wire
+//! [`Envelope`], and the bounded buffer behind every at-most-once
+//! subscription.
 //!
 //! # Envelope mapping (events plane)
 //!
@@ -25,6 +27,12 @@
 //! every publisher listed in discovery: each publisher knows all members of
 //! each group, and hands each event to exactly one of them.
 //! [`plane_core::events::groups::Groups`] is that choice.
+
+mod plane;
+mod publisher;
+
+pub use plane::{PeerEvents, EVENTS_ENDPOINT};
+pub use publisher::{EventWriter, Subscribers, SUBSCRIBER_QUEUE};
 
 use std::task::{Context, Poll};
 
@@ -149,25 +157,27 @@ impl<G: Send + 'static> Drop for BufferedSubscription<G> {
     }
 }
 
+/// An event from publisher 1 with body `sequence`, for this crate's tests.
+#[cfg(test)]
+pub(crate) fn test_event(subject: &str, sequence: u64) -> Event {
+    Event {
+        subject: subject.to_owned(),
+        message: Message::from(format!("{sequence}")),
+        origin: Some(Origin {
+            publisher: PublisherId(1),
+            sequence,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plane_core::message::Headers;
-
-    fn event(i: u64) -> Event {
-        Event {
-            subject: "a.b".into(),
-            message: Message::new(Headers::new().with("x", "1"), format!("{i}")),
-            origin: Some(Origin {
-                publisher: PublisherId(7),
-                sequence: i,
-            }),
-        }
-    }
 
     #[test]
     fn events_round_trip_through_envelopes() {
-        let e = event(3);
+        let mut e = test_event("a.b", 3);
+        e.message.headers.insert("x", "1");
         let (back, dropped) = decode_event(event_envelope(&e, 2)).unwrap();
         assert_eq!(back, e);
         assert_eq!(dropped, 2);
