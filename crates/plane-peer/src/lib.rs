@@ -17,6 +17,8 @@
 //! - **The served instances** ([`Served`]): the routing table of a serving
 //!   process and the discovery registration of each instance it serves,
 //!   withdrawn when the instance closes and renewed after a restart.
+//! - **The connections to peers** ([`Pool`]): one per peer process, made
+//!   once, replaced when dead, never cached when the connect failed.
 //! - **The peer directory** ([`PeerDirectory`]): servers register an
 //!   [`Instance`] in [discovery](plane_core::discovery); callers list and watch an
 //!   endpoint's instances, pick one with a [`Balancer`] according to the
@@ -43,6 +45,7 @@
 mod calls;
 mod connector;
 pub mod events;
+mod pool;
 mod served;
 
 pub use calls::{
@@ -50,6 +53,7 @@ pub use calls::{
     RequestLinks, ServedCall, WINDOW,
 };
 pub use connector::{discovery_of, PeerConnector, PeerPlanes, Transport};
+pub use pool::Pool;
 pub use served::Served;
 
 use futures_util::StreamExt;

@@ -35,10 +35,10 @@ use plane_core::request::InstanceId;
 use plane_core::wire::{self, DelimitedDecoder, Envelope, Limits, RequestId};
 use plane_core::{Error, ErrorKind, Result};
 use plane_peer::{
-    self as peer, CallLink, Control, Endpoints, PeerRequests, ReplyWriter, RequestLinks, ServedCall,
+    self as peer, CallLink, Control, Endpoints, PeerRequests, Pool, ReplyWriter, RequestLinks,
+    ServedCall,
 };
 use quinn::VarInt;
-use tokio::sync::OnceCell;
 
 use crate::error::{connection_error, refusal, write_error};
 use crate::events::QuicEventWriter;
@@ -150,7 +150,7 @@ pub(crate) struct Node {
     server_config: quinn::ServerConfig,
     endpoint: RwLock<quinn::Endpoint>,
     endpoints: Endpoints,
-    connections: Mutex<HashMap<ConnectionKey, Arc<OnceCell<quinn::Connection>>>>,
+    connections: Pool<ConnectionKey, quinn::Connection>,
     client_configs: Mutex<HashMap<String, quinn::ClientConfig>>,
     pub(crate) limits: Limits,
 }
@@ -228,7 +228,7 @@ impl RequestLinks for QuicLinks {
             server_config,
             endpoint: RwLock::new(endpoint.clone()),
             endpoints,
-            connections: Mutex::new(HashMap::new()),
+            connections: Pool::default(),
             client_configs: Mutex::new(HashMap::new()),
             limits,
             config,
@@ -281,10 +281,7 @@ impl RequestLinks for QuicLinks {
         old.wait_idle().await;
         let endpoint = bind(&node.config, node.server_config.clone())?;
         *node.endpoint.write().unwrap_or_else(|p| p.into_inner()) = endpoint.clone();
-        node.connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        node.connections.clear();
         node.accept(endpoint);
         Ok(())
     }
@@ -422,18 +419,9 @@ impl Node {
             .cloned()
             .unwrap_or_default();
         let key = (addr, fp);
-        let cell = {
-            let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-            let stale = conns
-                .get(&key)
-                .is_some_and(|c| fresh || c.get().is_some_and(|c| c.close_reason().is_some()));
-            if stale {
-                conns.remove(&key);
-            }
-            conns.entry(key.clone()).or_default().clone()
-        };
-        let result = cell
-            .get_or_try_init(|| async {
+        let alive = |c: &quinn::Connection| c.close_reason().is_none();
+        self.connections
+            .get(&key, fresh, alive, || async {
                 let client = self.client_config(instance)?;
                 let name = instance
                     .metadata
@@ -458,15 +446,6 @@ impl Node {
                     .map_err(|e| connection_error(&format!("cannot connect to {addr}"), e))
             })
             .await
-            .cloned();
-        if result.is_err() {
-            // Let the next call try again rather than inherit the failure.
-            let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-            if conns.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                conns.remove(&key);
-            }
-        }
-        result
     }
 
     /// Open a call's stream to `instance`, replacing a cached connection

@@ -41,8 +41,8 @@ use plane_core::request::{Cancel, InstanceId};
 use plane_core::wire::{self, Envelope, Limits, RequestId};
 use plane_core::{Error, ErrorKind, Result};
 use plane_peer::{
-    self as peer, ends_call, CallLink, Control, Endpoints, PeerRequests, ReplyWriter, RequestLinks,
-    ServedCall,
+    self as peer, ends_call, CallLink, Control, Endpoints, PeerRequests, Pool, ReplyWriter,
+    RequestLinks, ServedCall,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -72,7 +72,7 @@ pub struct ZmqLinks {
     context: zmq::Context,
     router: Mutex<RouterHandle>,
     endpoints: Endpoints,
-    dealers: Mutex<HashMap<String, DealerHandle>>,
+    dealers: Pool<String, DealerHandle>,
     limits: Limits,
 }
 
@@ -128,7 +128,7 @@ impl RequestLinks for ZmqLinks {
             context,
             router: Mutex::new(router),
             endpoints,
-            dealers: Mutex::new(HashMap::new()),
+            dealers: Pool::default(),
             limits,
             config,
         })
@@ -153,7 +153,7 @@ impl RequestLinks for ZmqLinks {
     }
 
     async fn open(&self, instance: &Instance, request: Envelope) -> Result<ZmqLink> {
-        let dealer = self.dealer(&instance.address, false)?;
+        let dealer = self.dealer(&instance.address).await?;
         let id = request.id;
         let (reply_tx, reply_rx) = mpsc::channel(CALL_BUFFER);
         let (sent_tx, sent_rx) = oneshot::channel();
@@ -179,13 +179,8 @@ impl RequestLinks for ZmqLinks {
             Ok(Err(e)) => {
                 // The peer did not take the message in time: forget this
                 // DEALER so the next call connects afresh.
-                let mut dealers = self.dealers.lock().unwrap_or_else(|p| p.into_inner());
-                if dealers
-                    .get(&instance.address)
-                    .is_some_and(|d| d.tx.same_channel(&dealer.tx))
-                {
-                    dealers.remove(&instance.address);
-                }
+                self.dealers
+                    .forget(&instance.address, |d| d.tx.same_channel(&dealer.tx));
                 Err(e)
             }
             Err(_) => Err(gone()),
@@ -201,10 +196,7 @@ impl RequestLinks for ZmqLinks {
         )?;
         // Dropping the old handle aborts its task, which closes its socket.
         drop(std::mem::replace(&mut *self.lock_router(), fresh));
-        self.dealers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.dealers.clear();
         Ok(())
     }
 }
@@ -249,14 +241,17 @@ impl ZmqLinks {
         self.router.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The DEALER for `address`, created on first use.
-    fn dealer(&self, address: &str, fresh: bool) -> Result<DealerHandle> {
-        let mut dealers = self.dealers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(d) = dealers.get(address) {
-            if !fresh && !d.tx.is_closed() {
-                return Ok(d.clone());
-            }
-        }
+    /// The DEALER for `address`, created on first use and again once its
+    /// task ended.
+    async fn dealer(&self, address: &str) -> Result<DealerHandle> {
+        let key = address.to_owned();
+        let alive = |d: &DealerHandle| !d.tx.is_closed();
+        self.dealers
+            .get(&key, false, alive, || async { self.new_dealer(address) })
+            .await
+    }
+
+    fn new_dealer(&self, address: &str) -> Result<DealerHandle> {
         let s = socket(&self.context, zmq::DEALER, &self.config)?;
         // Queue only to completed connections, so a peer that is gone is
         // noticed (the send would block) instead of filling a queue.
@@ -273,9 +268,7 @@ impl ZmqLinks {
             self.config.heartbeat,
             self.config.connect_timeout,
         ));
-        let handle = DealerHandle { tx };
-        dealers.insert(address.to_owned(), handle.clone());
-        Ok(handle)
+        Ok(DealerHandle { tx })
     }
 }
 
