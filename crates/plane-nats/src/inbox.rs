@@ -9,9 +9,10 @@
 //!
 //! The channel is bounded so that one call's flood cannot grow memory or
 //! stall the router (and with it every other call): a plane server never has
-//! more than [`STREAM_WINDOW`](crate::request::STREAM_WINDOW) data frames
-//! ahead of the caller, so a call whose channel is full is talking to a peer
-//! that ignores flow control; it is cut off and reports `Overloaded`.
+//! more than its credit window of data frames ahead of the caller (the
+//! request plane sizes the channel from it), so a call whose channel is full
+//! is talking to a peer that ignores flow control; it is cut off and reports
+//! `Overloaded`.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -23,10 +24,6 @@ use async_nats::{Client, Subject};
 use futures_util::StreamExt;
 use plane_core::Result;
 use tokio::sync::{mpsc, OnceCell};
-
-/// Replies buffered per call: the credit window, plus room for the
-/// prologue, heartbeats and the final frame.
-const CALL_BUFFER: usize = crate::request::STREAM_WINDOW as usize * 2 + 16;
 
 struct Route {
     tx: mpsc::Sender<async_nats::Message>,
@@ -57,10 +54,13 @@ pub(crate) struct Inbox {
     routes: Arc<Routes>,
     /// Subscribed on first use, so handles that never call subscribe nothing.
     started: Arc<OnceCell<()>>,
+    /// Replies buffered per call.
+    call_buffer: usize,
 }
 
 impl Inbox {
-    pub(crate) fn new(client: Client) -> Self {
+    /// An inbox on `client` buffering `call_buffer` replies per call.
+    pub(crate) fn new(client: Client, call_buffer: usize) -> Self {
         let prefix = format!("{}.", client.new_inbox()).into();
         Inbox {
             client,
@@ -68,6 +68,7 @@ impl Inbox {
             next: Arc::new(AtomicU64::new(0)),
             routes: Arc::default(),
             started: Arc::new(OnceCell::new()),
+            call_buffer,
         }
     }
 
@@ -90,7 +91,7 @@ impl Inbox {
     pub(crate) async fn open(&self) -> Result<(Subject, Replies)> {
         self.start().await?;
         let token = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(CALL_BUFFER);
+        let (tx, rx) = mpsc::channel(self.call_buffer);
         let overflow = Arc::new(AtomicBool::new(false));
         self.routes.lock().insert(
             token,

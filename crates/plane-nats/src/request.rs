@@ -39,6 +39,10 @@ use crate::mapping::{self, CREDIT, CTL, ERROR_CODE, ERROR_KIND, ERROR_MESSAGE, F
 /// stalled reader stalls the handler's `send` instead of growing a buffer.
 pub const STREAM_WINDOW: u32 = 64;
 
+/// Replies buffered per call in the inbox: the credit window, plus room for
+/// the prologue, heartbeats and the final frame.
+const CALL_BUFFER: usize = STREAM_WINDOW as usize * 2 + 16;
+
 /// Bytes of a request or reply's budget kept back for the headers plane adds
 /// on NATS (`plane-id`, `plane-frame`, …) and the NATS header framing. The
 /// declared `max_payload` is the server's limit minus this.
@@ -103,7 +107,7 @@ impl NatsRequests {
         caps.direct = true;
         caps.max_payload = crate::max_payload(&client);
         NatsRequests {
-            inbox: Inbox::new(client.clone()),
+            inbox: Inbox::new(client.clone(), CALL_BUFFER),
             client,
             subjects: Arc::new(Subjects {
                 prefix: prefix.to_owned(),

@@ -57,12 +57,9 @@
 //! over the network: events the publisher handed to a member before it
 //! heard of its departure are lost with that member, at most once.
 
-use plane_core::wire::Envelope;
-use plane_core::Result;
-use plane_peer::events::{EventWriter, PeerEvents};
+use plane_peer::events::PeerEvents;
 
-use crate::error::write_error;
-use crate::request::{frame_chunks, QuicLinks};
+use crate::request::QuicLinks;
 
 #[cfg(doc)]
 use crate::QuicConfig;
@@ -77,23 +74,3 @@ pub use plane_peer::events::{EVENTS_ENDPOINT, SUBSCRIBER_QUEUE};
 /// the registry with a `quic://` URL, sharing the session's endpoint) and
 /// wrap it in [`plane_core::Events`].
 pub type QuicEvents = PeerEvents<QuicLinks>;
-
-/// A subscriber's stream, as the publisher writes it.
-pub(crate) struct QuicEventWriter(pub(crate) quinn::SendStream);
-
-impl EventWriter for QuicEventWriter {
-    async fn write(&mut self, envs: &[Envelope]) -> Result<()> {
-        let mut chunks = Vec::with_capacity(envs.len() * 3);
-        for env in envs {
-            frame_chunks(env, &mut chunks)?;
-        }
-        self.0
-            .write_all_chunks(&mut chunks)
-            .await
-            .map_err(write_error)
-    }
-
-    fn finish(&mut self) {
-        let _ = self.0.finish();
-    }
-}

@@ -34,6 +34,7 @@ use plane_core::message::names;
 use plane_core::request::InstanceId;
 use plane_core::wire::{self, DelimitedDecoder, Envelope, Limits, RequestId};
 use plane_core::{Error, ErrorKind, Result};
+use plane_peer::events::EventWriter;
 use plane_peer::{
     self as peer, CallLink, Control, Endpoints, PeerRequests, Pool, ReplyWriter, RequestLinks,
     ServedCall,
@@ -41,7 +42,6 @@ use plane_peer::{
 use quinn::VarInt;
 
 use crate::error::{connection_error, refusal, write_error};
-use crate::events::QuicEventWriter;
 use crate::tls::{self, Identity, ServerTrust};
 use crate::QuicConfig;
 
@@ -66,7 +66,7 @@ async fn write_envelope(send: &mut quinn::SendStream, env: &Envelope) -> Result<
 
 /// Append one envelope to `chunks` as a length-delimited frame: the prefix,
 /// then its encoded parts (the body's parts shared, not copied).
-pub(crate) fn frame_chunks(env: &Envelope, chunks: &mut Vec<Bytes>) -> Result<()> {
+fn frame_chunks(env: &Envelope, chunks: &mut Vec<Bytes>) -> Result<()> {
     let parts = wire::encode_parts(env);
     let len: usize = parts.iter().map(Bytes::len).sum();
     let prefix = u32::try_from(len).map_err(|_| {
@@ -651,5 +651,25 @@ impl ReplyWriter for QuicWriter {
         if let Some(mut s) = self.send.get_mut().take() {
             let _ = s.reset(ABANDONED);
         }
+    }
+}
+
+/// A subscriber's stream, as the publisher writes it.
+struct QuicEventWriter(quinn::SendStream);
+
+impl EventWriter for QuicEventWriter {
+    async fn write(&mut self, envs: &[Envelope]) -> Result<()> {
+        let mut chunks = Vec::with_capacity(envs.len() * 3);
+        for env in envs {
+            frame_chunks(env, &mut chunks)?;
+        }
+        self.0
+            .write_all_chunks(&mut chunks)
+            .await
+            .map_err(write_error)
+    }
+
+    fn finish(&mut self) {
+        let _ = self.0.finish();
     }
 }

@@ -13,7 +13,7 @@
 //!
 //! # Messages
 //!
-//! An event is one multipart message: a topic as the first frame (what
+//! An event is one multipart message: a topic as the first part (what
 //! ZeroMQ filters on), then the wire envelope in the multipart form
 //! ([`event_envelope`]: origin in the `plane-publisher` and `plane-seq`
 //! headers). The first byte of a topic says what it is; none of them can
@@ -23,7 +23,7 @@
 //! |---|---|
 //! | `\xfd` + subject | an event for the subscriptions outside groups; they subscribe to `\xfd` + the literal prefix of their pattern |
 //! | `\xfe<token>.<group>.<pattern>` | an event for one worker-group member: the topic the member subscribed to, `<token>` its 32 random hex digits |
-//! | `\xffplane-hello.<token>` | a publisher's answer to a joining subscription (below), then the publisher's instance id as a second frame |
+//! | `\xffplane-hello.<token>` | a publisher's answer to a joining subscription (below), then the publisher's instance id as a second part |
 //!
 //! The `\xfd` marker keeps the other topics out of ordinary subscriptions:
 //! a pattern such as `>` has an empty literal prefix, and without a marker
@@ -332,9 +332,9 @@ async fn publisher_loop(socket: AsyncSocket, mut rx: mpsc::Receiver<Outgoing>, i
     loop {
         loop {
             match socket.try_recv() {
-                Ok(Some(frames)) => {
+                Ok(Some(parts)) => {
                     // `\x01` + topic subscribes; `\x00` + topic unsubscribes.
-                    let Some(first) = frames.first() else {
+                    let Some(first) = parts.first() else {
                         continue;
                     };
                     match first.split_first() {
@@ -487,14 +487,14 @@ impl Subscriber {
 
     /// Read every waiting message into the buffer.
     fn drain(&mut self) -> Result<()> {
-        while let Some(frames) = self.socket.try_recv()? {
-            self.handle(frames);
+        while let Some(parts) = self.socket.try_recv()? {
+            self.handle(parts);
         }
         Ok(())
     }
 
-    fn handle(&mut self, frames: Vec<Bytes>) {
-        let Some((topic, rest)) = frames.split_first() else {
+    fn handle(&mut self, parts: Vec<Bytes>) {
+        let Some((topic, rest)) = parts.split_first() else {
             return;
         };
         if topic.starts_with(HELLO) {
