@@ -26,6 +26,7 @@ const BACKENDS: &[(&str, &str, &str)] = &[
     ("fs", "plane-fs-objstore", "conformance"),
     ("quic", "plane-quic", "conformance"),
     ("zmq", "plane-zmq", "conformance"),
+    ("tcp", "plane-tcp", "conformance"),
 ];
 
 fn main() -> ExitCode {

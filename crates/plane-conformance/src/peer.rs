@@ -1,15 +1,70 @@
-//! End-to-end checks shared by the brokerless backends' own tests
-//! (`plane-quic`, `plane-zmq`): the same behaviour, written once, run over
-//! each transport between separate handles (separate sockets, as separate
-//! processes would have). Unlike the cases of the suite these panic on
-//! failure, like the tests that call them.
+//! What the brokerless backends' own tests (`plane-quic`, `plane-zmq`,
+//! `plane-tcp`) share: their conformance target ([`brokerless_target`],
+//! with [`PeerHooks`]) and end-to-end checks run over each transport between
+//! separate handles (separate sockets, as separate processes would have).
+//! Unlike the cases of the suite the checks panic on failure, like the
+//! tests that call them.
 
 use std::future::Future;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
+use plane_core::kv::Kv;
 use plane_core::request::{handler_fn, unary_fn, Call, Request, Responder, Route};
 use plane_core::{ErrorKind, Events, Requests};
+use plane_peer::{PeerRequests, RequestLinks};
+
+/// How a test sends raw bytes to a brokerless backend's own listener.
+pub type SendGarbage<L> =
+    fn(PeerRequests<L>, Vec<u8>) -> BoxFuture<'static, plane_core::Result<()>>;
+
+/// The hooks of a brokerless backend: a restart is
+/// [`PeerRequests::restart`] (a new listener, every instance registered
+/// again), garbage goes to the process's one listener, whatever the
+/// endpoint.
+pub struct PeerHooks<L> {
+    requests: PeerRequests<L>,
+    garbage: SendGarbage<L>,
+}
+
+impl<L: RequestLinks> crate::Hooks for PeerHooks<L> {
+    fn restart(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
+        Some(Box::pin(async move {
+            self.requests.restart().await.map_err(|e| e.to_string())
+        }))
+    }
+
+    fn send_garbage<'a>(
+        &'a self,
+        _endpoint: &'a str,
+        garbage: &'a [u8],
+    ) -> Option<BoxFuture<'a, Result<(), String>>> {
+        let sent = (self.garbage)(self.requests.clone(), garbage.to_vec());
+        Some(Box::pin(
+            async move { sent.await.map_err(|e| e.to_string()) },
+        ))
+    }
+}
+
+/// The conformance target of a brokerless backend `name` in one process:
+/// its request plane `requests`, its events plane, and the discovery kv they
+/// share (the discovery cases run over it; it is not the backend's own kv,
+/// so the kv cases skip).
+pub fn brokerless_target<L: RequestLinks>(
+    name: &str,
+    requests: PeerRequests<L>,
+    events: Events,
+    discovery_kv: Kv,
+    garbage: SendGarbage<L>,
+) -> crate::Target {
+    let mut target = crate::Target::new(name, "in-process");
+    target.requests = Some(Requests::new(requests.clone()));
+    target.events = Some(events);
+    target.discovery_kv = Some(discovery_kv);
+    target.hooks = std::sync::Arc::new(PeerHooks { requests, garbage });
+    target
+}
 
 /// Unary and streamed calls, refusals, a vanishing handler and direct
 /// routing, from `caller` to `server` (two handles on one discovery).

@@ -59,6 +59,39 @@ pub fn limits(max_payload: usize) -> Limits {
     )
 }
 
+/// What the shared runtime needs to know of a transport's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkSettings {
+    /// The largest payload the transport takes.
+    pub max_payload: usize,
+    /// The longest wait for a connection to a peer (and for a publisher to
+    /// confirm a subscription).
+    pub connect_timeout: Duration,
+    /// How long a call may go without a word from its server, for a
+    /// transport whose servers send heartbeats because a lost peer can go
+    /// unnoticed; `None` when the transport notices a lost peer itself.
+    pub idle_limit: Option<Duration>,
+}
+
+/// The address to publish for a listener bound to `bound`: `advertise` if
+/// set, else the bound address with an unspecified IP replaced by loopback
+/// (the one address sure to reach it; multi-host deployments set
+/// `advertise`).
+pub fn advertised(bound: std::net::SocketAddr, advertise: Option<&str>) -> String {
+    if let Some(a) = advertise {
+        return a.to_owned();
+    }
+    let mut addr = bound;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    addr.to_string()
+}
+
 /// What a brokerless transport gives the request plane: a listener whose
 /// received calls go to [`ServedCall`], and per-call links to peers.
 pub trait RequestLinks: Sized + Send + Sync + 'static {
@@ -74,15 +107,8 @@ pub trait RequestLinks: Sized + Send + Sync + 'static {
     /// `InvalidConfig` for TLS material or settings the transport cannot
     /// use, `Connection` when the listener cannot be bound.
     fn bind(config: Config<Self>, endpoints: Endpoints) -> Result<Self>;
-    /// The largest payload the transport takes.
-    fn max_payload(&self) -> usize;
-    /// The longest wait for a connection to a peer (and for a publisher to
-    /// confirm a subscription).
-    fn connect_timeout(&self) -> Duration;
-    /// How long a call may go without a word from its server, for a
-    /// transport that hides disconnects (its servers send heartbeats);
-    /// `None` when the transport notices a lost peer itself.
-    fn idle_limit(&self) -> Option<Duration>;
+    /// What the shared runtime needs to know of the configuration.
+    fn settings(&self) -> LinkSettings;
     /// The discovery record of `instance` of `endpoint` served here.
     ///
     /// # Errors
@@ -175,7 +201,7 @@ impl<L: RequestLinks> PeerRequests<L> {
         L::Transport::validate(&config)?;
         let served = Served::new(discovery.clone());
         let links = L::bind(config, served.endpoints().clone())?;
-        let max_payload = links.max_payload();
+        let max_payload = links.settings().max_payload;
         Ok(PeerRequests {
             inner: Arc::new(Inner {
                 links,
@@ -246,7 +272,7 @@ impl<L: RequestLinks> RequestBackend for PeerRequests<L> {
                 async move { inner.links.open(&instance, env).await }
             })
             .await?;
-        let idle = inner.links.idle_limit().map(|limit| {
+        let idle = inner.links.settings().idle_limit.map(|limit| {
             // Every server on such a transport speaks plane, so the call's
             // start counts as heard: a server that never answers is timed
             // out too.

@@ -49,11 +49,12 @@ mod pool;
 mod served;
 
 pub use calls::{
-    abandoned, ends_call, limits, CallLink, Config, Control, PeerRequests, ReplyWriter,
-    RequestLinks, ServedCall, WINDOW,
+    abandoned, advertised, ends_call, limits, CallLink, Config, Control, LinkSettings,
+    PeerRequests, ReplyWriter, RequestLinks, ServedCall, WINDOW,
 };
 pub use connector::{discovery_of, PeerConnector, PeerPlanes, Transport};
 pub use pool::Pool;
+
 pub use served::Served;
 
 use futures_util::StreamExt;
@@ -250,6 +251,55 @@ pub fn discovery_query(q: &mut QueryParams, backend: &str) -> Result<(String, Di
         config = config.lease(l);
     }
     Ok((url, config))
+}
+
+/// How a brokerless transport whose servers heartbeat their calls times
+/// them: the URL keys `heartbeat_ms`, `idle_timeout_ms` and
+/// `connect_timeout_ms`, read and checked in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// Interval of the server's per-call heartbeats.
+    pub heartbeat: std::time::Duration,
+    /// Silence after which a call is `Disconnected`.
+    pub idle_timeout: std::time::Duration,
+    /// Longest wait for a connection to a peer.
+    pub connect_timeout: std::time::Duration,
+}
+
+impl Timings {
+    /// Take the three keys from `q` where given, keeping `self`'s values
+    /// otherwise.
+    ///
+    /// # Errors
+    /// `InvalidConfig` for a value that is no number of milliseconds.
+    pub fn read(mut self, q: &mut QueryParams) -> Result<Self> {
+        q.set_millis("heartbeat_ms", &mut self.heartbeat)?;
+        q.set_millis("idle_timeout_ms", &mut self.idle_timeout)?;
+        q.set_millis("connect_timeout_ms", &mut self.connect_timeout)?;
+        Ok(self)
+    }
+
+    /// Check them.
+    ///
+    /// # Errors
+    /// `InvalidConfig` unless the heartbeat and connect timeout are positive
+    /// and the idle timeout is longer than the heartbeat (or every call
+    /// would end for silence).
+    pub fn check(&self) -> Result<()> {
+        if self.heartbeat.is_zero() || self.connect_timeout.is_zero() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "heartbeat_ms and connect_timeout_ms must be positive",
+            ));
+        }
+        if self.idle_timeout <= self.heartbeat {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "idle_timeout_ms must be longer than heartbeat_ms, or every call would end for silence",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Open the discovery plane kept on the kv plane at `url`.

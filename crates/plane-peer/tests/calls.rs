@@ -16,8 +16,8 @@ use plane_core::request::{handler_fn, unary_fn, Call, InstanceId, Request, Respo
 use plane_core::wire::{Envelope, EnvelopeKind};
 use plane_core::{Error, ErrorKind, Events, Requests, Result};
 use plane_peer::{
-    CallLink, Control, Endpoints, PeerPlanes, PeerRequests, ReplyWriter, RequestLinks, ServedCall,
-    Transport, WINDOW,
+    CallLink, Control, Endpoints, LinkSettings, PeerPlanes, PeerRequests, ReplyWriter,
+    RequestLinks, ServedCall, Transport, WINDOW,
 };
 use tokio::sync::mpsc;
 use url::Url;
@@ -88,16 +88,12 @@ impl RequestLinks for LoopLinks {
         Ok(LoopLinks { config })
     }
 
-    fn max_payload(&self) -> usize {
-        1 << 20
-    }
-
-    fn connect_timeout(&self) -> Duration {
-        Duration::from_secs(1)
-    }
-
-    fn idle_limit(&self) -> Option<Duration> {
-        self.config.idle_limit
+    fn settings(&self) -> LinkSettings {
+        LinkSettings {
+            max_payload: 1 << 20,
+            connect_timeout: Duration::from_secs(1),
+            idle_limit: self.config.idle_limit,
+        }
     }
 
     fn record(&self, endpoint: &str, instance: InstanceId) -> Result<Instance> {

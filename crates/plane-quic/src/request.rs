@@ -25,7 +25,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -36,8 +35,8 @@ use plane_core::wire::{self, DelimitedDecoder, Envelope, Limits, RequestId};
 use plane_core::{Error, ErrorKind, Result};
 use plane_peer::events::EventWriter;
 use plane_peer::{
-    self as peer, CallLink, Control, Endpoints, PeerRequests, Pool, ReplyWriter, RequestLinks,
-    ServedCall,
+    self as peer, CallLink, Control, Endpoints, LinkSettings, PeerRequests, Pool, ReplyWriter,
+    RequestLinks, ServedCall,
 };
 use quinn::VarInt;
 
@@ -237,17 +236,15 @@ impl RequestLinks for QuicLinks {
         Ok(QuicLinks { node })
     }
 
-    fn max_payload(&self) -> usize {
-        self.node.config.max_payload
-    }
-
-    fn connect_timeout(&self) -> Duration {
-        self.node.config.connect_timeout
-    }
-
-    fn idle_limit(&self) -> Option<Duration> {
-        // QUIC notices a lost peer itself (its idle timeout and keep-alive).
-        None
+    fn settings(&self) -> LinkSettings {
+        let c = &self.node.config;
+        LinkSettings {
+            max_payload: c.max_payload,
+            connect_timeout: c.connect_timeout,
+            // QUIC notices a lost peer itself (its idle timeout and
+            // keep-alives).
+            idle_limit: None,
+        }
     }
 
     fn record(&self, endpoint: &str, instance: InstanceId) -> Result<Instance> {
@@ -335,20 +332,10 @@ impl Node {
 
     /// The address published in discovery.
     fn advertised(&self) -> Result<String> {
-        if let Some(a) = &self.config.advertise {
-            return Ok(a.clone());
-        }
-        let mut addr = self.local_addr()?;
-        if addr.ip().is_unspecified() {
-            // Bound to every interface: loopback is the one address sure to
-            // reach it; multi-host deployments set `advertise`.
-            addr.set_ip(if addr.is_ipv4() {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
-        }
-        Ok(addr.to_string())
+        Ok(peer::advertised(
+            self.local_addr()?,
+            self.config.advertise.as_deref(),
+        ))
     }
 
     /// The discovery record of `instance` of `endpoint` served here.

@@ -105,9 +105,7 @@ impl ZmqConfig {
         q.set("max_payload", &mut c.max_payload)?;
         q.set("hwm", &mut c.hwm)?;
         q.set("events_hwm", &mut c.events_hwm)?;
-        q.set_millis("heartbeat_ms", &mut c.heartbeat)?;
-        q.set_millis("idle_timeout_ms", &mut c.idle_timeout)?;
-        q.set_millis("connect_timeout_ms", &mut c.connect_timeout)?;
+        c.set_timings(c.timings().read(&mut q)?);
         q.finish()?;
         c.validate()?;
         Ok(c)
@@ -120,19 +118,27 @@ impl ZmqConfig {
     /// # Errors
     /// `InvalidConfig` naming the setting that is out of range.
     pub fn validate(&self) -> Result<()> {
-        if self.max_payload == 0
-            || self.hwm <= 0
-            || self.events_hwm <= 0
-            || self.heartbeat.is_zero()
-            || self.idle_timeout <= self.heartbeat
-            || self.connect_timeout.is_zero()
-        {
+        if self.max_payload == 0 || self.hwm <= 0 || self.events_hwm <= 0 {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
-                "max_payload, hwm, events_hwm, heartbeat_ms and connect_timeout_ms must be positive, \
-                 and idle_timeout_ms longer than heartbeat_ms",
+                "max_payload, hwm and events_hwm must be positive",
             ));
         }
-        Ok(())
+        self.timings().check()
+    }
+
+    /// The call timings, as the brokerless layer reads and checks them.
+    fn timings(&self) -> peer::Timings {
+        peer::Timings {
+            heartbeat: self.heartbeat,
+            idle_timeout: self.idle_timeout,
+            connect_timeout: self.connect_timeout,
+        }
+    }
+
+    fn set_timings(&mut self, t: peer::Timings) {
+        self.heartbeat = t.heartbeat;
+        self.idle_timeout = t.idle_timeout;
+        self.connect_timeout = t.connect_timeout;
     }
 }

@@ -41,8 +41,8 @@ use plane_core::request::{Cancel, InstanceId};
 use plane_core::wire::{self, Envelope, Limits, RequestId};
 use plane_core::{Error, ErrorKind, Result};
 use plane_peer::{
-    self as peer, ends_call, CallLink, Control, Endpoints, PeerRequests, Pool, ReplyWriter,
-    RequestLinks, ServedCall,
+    self as peer, ends_call, CallLink, Control, Endpoints, LinkSettings, PeerRequests, Pool,
+    ReplyWriter, RequestLinks, ServedCall,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -134,18 +134,15 @@ impl RequestLinks for ZmqLinks {
         })
     }
 
-    fn max_payload(&self) -> usize {
-        self.config.max_payload
-    }
-
-    fn connect_timeout(&self) -> Duration {
-        self.config.connect_timeout
-    }
-
-    fn idle_limit(&self) -> Option<Duration> {
-        // ZeroMQ hides disconnects: the server's heartbeats are the only
-        // sign it is still there.
-        Some(self.config.idle_timeout)
+    fn settings(&self) -> LinkSettings {
+        let c = &self.config;
+        LinkSettings {
+            max_payload: c.max_payload,
+            connect_timeout: c.connect_timeout,
+            // ZeroMQ hides disconnects: the server's heartbeats are the only
+            // sign it is still there.
+            idle_limit: Some(c.idle_timeout),
+        }
     }
 
     fn record(&self, endpoint: &str, instance: InstanceId) -> Result<Instance> {

@@ -3,39 +3,11 @@
 //! That kv is not the backend's (so the kv cases skip); the discovery cases
 //! run over it as the target's `discovery_kv`.
 
-use std::sync::Arc;
-
-use futures_util::future::BoxFuture;
-use plane_conformance::{assert_conforms, Hooks, Target};
-use plane_core::{Events, Requests};
+use plane_conformance::assert_conforms;
+use plane_conformance::peer::brokerless_target;
+use plane_core::Events;
 use plane_zmq::{ZmqConfig, ZmqEvents, ZmqRequests};
-
-struct ZmqHooks(ZmqRequests);
-
-impl Hooks for ZmqHooks {
-    fn restart(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
-        Some(Box::pin(async move {
-            self.0.restart().await.map_err(|e| e.to_string())
-        }))
-    }
-
-    fn send_garbage<'a>(
-        &'a self,
-        _endpoint: &'a str,
-        garbage: &'a [u8],
-    ) -> Option<BoxFuture<'a, Result<(), String>>> {
-        // One process serves every endpoint on one port: the garbage goes to it.
-        Some(Box::pin(async move {
-            let frame = bytes::Bytes::copy_from_slice(garbage);
-            self.0
-                .links()
-                .send_raw(&[frame], std::time::Duration::from_secs(2))
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        }))
-    }
-}
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zmq_backend_conforms() {
@@ -48,11 +20,16 @@ async fn zmq_backend_conforms() {
     let events = ZmqEvents::connect(config.clone(), discovery.clone())
         .await
         .expect("events plane");
-    let backend = ZmqRequests::connect(config, discovery).expect("zmq router");
-    let mut target = Target::new("zmq", "in-process");
-    target.requests = Some(Requests::new(backend.clone()));
-    target.events = Some(Events::new(events));
-    target.discovery_kv = Some(registry.kv(&hub).await.expect("discovery kv"));
-    target.hooks = Arc::new(ZmqHooks(backend));
+    let backend = ZmqRequests::connect(config, discovery).expect("listener");
+    let kv = registry.kv(&hub).await.expect("discovery kv");
+    // One process serves every endpoint on one listener: garbage goes to it.
+    let target = brokerless_target("zmq", backend, Events::new(events), kv, |b, bytes| {
+        Box::pin(async move {
+            b.links()
+                .send_raw(&[bytes::Bytes::from(bytes)], Duration::from_secs(2))
+                .await
+                .map(drop)
+        })
+    });
     assert_conforms(&target).await;
 }

@@ -37,6 +37,7 @@ pub use plane_mem as mem;
 /// | `fs` (default) | `file://`; `s3://`, `gs://`, `az://`, `https://` with `fs-aws`, `fs-gcp`, `fs-azure`, `fs-http` |
 /// | `quic` (default) | `quic://` |
 /// | `zmq` (default) | `zmq+tcp://`, `zmq+ipc://` |
+/// | `tcp` (default) | `tcp://` |
 pub fn registry() -> Registry {
     #[allow(unused_mut)]
     let mut registry = plane_mem::registry();
@@ -48,6 +49,8 @@ pub fn registry() -> Registry {
     plane_quic::register(&mut registry);
     #[cfg(feature = "zmq")]
     plane_zmq::register(&mut registry);
+    #[cfg(feature = "tcp")]
+    plane_tcp::register(&mut registry);
     registry
 }
 
@@ -62,5 +65,7 @@ pub use plane_nats as nats;
 pub use plane_observe as observe;
 #[cfg(feature = "quic")]
 pub use plane_quic as quic;
+#[cfg(feature = "tcp")]
+pub use plane_tcp as tcp;
 #[cfg(feature = "zmq")]
 pub use plane_zmq as zmq;

@@ -108,7 +108,7 @@ impl<L: RequestLinks> PeerEvents<L> {
         capabilities.groups = true;
         // One queue and one link per subscriber, fed in publish order.
         capabilities.ordered_per_publisher = true;
-        capabilities.max_payload = links.max_payload();
+        capabilities.max_payload = links.settings().max_payload;
         let record = links.record(EVENTS_ENDPOINT, InstanceId::random())?;
         let registration = requests.directory().discovery().register(record).await?;
         Ok(PeerEvents {
@@ -193,7 +193,7 @@ async fn join<L: RequestLinks>(
     interest: &Interest,
     buffer: &EventBuffer,
 ) -> Option<(InstanceId, AbortOnDrop)> {
-    let timeout = requests.links().connect_timeout();
+    let timeout = requests.links().settings().connect_timeout;
     let id = publisher.id;
     let attempt = async {
         let mut headers = Headers::new().with(names::SUBSCRIBE, interest.pattern.clone());

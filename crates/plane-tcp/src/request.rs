@@ -1,0 +1,681 @@
+//! The TCP request plane: one listener per handle, serving every endpoint
+//! instance registered through it, and one pooled connection per peer
+//! process for calls. The plane itself is [`plane_peer::PeerRequests`];
+//! this module is its TCP links ([`TcpLinks`]).
+//!
+//! # Connections
+//!
+//! Every call between two processes shares one TCP connection
+//! (`TCP_NODELAY` set), envelopes multiplexed on it by request id, each in
+//! the wire codec's length-delimited form (`wire::encode_delimited`). One
+//! task per connection reads and routes; one writes, a batch of queued
+//! envelopes per write. A connection that ends (reset, closed, garbage on
+//! it) ends every call on it — the plane reports `Disconnected` — and the
+//! next call connects afresh.
+//!
+//! # Liveness
+//!
+//! A peer whose host vanished leaves a connection that says nothing, so the
+//! server sends a `heartbeat` envelope for every call in flight at every
+//! heartbeat interval (`heartbeat_ms`), and a caller that hears nothing
+//! about a call for its idle timeout (`idle_timeout_ms`) ends it
+//! `Disconnected`.
+//!
+//! # Backpressure
+//!
+//! Credit (`plane_peer::WINDOW` data frames per call) bounds how far a
+//! handler runs ahead of its reader; the per-connection queues are bounded,
+//! and a caller's reader that stops reading holds up the other calls on its
+//! connection once its call's buffer is full (head-of-line blocking, as on
+//! any one-connection multiplexer).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use plane_core::discovery::Instance;
+use plane_core::message::names;
+use plane_core::request::{Cancel, InstanceId};
+use plane_core::wire::{self, DelimitedDecoder, Envelope, EnvelopeKind, Limits, RequestId};
+use plane_core::{Error, ErrorKind, Result};
+use plane_peer::events::EventWriter;
+use plane_peer::{
+    self as peer, ends_call, CallLink, Control, Endpoints, LinkSettings, PeerRequests, Pool,
+    ReplyWriter, RequestLinks, ServedCall,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+
+use crate::error::io_error;
+use crate::TcpConfig;
+
+/// Envelopes buffered per call on the caller's side.
+const CALL_BUFFER: usize = 64;
+/// Encoded envelopes waiting for a connection's writer.
+const CONNECTION_QUEUE: usize = 1024;
+/// Envelopes written in one write at most.
+const WRITE_BATCH: usize = 64;
+/// Bytes read from a socket at once.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The TCP request plane. Build it with [`TcpRequests::connect`] (or
+/// through the registry with a `tcp://` URL) and wrap it in
+/// [`plane_core::Requests`]; its own methods are on [`TcpRequests::links`].
+pub type TcpRequests = PeerRequests<TcpLinks>;
+
+/// What the TCP request plane is made of: the listener serving this
+/// process's endpoint instances and a connection per peer process.
+pub struct TcpLinks {
+    config: TcpConfig,
+    endpoints: Endpoints,
+    listener: Mutex<Listener>,
+    connections: Pool<String, Connection>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for TcpLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpLinks")
+            .field("local_addr", &self.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bound listener and every task it started, aborted together.
+struct Listener {
+    addr: SocketAddr,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `env` in the length-delimited form.
+fn delimited(env: &Envelope) -> Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(env.encoded_len() + wire::LENGTH_PREFIX_LEN);
+    wire::encode_delimited(env, &mut buf).map_err(|e| {
+        Error::new(ErrorKind::PayloadTooLarge, format!("envelope refused: {e}")).with_source(e)
+    })?;
+    Ok(buf.freeze())
+}
+
+async fn bind(config: &TcpConfig, endpoints: Endpoints, limits: Limits) -> Result<Listener> {
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .map_err(|e| io_error(&format!("cannot bind {}", config.bind), e))?;
+    listener_from(listener, config, endpoints, limits)
+}
+
+fn listener_from(
+    listener: TcpListener,
+    config: &TcpConfig,
+    endpoints: Endpoints,
+    limits: Limits,
+) -> Result<Listener> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| io_error("listener address", e))?;
+    let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+    let task = tokio::spawn(accept_loop(
+        listener,
+        endpoints,
+        limits,
+        config.timings.heartbeat,
+        Arc::downgrade(&tasks),
+    ));
+    lock(&tasks).push(task.abort_handle());
+    Ok(Listener { addr, tasks })
+}
+
+impl RequestLinks for TcpLinks {
+    type Transport = crate::Tcp;
+    type Link = TcpLink;
+
+    fn bind(config: TcpConfig, endpoints: Endpoints) -> Result<Self> {
+        let limits = peer::limits(config.max_payload);
+        // Bound here, synchronously, so that a bad address fails the
+        // constructor rather than the first call.
+        let std_listener = std::net::TcpListener::bind(config.bind)
+            .map_err(|e| io_error(&format!("cannot bind {}", config.bind), e))?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| io_error("cannot set up the listener", e))?;
+        let listener = TcpListener::from_std(std_listener)
+            .map_err(|e| io_error("cannot set up the listener", e))?;
+        let listener = listener_from(listener, &config, endpoints.clone(), limits)?;
+        Ok(TcpLinks {
+            config,
+            endpoints,
+            listener: Mutex::new(listener),
+            connections: Pool::default(),
+            limits,
+        })
+    }
+
+    fn settings(&self) -> LinkSettings {
+        let c = &self.config;
+        LinkSettings {
+            max_payload: c.max_payload,
+            connect_timeout: c.timings.connect_timeout,
+            // A peer whose host vanished leaves a silent connection.
+            idle_limit: Some(c.timings.idle_timeout),
+        }
+    }
+
+    fn record(&self, endpoint: &str, instance: InstanceId) -> Result<Instance> {
+        let address = peer::advertised(self.local_addr(), self.config.advertise.as_deref());
+        Ok(Instance::new(endpoint, instance, address))
+    }
+
+    async fn open(&self, instance: &Instance, request: Envelope) -> Result<TcpLink> {
+        let bytes = delimited(&request)?;
+        let id = request.id;
+        let mut fresh = false;
+        loop {
+            let conn = self.connection(&instance.address, fresh).await?;
+            let (tx, rx) = mpsc::channel(CALL_BUFFER);
+            lock(&conn.calls).insert(id, tx);
+            let link = TcpLink {
+                id,
+                replies: rx,
+                conn,
+                ended: false,
+            };
+            if link.conn.queue.send(bytes.clone()).await.is_ok() {
+                return Ok(link);
+            }
+            // The cached connection died since it was last used: one more
+            // try on a new one, then the directory's retry takes over.
+            if fresh {
+                return Err(Error::new(
+                    ErrorKind::Connection,
+                    format!("peer {} is unreachable", instance.address),
+                ));
+            }
+            fresh = true;
+        }
+    }
+
+    async fn rebind(&self) -> Result<()> {
+        let fresh = bind(&self.config, self.endpoints.clone(), self.limits).await?;
+        // Dropping the old listener aborts it and every connection it
+        // served: calls in flight are lost, as in a crashed process.
+        drop(std::mem::replace(&mut *lock(&self.listener), fresh));
+        self.connections.clear();
+        Ok(())
+    }
+}
+
+impl TcpLinks {
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        lock(&self.listener).addr
+    }
+
+    /// Connect to this handle's own listener, write `bytes` as they are (not
+    /// an envelope), and return what the server answers within `wait`, up
+    /// to 64 KiB. A test hook (feature `testkit`) for checking that a peer
+    /// survives garbage.
+    ///
+    /// # Errors
+    /// `Connection` if the listener cannot be reached.
+    #[cfg(feature = "testkit")]
+    pub async fn send_raw(&self, bytes: &[u8], wait: Duration) -> Result<Vec<u8>> {
+        let mut s = TcpStream::connect(self.local_addr())
+            .await
+            .map_err(|e| io_error("cannot connect", e))?;
+        s.write_all(bytes)
+            .await
+            .map_err(|e| io_error("cannot write", e))?;
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let _ = tokio::time::timeout(wait, async {
+            while answer.len() < 64 * 1024 {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        Ok(answer)
+    }
+
+    /// The shared connection to the process at `address`.
+    async fn connection(&self, address: &str, fresh: bool) -> Result<Connection> {
+        let key = address.to_owned();
+        let alive = |c: &Connection| !c.queue.is_closed();
+        self.connections
+            .get(&key, fresh, alive, || self.connect(address))
+            .await
+    }
+
+    async fn connect(&self, address: &str) -> Result<Connection> {
+        let timeout = self.config.timings.connect_timeout;
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Connection,
+                    format!("connecting to {address} timed out after {timeout:?}"),
+                )
+            })?
+            .map_err(|e| io_error(&format!("cannot connect to {address}"), e))?;
+        // Small replies are not to wait for Nagle's algorithm.
+        stream
+            .set_nodelay(true)
+            .map_err(|e| io_error("cannot set TCP_NODELAY", e))?;
+        let (read, write) = stream.into_split();
+        let (queue, outgoing) = mpsc::channel(CONNECTION_QUEUE);
+        let (dead, dead_rx) = oneshot::channel();
+        tokio::spawn(write_loop(write, outgoing, dead_rx));
+        let calls: Calls = Arc::default();
+        tokio::spawn(read_replies(read, calls.clone(), self.limits, dead));
+        Ok(Connection { queue, calls })
+    }
+}
+
+/// Write what `outgoing` queues, a batch per write, until the queue closes,
+/// a write fails, or `dead` says the connection's reader ended.
+async fn write_loop(
+    mut write: OwnedWriteHalf,
+    mut outgoing: mpsc::Receiver<Bytes>,
+    mut dead: oneshot::Receiver<()>,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut buf = BytesMut::new();
+    loop {
+        tokio::select! {
+            n = outgoing.recv_many(&mut batch, WRITE_BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                let ok = if batch.len() == 1 {
+                    write.write_all(&batch[0]).await.is_ok()
+                } else {
+                    buf.clear();
+                    for b in &batch {
+                        buf.extend_from_slice(b);
+                    }
+                    write.write_all(&buf).await.is_ok()
+                };
+                batch.clear();
+                if !ok {
+                    return;
+                }
+            }
+            _ = &mut dead => return,
+        }
+    }
+}
+
+/// Read `read` into `decoder` and hand each whole envelope to `each`, until
+/// the connection ends or carries something undecodable.
+async fn read_envelopes(
+    read: &mut OwnedReadHalf,
+    limits: Limits,
+    mut each: impl AsyncEnvelopeFn,
+) -> std::result::Result<(), wire::WireError> {
+    let mut decoder = DelimitedDecoder::with_limits(limits);
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        match read.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(n) => decoder.push(&chunk[..n]),
+        }
+        while let Some(env) = decoder.next_envelope()? {
+            if !each.call(env).await {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// What [`read_envelopes`] hands envelopes to; `false` stops reading.
+trait AsyncEnvelopeFn {
+    fn call(&mut self, env: Envelope) -> impl std::future::Future<Output = bool> + Send;
+}
+
+// ---------------------------------------------------------------- caller side
+
+/// The calls in flight on one connection, by request id.
+type Calls = Arc<Mutex<HashMap<RequestId, mpsc::Sender<Envelope>>>>;
+
+/// The caller's connection to one peer process. Cheap to clone.
+#[derive(Clone)]
+struct Connection {
+    queue: mpsc::Sender<Bytes>,
+    calls: Calls,
+}
+
+struct RouteReplies {
+    calls: Calls,
+}
+
+impl AsyncEnvelopeFn for RouteReplies {
+    async fn call(&mut self, env: Envelope) -> bool {
+        let id = env.id;
+        let Some(replies) = lock(&self.calls).get(&id).cloned() else {
+            return true;
+        };
+        let end = ends_call(&env);
+        // Waiting here is the backpressure of a slow reader (and holds up
+        // the other calls on this connection meanwhile).
+        let delivered = replies.send(env).await.is_ok();
+        if end || !delivered {
+            lock(&self.calls).remove(&id);
+        }
+        true
+    }
+}
+
+/// Route replies to their calls until the connection ends; then every call
+/// on it ends (its sender dropped: `Disconnected`), and so does the writer.
+async fn read_replies(
+    mut read: OwnedReadHalf,
+    calls: Calls,
+    limits: Limits,
+    dead: oneshot::Sender<()>,
+) {
+    let route = RouteReplies {
+        calls: calls.clone(),
+    };
+    if let Err(e) = read_envelopes(&mut read, limits, route).await {
+        tracing::debug!(error = %e, "malformed reply stream; closing the connection");
+    }
+    lock(&calls).clear();
+    drop(dead);
+}
+
+/// The caller's side of one call on a shared connection.
+pub struct TcpLink {
+    id: RequestId,
+    replies: mpsc::Receiver<Envelope>,
+    conn: Connection,
+    /// The server ended the call, or it was killed: nothing to tell it.
+    ended: bool,
+}
+
+impl TcpLink {
+    fn queue(&self, env: &Envelope) -> bool {
+        delimited(env).is_ok_and(|b| self.conn.queue.try_send(b).is_ok())
+    }
+}
+
+impl CallLink for TcpLink {
+    fn poll_envelope(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Envelope>>> {
+        self.replies.poll_recv(cx).map(|env| {
+            env.map(|env| {
+                self.ended |= ends_call(&env);
+                Ok(env)
+            })
+        })
+    }
+
+    fn control(&mut self, env: Envelope) -> bool {
+        self.queue(&env)
+    }
+
+    fn kill(&mut self) {
+        if !self.ended {
+            // With the queue full the kill is dropped; the server learns of
+            // it when the call's deadline passes or the connection ends.
+            if !self.queue(&peer::cancel_envelope(self.id, Cancel::Kill)) {
+                tracing::debug!(id = %self.id, "kill dropped: connection queue full");
+            }
+        }
+        self.ended = true;
+        lock(&self.conn.calls).remove(&self.id);
+        self.replies.close();
+    }
+}
+
+impl Drop for TcpLink {
+    fn drop(&mut self) {
+        // A link dropped mid-call (an events subscription ending, a caller
+        // gone without a kill) tells the server, which stops the handler.
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------- server side
+
+/// Accept connections until aborted; each is served by tasks recorded in
+/// `tasks`, so that a restart can abort them all.
+async fn accept_loop(
+    listener: TcpListener,
+    endpoints: Endpoints,
+    limits: Limits,
+    heartbeat: Duration,
+    tasks: std::sync::Weak<Mutex<Vec<AbortHandle>>>,
+) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let task = tokio::spawn(serve_connection(
+            stream,
+            endpoints.clone(),
+            limits,
+            heartbeat,
+        ));
+        let Some(tasks) = tasks.upgrade() else { return };
+        let mut tasks = lock(&tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task.abort_handle());
+    }
+}
+
+/// The calls served on one connection, by request id.
+type ServedCalls = Arc<Mutex<HashMap<RequestId, ServedCall>>>;
+
+/// One connection's serving state, fed its envelopes one at a time.
+struct Serve {
+    endpoints: Endpoints,
+    queue: mpsc::Sender<Bytes>,
+    calls: ServedCalls,
+    /// Subscriptions on this connection: dropping the sender ends one.
+    subscriptions: HashMap<RequestId, oneshot::Sender<()>>,
+}
+
+impl AsyncEnvelopeFn for Serve {
+    async fn call(&mut self, env: Envelope) -> bool {
+        let id = env.id;
+        let call = lock(&self.calls).get(&id).cloned();
+        if let Some(call) = call {
+            match call.control(env) {
+                Ok(Control::Continue) => {}
+                Ok(Control::Killed) => drop(lock(&self.calls).remove(&id)),
+                Err(e) => {
+                    lock(&self.calls).remove(&id);
+                    call.kill();
+                    self.refuse(id, &e).await;
+                }
+            }
+            return true;
+        }
+        if self.subscriptions.remove(&id).is_some() {
+            // Anything from a subscriber after its request ends it.
+            return true;
+        }
+        if env.kind != EnvelopeKind::Request {
+            // Control for a call that is over: nothing to do.
+            return true;
+        }
+        if env.headers.get(names::SUBSCRIBE).is_some() {
+            let (gone_tx, gone) = oneshot::channel();
+            self.subscriptions.insert(id, gone_tx);
+            let subscribers = self.endpoints.subscribers().clone();
+            let writer = TcpEventWriter {
+                id,
+                queue: self.queue.clone(),
+            };
+            tokio::spawn(async move {
+                let gone = async move {
+                    let _ = gone.await;
+                };
+                subscribers.serve(env, writer, gone).await;
+            });
+            return true;
+        }
+        match ServedCall::accept(&self.endpoints, env) {
+            Ok((call, incoming)) => {
+                lock(&self.calls).insert(id, call.clone());
+                call.start(
+                    incoming,
+                    TcpWriter {
+                        id,
+                        queue: self.queue.clone(),
+                        calls: self.calls.clone(),
+                    },
+                );
+            }
+            Err(e) => self.refuse(id, &e).await,
+        }
+        true
+    }
+}
+
+impl Serve {
+    async fn refuse(&self, id: RequestId, e: &Error) {
+        if let Ok(b) = delimited(&Envelope::error(id, e)) {
+            // A refusal to a caller that is gone is nobody's loss.
+            let _ = self.queue.send(b).await;
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    endpoints: Endpoints,
+    limits: Limits,
+    heartbeat: Duration,
+) {
+    let (mut read, write) = stream.into_split();
+    let (queue, outgoing) = mpsc::channel(CONNECTION_QUEUE);
+    let (dead, dead_rx) = oneshot::channel::<()>();
+    let writer = tokio::spawn(write_loop(write, outgoing, dead_rx));
+    let calls: ServedCalls = Arc::default();
+    let heartbeats = tokio::spawn(send_heartbeats(calls.clone(), queue.clone(), heartbeat));
+    let serve = Serve {
+        endpoints,
+        queue: queue.clone(),
+        calls: calls.clone(),
+        subscriptions: HashMap::new(),
+    };
+    if let Err(e) = read_envelopes(&mut read, limits, serve).await {
+        // The stream's framing is lost: refuse and close the connection.
+        let error = match e {
+            wire::WireError::EnvelopeTooLarge { .. } => {
+                Error::new(ErrorKind::PayloadTooLarge, format!("envelope refused: {e}"))
+            }
+            e => peer::malformed(e),
+        };
+        tracing::debug!(error = %error, "malformed request stream refused");
+        if let Ok(b) = delimited(&Envelope::error(RequestId::default(), &error)) {
+            let _ = queue.send(b).await;
+        }
+        // Let the writer flush the refusal before the connection closes.
+        drop(queue);
+        heartbeats.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    } else {
+        heartbeats.abort();
+        drop(dead);
+    }
+    // However the connection ended, its handlers are killed.
+    let served: Vec<ServedCall> = lock(&calls).drain().map(|(_, c)| c).collect();
+    for call in served {
+        call.kill();
+    }
+}
+
+/// Heartbeat every call in flight on a connection every `interval`.
+async fn send_heartbeats(calls: ServedCalls, queue: mpsc::Sender<Bytes>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ids: Vec<RequestId> = lock(&calls).keys().copied().collect();
+        for id in ids {
+            if let Ok(b) = delimited(&peer::heartbeat_envelope(id)) {
+                // A full queue is traffic enough to show the server lives.
+                let _ = queue.try_send(b);
+            }
+        }
+    }
+}
+
+/// How a served call's replies reach its connection's writer.
+struct TcpWriter {
+    id: RequestId,
+    queue: mpsc::Sender<Bytes>,
+    calls: ServedCalls,
+}
+
+impl ReplyWriter for TcpWriter {
+    fn write(&self, env: Envelope, last: bool) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let bytes = delimited(&env)?;
+            if last {
+                lock(&self.calls).remove(&self.id);
+            }
+            self.queue
+                .send(bytes)
+                .await
+                .map_err(|_| Error::new(ErrorKind::Disconnected, "the connection is closed"))
+        })
+    }
+
+    fn abandon(&mut self) {
+        lock(&self.calls).remove(&self.id);
+        // Tell the caller now rather than after its idle limit.
+        if let Ok(b) = delimited(&Envelope::error(self.id, &peer::abandoned())) {
+            let _ = self.queue.try_send(b);
+        }
+    }
+}
+
+/// A subscription's events, written to its connection under its request id.
+struct TcpEventWriter {
+    id: RequestId,
+    queue: mpsc::Sender<Bytes>,
+}
+
+impl EventWriter for TcpEventWriter {
+    async fn write(&mut self, envs: &[Envelope]) -> Result<()> {
+        for env in envs {
+            let mut env = env.clone();
+            env.id = self.id;
+            self.queue
+                .send(delimited(&env)?)
+                .await
+                .map_err(|_| Error::new(ErrorKind::Disconnected, "the connection is closed"))?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) {}
+}
