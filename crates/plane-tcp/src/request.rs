@@ -529,7 +529,6 @@ impl AsyncEnvelopeFn for Serve {
             self.subscriptions.insert(id, gone_tx);
             let subscribers = self.endpoints.subscribers().clone();
             let writer = TcpEventWriter {
-                id,
                 queue: self.queue.clone(),
             };
             tokio::spawn(async move {
@@ -658,19 +657,17 @@ impl ReplyWriter for TcpWriter {
     }
 }
 
-/// A subscription's events, written to its connection under its request id.
+/// A subscription's events, written to its connection (each already
+/// carries the subscription's request id).
 struct TcpEventWriter {
-    id: RequestId,
     queue: mpsc::Sender<Bytes>,
 }
 
 impl EventWriter for TcpEventWriter {
     async fn write(&mut self, envs: &[Envelope]) -> Result<()> {
         for env in envs {
-            let mut env = env.clone();
-            env.id = self.id;
             self.queue
-                .send(delimited(&env)?)
+                .send(delimited(env)?)
                 .await
                 .map_err(|_| Error::new(ErrorKind::Disconnected, "the connection is closed"))?;
         }

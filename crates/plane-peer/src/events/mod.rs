@@ -10,7 +10,9 @@
 //! |---|---|---|---|
 //! | event | `data` | the event's headers, plus [`names::SUBJECT`], [`names::PUBLISHER`], [`names::SEQUENCE`] and, when the sender dropped events for this subscriber just before, [`names::DROPPED`] | the event body |
 //!
-//! The request id is unused (zero). The mapping removes the `plane-` headers
+//! The request id is the subscription's (its `request` envelope's), so a
+//! transport that multiplexes links by id routes events like replies. The
+//! mapping removes the `plane-` headers
 //! it adds before the subscriber sees the event.
 //!
 //! # Buffer

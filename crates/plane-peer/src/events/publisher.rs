@@ -23,7 +23,7 @@ use plane_core::events::groups::{Groups, Offered};
 use plane_core::events::Event;
 use plane_core::message::names;
 use plane_core::subject;
-use plane_core::wire::{Envelope, EnvelopeKind};
+use plane_core::wire::{Envelope, EnvelopeKind, RequestId};
 use tokio::sync::mpsc;
 
 use super::event_envelope;
@@ -69,6 +69,9 @@ struct SubscriberTable {
 }
 
 struct Slot {
+    /// The subscription's request id, which every event to it carries, so
+    /// that a transport multiplexing links by id routes it.
+    subscription: RequestId,
     pattern: String,
     tx: mpsc::Sender<Envelope>,
     /// Events dropped for this subscriber since the last one sent.
@@ -86,7 +89,9 @@ impl Slot {
         // Checked before encoding: the table's lock makes this the only
         // sender, so room seen here is still there for `try_send`.
         if self.tx.capacity() > 0 {
-            match self.tx.try_send(event_envelope(event, self.dropped)) {
+            let mut env = event_envelope(event, self.dropped);
+            env.id = self.subscription;
+            match self.tx.try_send(env) {
                 Ok(()) => {
                     self.dropped = 0;
                     return Offered::Taken;
@@ -121,13 +126,20 @@ impl Subscribers {
         });
     }
 
-    /// Add a subscriber (a member of `group` if given) whose events go to
-    /// `tx`; returns its slot.
-    fn add(&self, pattern: String, group: Option<&str>, tx: mpsc::Sender<Envelope>) -> u64 {
+    /// Add subscription `subscription` (a member of `group` if given)
+    /// whose events go to `tx`; returns its slot.
+    fn add(
+        &self,
+        subscription: RequestId,
+        pattern: String,
+        group: Option<&str>,
+        tx: mpsc::Sender<Envelope>,
+    ) -> u64 {
         let mut table = self.lock();
         table.next += 1;
         let id = table.next;
         let slot = Slot {
+            subscription,
             pattern,
             tx,
             dropped: 0,
@@ -178,7 +190,7 @@ impl Subscribers {
             return;
         }
         let (tx, mut rx) = mpsc::channel(SUBSCRIBER_QUEUE);
-        let id = self.add(pattern.clone(), group.as_deref(), tx);
+        let id = self.add(first.id, pattern.clone(), group.as_deref(), tx);
         // In place from here on: confirm, so the subscriber can return.
         let welcome = Envelope::new(EnvelopeKind::Ack, first.id);
         if writer.write(&[welcome]).await.is_ok() {
@@ -209,13 +221,16 @@ mod tests {
     async fn a_full_subscriber_queue_drops_and_the_next_event_says_how_many() {
         let subscribers = Subscribers::default();
         let (tx, mut rx) = mpsc::channel(1);
-        subscribers.add("s.*".to_owned(), None, tx);
+        let subscription = RequestId::new_v7();
+        subscribers.add(subscription, "s.*".to_owned(), None, tx);
         for seq in 1..=3 {
             subscribers.publish(&event("s.a", seq));
         }
         // Not matching: neither queued nor counted as dropped.
         subscribers.publish(&event("other", 4));
-        let (first, dropped) = decode_event(rx.recv().await.unwrap()).unwrap();
+        let env = rx.recv().await.unwrap();
+        assert_eq!(env.id, subscription, "events carry the subscription's id");
+        let (first, dropped) = decode_event(env).unwrap();
         assert_eq!((first.origin.unwrap().sequence, dropped), (1, 0));
         subscribers.publish(&event("s.b", 5));
         let (next, dropped) = decode_event(rx.recv().await.unwrap()).unwrap();
@@ -226,7 +241,7 @@ mod tests {
     async fn a_subscriber_that_went_away_is_forgotten() {
         let subscribers = Subscribers::default();
         let (tx, rx) = mpsc::channel(1);
-        subscribers.add(">".to_owned(), None, tx);
+        subscribers.add(RequestId::default(), ">".to_owned(), None, tx);
         drop(rx);
         subscribers.publish(&event("s.a", 1));
         assert!(subscribers.lock().slots.is_empty());
@@ -247,15 +262,15 @@ mod tests {
         let (tx1, mut rx1) = mpsc::channel(1);
         let (tx2, mut rx2) = mpsc::channel(8);
         let (tx3, rx3) = mpsc::channel(8);
-        subscribers.add("s.*".to_owned(), Some("w"), tx1);
-        subscribers.add("s.*".to_owned(), Some("w"), tx2);
-        subscribers.add("s.*".to_owned(), Some("w"), tx3);
+        subscribers.add(RequestId::default(), "s.*".to_owned(), Some("w"), tx1);
+        subscribers.add(RequestId::default(), "s.*".to_owned(), Some("w"), tx2);
+        subscribers.add(RequestId::default(), "s.*".to_owned(), Some("w"), tx3);
         // Another group (same name, other pattern) and a broadcast
         // subscriber get every event.
         let (other, mut other_rx) = mpsc::channel(8);
-        subscribers.add("s.a".to_owned(), Some("w"), other);
+        subscribers.add(RequestId::default(), "s.a".to_owned(), Some("w"), other);
         let (all, mut all_rx) = mpsc::channel(8);
-        subscribers.add(">".to_owned(), None, all);
+        subscribers.add(RequestId::default(), ">".to_owned(), None, all);
         drop(rx3);
         for seq in 1..=4 {
             subscribers.publish(&event("s.a", seq));
@@ -274,8 +289,8 @@ mod tests {
         let subscribers = Subscribers::default();
         let (tx1, mut rx1) = mpsc::channel(1);
         let (tx2, mut rx2) = mpsc::channel(1);
-        subscribers.add(">".to_owned(), Some("w"), tx1);
-        subscribers.add(">".to_owned(), Some("w"), tx2);
+        subscribers.add(RequestId::default(), ">".to_owned(), Some("w"), tx1);
+        subscribers.add(RequestId::default(), ">".to_owned(), Some("w"), tx2);
         for seq in 1..=3 {
             subscribers.publish(&event("s.a", seq));
         }
