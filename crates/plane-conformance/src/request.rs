@@ -46,6 +46,8 @@ pub fn cases() -> Vec<Case> {
         case!("request", responder_restart_recovers),
         case!("request", unsupported_ops_refused),
         case!("request", trace_context_propagates),
+        case!("request", broadcast_every_instance_answers_once),
+        case!("request", broadcast_silent_instance_bounded),
     ]
 }
 
@@ -330,31 +332,30 @@ async fn request_timeout_silent_handler(cx: &Ctx<'_>) -> CaseResult {
     .await
 }
 
+/// A generous deadline that a fast failure must come well within.
+const LONG: Duration = Duration::from_secs(10);
+
+/// `op` fails with `NoResponders` in less than [`SLACK`], long before its
+/// [`LONG`] deadline.
+async fn no_responders_fast<T: std::fmt::Debug>(
+    what: &str,
+    op: impl std::future::Future<Output = plane_core::Result<T>>,
+) -> CaseResult {
+    let started = Instant::now();
+    let result = within(LONG + SLACK, what, op).await?;
+    check_kind!(result, ErrorKind::NoResponders);
+    let elapsed = started.elapsed();
+    check!(elapsed < SLACK, "{what}: no-responders took {elapsed:?}");
+    Ok(())
+}
+
 async fn request_no_responders_fast_fail(cx: &Ctx<'_>) -> CaseResult {
     let requests = cx.requests()?;
     let ep = cx.name("nobody");
-    let timeout = Duration::from_secs(10);
-    let started = Instant::now();
-    let result = within(
-        timeout + SLACK,
-        "the call",
-        requests.call_with(Call::new(&ep, "anyone?").timeout(timeout)),
-    )
-    .await?;
-    check_kind!(result, ErrorKind::NoResponders);
-    let elapsed = started.elapsed();
-    check!(elapsed < SLACK, "no-responders took {elapsed:?}");
+    let call = || Call::new(&ep, "anyone?").timeout(LONG);
+    no_responders_fast("the call", requests.call_with(call())).await?;
     if requests.capabilities().streaming {
-        let started = Instant::now();
-        let result = within(
-            timeout + SLACK,
-            "the stream",
-            requests.stream(Call::new(&ep, "anyone?").timeout(timeout)),
-        )
-        .await?;
-        check_kind!(result, ErrorKind::NoResponders);
-        let elapsed = started.elapsed();
-        check!(elapsed < SLACK, "no-responders took {elapsed:?}");
+        no_responders_fast("the stream", requests.stream(call())).await?;
     }
     Ok(())
 }
@@ -905,15 +906,10 @@ async fn direct_instance_routing(cx: &Ctx<'_>) -> CaseResult {
     while servers.iter().any(|s| s.instance() == unknown) {
         unknown = InstanceId::random();
     }
-    let timeout = Duration::from_secs(10);
-    let started = Instant::now();
     let call = Call::new(&ep, "")
         .route(Route::Instance(unknown))
-        .timeout(timeout);
-    let result = within(timeout + SLACK, "the call", requests.call_with(call)).await?;
-    check_kind!(result, ErrorKind::NoResponders);
-    let elapsed = started.elapsed();
-    check!(elapsed < SLACK, "no-responders took {elapsed:?}");
+        .timeout(LONG);
+    no_responders_fast("a call to a gone instance", requests.call_with(call)).await?;
     drop(servers);
     Ok(())
 }
@@ -1166,6 +1162,31 @@ async fn unsupported_ops_refused(cx: &Ctx<'_>) -> CaseResult {
             check_kind!(result, ErrorKind::Unsupported);
         }
     }
+    // A backend that cannot count its instances runs a broadcast to its
+    // deadline: keep it short.
+    let deadline = Duration::from_secs(1);
+    let result = within(
+        EVENTUALLY,
+        "a broadcast",
+        requests.broadcast(Call::new(&ep, "b").timeout(deadline)),
+    )
+    .await?;
+    if caps.broadcast {
+        let answers = within(
+            deadline + SLACK,
+            "the broadcast's answers",
+            result?.collect(),
+        )
+        .await?;
+        check_eq!(answers.len(), 1, "one instance, one answer: {answers:?}");
+        check_eq!(answers[0].instance, server.instance());
+        match &answers[0].reply {
+            Ok(reply) => check_eq!(text(&reply.body), "b", "broadcast answer"),
+            Err(e) => return Err(Verdict::Fail(format!("declared broadcast failed: {e}"))),
+        }
+    } else {
+        check_kind!(result, ErrorKind::Unsupported);
+    }
     // `cancellation` has no operation to refuse: stop and kill are requests
     // a backend without it cannot deliver, so the cases needing it skip.
     drop(server);
@@ -1230,5 +1251,142 @@ async fn trace_context_propagates(cx: &Ctx<'_>) -> CaseResult {
         "a new call must not reuse another call's trace id: {tp}"
     );
     drop(server);
+    Ok(())
+}
+
+/// Each live instance answers one broadcast call exactly once, and each
+/// answer names the instance that sent it; an endpoint nobody serves fails
+/// fast with `NoResponders`.
+async fn broadcast_every_instance_answers_once(cx: &Ctx<'_>) -> CaseResult {
+    let requests = cx.requests()?;
+    if !requests.capabilities().broadcast {
+        skip!("backend does not declare `broadcast`");
+    }
+    let ep = cx.name("everyone");
+    let (servers, counters) = serve_whoami(requests, &ep, 3).await?;
+    // A backend that cannot count its instances runs to the deadline.
+    let timeout = Duration::from_secs(2);
+    let broadcast = within(
+        EVENTUALLY,
+        "the broadcast to start",
+        requests.broadcast(Call::new(&ep, "").timeout(timeout)),
+    )
+    .await??;
+    let answers = within(timeout + SLACK, "the broadcast to end", broadcast.collect()).await?;
+    let mut answered: Vec<InstanceId> = Vec::new();
+    for answer in &answers {
+        let reply = match &answer.reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                return Err(Verdict::Fail(format!(
+                    "instance {} failed its answer: {e}",
+                    answer.instance
+                )))
+            }
+        };
+        check_eq!(
+            text(&reply.body),
+            answer.instance.to_string(),
+            "the answer names the instance that sent it"
+        );
+        answered.push(answer.instance);
+    }
+    answered.sort();
+    let mut expected: Vec<InstanceId> = servers.iter().map(|s| s.instance()).collect();
+    expected.sort();
+    check_eq!(answered, expected, "every instance answers exactly once");
+    let handled: Vec<usize> = counters.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    check_eq!(handled, vec![1, 1, 1], "each handler ran once");
+    drop(servers);
+
+    let nobody = cx.name("nobody");
+    no_responders_fast(
+        "a broadcast nobody hears",
+        requests.broadcast(Call::new(&nobody, "").timeout(LONG)),
+    )
+    .await
+}
+
+/// A silent instance does not hold the others' answers past the deadline:
+/// theirs arrive before it, and the silent one is reported with `Timeout` at
+/// the deadline, not left out. Its handler is not kept running.
+async fn broadcast_silent_instance_bounded(cx: &Ctx<'_>) -> CaseResult {
+    let requests = cx.requests()?;
+    if !requests.capabilities().broadcast {
+        skip!("backend does not declare `broadcast`");
+    }
+    let ep = cx.name("mostly");
+    let (talkers, _) = serve_whoami(requests, &ep, 2).await?;
+    let silent = requests
+        .serve(
+            &ep,
+            unary_fn(|_req: Request| async move {
+                std::future::pending::<()>().await;
+                Ok(Message::default())
+            }),
+        )
+        .await?;
+    let timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let mut broadcast = within(
+        EVENTUALLY,
+        "the broadcast to start",
+        requests.broadcast(Call::new(&ep, "").timeout(timeout)),
+    )
+    .await??;
+    let mut answers = Vec::new();
+    let ended = within(timeout + SLACK, "the broadcast to end", async {
+        while let Some(answer) = futures_util::StreamExt::next(&mut broadcast).await {
+            answers.push((answer, started.elapsed()));
+        }
+    })
+    .await;
+    ended?;
+    for talker in &talkers {
+        let Some((answer, at)) = answers
+            .iter()
+            .find(|(a, _)| a.instance == talker.instance())
+        else {
+            return Err(Verdict::Fail(format!(
+                "instance {} did not answer: {answers:?}",
+                talker.instance()
+            )));
+        };
+        check!(
+            answer.reply.is_ok(),
+            "instance {} failed: {:?}",
+            talker.instance(),
+            answer.reply
+        );
+        check!(
+            *at < timeout,
+            "an answering instance was held up until {at:?}, past the {timeout:?} deadline"
+        );
+    }
+    let Some((answer, _)) = answers
+        .iter()
+        .find(|(a, _)| a.instance == silent.instance())
+    else {
+        return Err(Verdict::Fail(format!(
+            "the silent instance was left out instead of reported: {answers:?}"
+        )));
+    };
+    match &answer.reply {
+        Err(e) if e.kind() == ErrorKind::Timeout => {}
+        other => {
+            return Err(Verdict::Fail(format!(
+                "the silent instance: expected Timeout, got {other:?}"
+            )))
+        }
+    }
+    check_eq!(answers.len(), 3, "one answer per instance: {answers:?}");
+    eventually(
+        EVENTUALLY,
+        "the silent handler's slot to be released",
+        || silent.in_flight() == 0,
+    )
+    .await?;
+    drop(talkers);
+    drop(silent);
     Ok(())
 }

@@ -27,6 +27,8 @@ pub struct RequestCapabilities {
     pub power_of_two: bool,
     /// Addressing one instance directly.
     pub direct: bool,
+    /// One call answered by every live instance (`Requests::broadcast`).
+    pub broadcast: bool,
     /// Largest request or reply payload (body plus header bytes).
     pub max_payload: usize,
 }
@@ -40,6 +42,7 @@ impl Default for RequestCapabilities {
             random: false,
             power_of_two: false,
             direct: false,
+            broadcast: false,
             max_payload: 1024 * 1024,
         }
     }
@@ -57,6 +60,7 @@ impl RequestCapabilities {
             random: true,
             power_of_two: true,
             direct: true,
+            broadcast: true,
             max_payload,
         }
     }

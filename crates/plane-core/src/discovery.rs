@@ -481,16 +481,25 @@ struct Renewer {
 
 impl Renewer {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        // Renewals are paced from the start of the previous write, not its
+        // end: a slow write (a loaded server) must not stretch the gap
+        // between two writes towards the lease.
         let mut wait = self.period;
+        let mut next = Instant::now() + wait;
         loop {
             tokio::select! {
                 _ = &mut stop => return,
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep_until(next) => {}
             }
+            let started = Instant::now();
             wait = match self.renew().await {
-                Ok(()) => self.period,
+                Ok(()) => {
+                    next = started + self.period;
+                    self.period
+                }
                 Err(e) => {
                     let retry = next_backoff(wait, self.period);
+                    next = Instant::now() + retry;
                     tracing::warn!(
                         key = %self.key,
                         error = %e,

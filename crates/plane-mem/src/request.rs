@@ -80,6 +80,14 @@ impl RequestHub {
         Ok(ep.instances[i].dispatcher.clone())
     }
 
+    /// The instances serving `endpoint` now, in registration order.
+    fn instances(&self, endpoint: &str) -> Vec<InstanceId> {
+        self.lock()
+            .get(endpoint)
+            .map(|ep| ep.instances.iter().map(|r| r.instance).collect())
+            .unwrap_or_default()
+    }
+
     fn register(&self, endpoint: &str, registration: Arc<Registration>) -> Result<()> {
         let mut endpoints = self.lock();
         let ep = endpoints.entry(endpoint.to_owned()).or_default();
@@ -164,6 +172,10 @@ impl RequestBackend for MemRequests {
             dispatcher,
             open: true,
         }))
+    }
+
+    async fn broadcast(&self, call: &Call) -> Result<Reach> {
+        Ok(Reach::Instances(self.hub.instances(&call.endpoint)))
     }
 
     async fn serve(&self, dispatcher: Dispatcher) -> Result<Box<dyn ServeTransport>> {

@@ -89,9 +89,15 @@ impl Inbox {
 
     /// A reply subject of its own for one call, and where its replies arrive.
     pub(crate) async fn open(&self) -> Result<(Subject, Replies)> {
+        self.open_sized(self.call_buffer).await
+    }
+
+    /// As [`open`](Inbox::open), buffering `buffer` replies: a broadcast
+    /// hears from many instances on one reply subject.
+    pub(crate) async fn open_sized(&self, buffer: usize) -> Result<(Subject, Replies)> {
         self.start().await?;
         let token = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.call_buffer);
+        let (tx, rx) = mpsc::channel(buffer);
         let overflow = Arc::new(AtomicBool::new(false));
         self.routes.lock().insert(
             token,

@@ -9,7 +9,7 @@ use plane_core::{Body, Error, ErrorKind, Headers, Message, Result};
 
 /// The header names of the NATS mapping (defined once, in plane-core).
 pub use plane_core::message::names::{
-    CREDIT, CTL, ERROR_CODE, ERROR_KIND, ERROR_MESSAGE, FRAME, ID, PARTS, STREAM,
+    CREDIT, CTL, ERROR_CODE, ERROR_KIND, ERROR_MESSAGE, FRAME, ID, INSTANCE, PARTS, STREAM,
 };
 
 /// Marks a header whose value is percent-encoded (it held a line break,

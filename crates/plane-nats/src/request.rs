@@ -8,11 +8,19 @@
 //! | `plane.req.<endpoint>.<instance>` | that instance | calls addressed to one instance |
 //! | `plane.ctl.<endpoint>` | every instance | stop / kill / credit before the instance is known |
 //! | `plane.ctl.<endpoint>.<instance>` | that instance | stop / kill / credit |
+//! | `plane.all.<endpoint>` | every instance | broadcast calls |
 //!
 //! Replies go to the caller's inbox (the NATS reply subject), one NATS
 //! message per frame, with the frame kind in the `plane-frame` header.
+//!
+//! A broadcast is published once on `plane.all.<endpoint>` as a streamed
+//! call, so every instance that takes it says so (`accepted`) before it
+//! answers; all answers share one inbox and each frame names its instance
+//! (`plane-instance`). The broker cannot say how many instances there are, so
+//! the broadcast runs to its deadline, when the instances that took it and
+//! stayed silent are reported.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -24,14 +32,17 @@ use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
 use plane_core::request::flow::{Credit, Grants, IdleTimer};
 use plane_core::request::{
-    Call, Cancel, Dispatcher, Frame, Incoming, InstanceId, ReplySink, ReplyTransport,
-    RequestBackend, RequestCapabilities, RequestId, Route, ServeTransport,
+    Answer, Call, Cancel, Dispatcher, Frame, GatherTransport, Incoming, InstanceId, Reach,
+    ReplySink, ReplyTransport, RequestBackend, RequestCapabilities, RequestId, Route,
+    ServeTransport,
 };
 use plane_core::{Error, ErrorKind, Message, Result};
 use tokio::sync::watch;
 
 use crate::inbox::{self, Inbox, Next};
-use crate::mapping::{self, CREDIT, CTL, ERROR_CODE, ERROR_KIND, ERROR_MESSAGE, FRAME, ID, STREAM};
+use crate::mapping::{
+    self, CREDIT, CTL, ERROR_CODE, ERROR_KIND, ERROR_MESSAGE, FRAME, ID, INSTANCE, STREAM,
+};
 
 /// Frames a streaming handler may send ahead of the caller's reads.
 ///
@@ -42,6 +53,11 @@ pub const STREAM_WINDOW: u32 = 64;
 /// Replies buffered per call in the inbox: the credit window, plus room for
 /// the prologue, heartbeats and the final frame.
 const CALL_BUFFER: usize = STREAM_WINDOW as usize * 2 + 16;
+
+/// Replies buffered for one broadcast: each instance sends its prologue, its
+/// answer and perhaps heartbeats, so this bounds a broadcast to about a
+/// thousand instances; past that, the silent ones are reported `Overloaded`.
+const BROADCAST_BUFFER: usize = 4096;
 
 /// Bytes of a request or reply's budget kept back for the headers plane adds
 /// on NATS (`plane-id`, `plane-frame`, …) and the NATS header framing. The
@@ -81,6 +97,9 @@ impl Subjects {
     fn ctl_direct(&self, endpoint: &str, instance: InstanceId) -> String {
         format!("{}.ctl.{endpoint}.{instance}", self.prefix)
     }
+    fn all(&self, endpoint: &str) -> String {
+        format!("{}.all.{endpoint}", self.prefix)
+    }
 }
 
 /// The request plane over core NATS.
@@ -105,6 +124,7 @@ impl NatsRequests {
         caps.random = true;
         caps.power_of_two = false;
         caps.direct = true;
+        caps.broadcast = true;
         caps.max_payload = crate::max_payload(&client);
         NatsRequests {
             inbox: Inbox::new(client.clone(), CALL_BUFFER),
@@ -158,6 +178,45 @@ impl RequestBackend for NatsRequests {
         }))
     }
 
+    async fn broadcast(&self, call: &Call) -> Result<Reach> {
+        let (inbox, mut replies) = self.inbox.open_sized(BROADCAST_BUFFER).await?;
+        let id = call.id.to_string();
+        // Streamed, so that every instance taking the call says so at once.
+        let (headers, payload) =
+            mapping::encode(&call.message, &[(ID, id.as_str()), (STREAM, "1")]);
+        self.client
+            .publish_with_reply_and_headers(
+                self.subjects.all(&call.endpoint),
+                inbox,
+                headers,
+                payload,
+            )
+            .await
+            .map_err(crate::error::publish)?;
+        // The broker answers at once when nobody subscribes; otherwise the
+        // first frame is the quickest instance's prologue.
+        let first = std::future::poll_fn(|cx| replies.poll_next(cx)).await;
+        if let Next::Message(msg) = &first {
+            if msg.status == Some(StatusCode::NO_RESPONDERS) {
+                return Err(Error::new(
+                    ErrorKind::NoResponders,
+                    "no instance serves the endpoint",
+                ));
+            }
+        }
+        let mut gather = Gather {
+            client: self.client.clone(),
+            replies,
+            id,
+            waiting: HashMap::new(),
+            answered: HashSet::new(),
+            ready: VecDeque::new(),
+            ended: false,
+        };
+        gather.take(first);
+        Ok(Reach::Gathered(Box::new(gather)))
+    }
+
     async fn serve(&self, dispatcher: Dispatcher) -> Result<Box<dyn ServeTransport>> {
         let endpoint = &dispatcher.endpoint().to_owned();
         let instance = dispatcher.instance();
@@ -183,6 +242,11 @@ impl RequestBackend for NatsRequests {
             .subscribe(s.ctl_direct(endpoint, instance))
             .await
             .map_err(sub_err)?;
+        let all = self
+            .client
+            .subscribe(s.all(endpoint))
+            .await
+            .map_err(sub_err)?;
         // Callers on other connections must find the instance as soon as
         // `serve` returns: wait until the server has the subscriptions.
         crate::sync(&self.client).await?;
@@ -191,12 +255,14 @@ impl RequestBackend for NatsRequests {
             client: self.client.clone(),
             dispatcher,
             ctl_subject: s.ctl_direct(endpoint, instance),
+            instance: instance.to_string(),
             heartbeat: self.heartbeat,
             calls: Arc::new(Mutex::new(HashMap::new())),
         };
         tokio::spawn(server.run(
             calls,
             direct,
+            all,
             futures_util::stream::select(ctl, ctl_direct),
             close_rx,
         ));
@@ -229,6 +295,8 @@ struct ServeLoop {
     client: Client,
     dispatcher: Dispatcher,
     ctl_subject: String,
+    /// This instance's id, named in every frame of a broadcast's answer.
+    instance: String,
     heartbeat: Duration,
     calls: Calls,
 }
@@ -238,10 +306,12 @@ impl ServeLoop {
         self,
         mut calls: Subscriber,
         mut direct: Subscriber,
+        mut all: Subscriber,
         mut ctl: impl Stream<Item = async_nats::Message> + Unpin,
         mut close: watch::Receiver<bool>,
     ) {
-        let (mut calls_open, mut direct_open, mut draining) = (true, true, false);
+        let (mut calls_open, mut direct_open, mut all_open) = (true, true, true);
+        let mut draining = false;
         // One ticker for every call, rather than a timer task per call: a
         // unary call usually ends long before its first heartbeat is due.
         let mut beat = tokio::time::interval(self.heartbeat);
@@ -250,12 +320,16 @@ impl ServeLoop {
             tokio::select! {
                 _ = beat.tick() => self.heartbeats(),
                 msg = calls.next(), if calls_open => match msg {
-                    Some(msg) => self.on_call(msg),
+                    Some(msg) => self.on_call(msg, false),
                     None => calls_open = false,
                 },
                 msg = direct.next(), if direct_open => match msg {
-                    Some(msg) => self.on_call(msg),
+                    Some(msg) => self.on_call(msg, false),
                     None => direct_open = false,
+                },
+                msg = all.next(), if all_open => match msg {
+                    Some(msg) => self.on_call(msg, true),
+                    None => all_open = false,
                 },
                 msg = ctl.next() => match msg {
                     Some(msg) => self.on_control(&msg),
@@ -271,16 +345,18 @@ impl ServeLoop {
                     draining = true;
                     let _ = calls.drain().await;
                     let _ = direct.drain().await;
+                    let _ = all.drain().await;
                 }
                 // Control subscriptions live on while calls are in flight,
                 // so a caller can still stop or kill them during a drain.
                 _ = self.dispatcher.wait_idle(Duration::from_secs(3600)),
-                    if draining && !calls_open && !direct_open => return,
+                    if draining && !calls_open && !direct_open && !all_open => return,
             }
         }
     }
 
-    fn on_call(&self, msg: async_nats::Message) {
+    /// Take one call; a `broadcast` one names this instance in each frame.
+    fn on_call(&self, msg: async_nats::Message, broadcast: bool) {
         let Some(reply) = msg.reply.clone() else {
             // A publish without a reply subject cannot be answered.
             tracing::debug!(subject = %msg.subject, "ignoring call without reply subject");
@@ -304,8 +380,11 @@ impl ServeLoop {
             registry: Arc::downgrade(&self.calls),
             done: AtomicBool::new(false),
             plane_caller,
+            instance: broadcast.then(|| self.instance.clone()),
         });
-        if plane_caller {
+        // A call refused before dispatch is answered at once and never
+        // heartbeated (a heartbeat must not overtake its refusal).
+        if plane_caller && parsed.is_ok() {
             lock(&self.calls).insert(
                 id,
                 Live {
@@ -410,12 +489,18 @@ struct NatsSink {
     /// The caller speaks plane (sent a `plane-id`): it gets heartbeats, and
     /// an `abort` frame if the handler dies without an end marker.
     plane_caller: bool,
+    /// For a broadcast: this instance's id, since every instance's frames
+    /// share the caller's one reply subject.
+    instance: Option<String>,
 }
 
 impl NatsSink {
     async fn publish(&self, kind: &str, message: &Message, extra: &[(&str, &str)]) -> Result<()> {
         let (mut headers, payload) = mapping::encode(message, extra);
         headers.insert(FRAME, kind);
+        if let Some(instance) = &self.instance {
+            headers.insert(INSTANCE, instance.as_str());
+        }
         // Only a call still open can be stopped, killed or given credit:
         // a frame that ends it has no use for the control subject.
         if !matches!(kind, frame::LAST | frame::END | frame::ERROR) {
@@ -498,6 +583,9 @@ impl Drop for NatsSink {
         let reply = self.reply.clone();
         let mut headers = HeaderMap::new();
         headers.insert(FRAME, frame::ABORT);
+        if let Some(instance) = &self.instance {
+            headers.insert(INSTANCE, instance.as_str());
+        }
         rt.spawn(async move {
             let _ = client
                 .publish_with_headers(reply, headers, Bytes::new())
@@ -522,22 +610,7 @@ struct CallTransport {
 
 impl CallTransport {
     fn control(&self, kind: &'static str, credit: Option<u32>) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert(FRAME, kind);
-        headers.insert(ID, self.id.as_str());
-        if let Some(n) = credit {
-            headers.insert(CREDIT, n.to_string());
-        }
-        let client = self.client.clone();
-        let subject = self.ctl.clone();
-        rt.spawn(async move {
-            let _ = client
-                .publish_with_headers(subject, headers, Bytes::new())
-                .await;
-        });
+        send_control(&self.client, self.ctl.clone(), &self.id, kind, credit);
     }
 }
 
@@ -608,6 +681,155 @@ impl ReplyTransport for CallTransport {
             },
             None,
         );
+    }
+}
+
+/// Send a stop, kill or credit frame for call `id` to `subject`, from a
+/// context that cannot wait (a poll, a `Drop`).
+fn send_control(
+    client: &Client,
+    subject: String,
+    id: &str,
+    kind: &'static str,
+    credit: Option<u32>,
+) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(FRAME, kind);
+    headers.insert(ID, id);
+    if let Some(n) = credit {
+        headers.insert(CREDIT, n.to_string());
+    }
+    let client = client.clone();
+    rt.spawn(async move {
+        let _ = client
+            .publish_with_headers(subject, headers, Bytes::new())
+            .await;
+    });
+}
+
+/// The caller's side of a broadcast: every instance's frames on one inbox.
+struct Gather {
+    client: Client,
+    replies: inbox::Replies,
+    id: String,
+    /// Instances that took the call and have not answered, with the
+    /// control subject that reaches each.
+    waiting: HashMap<InstanceId, String>,
+    answered: HashSet<InstanceId>,
+    /// Answers decided but not yet handed out (a cut-off inbox reports every
+    /// waiting instance at once).
+    ready: VecDeque<Answer>,
+    /// The inbox is gone: nothing more will arrive.
+    ended: bool,
+}
+
+impl Gather {
+    /// Account for one inbox event, queueing the answer it completes.
+    fn take(&mut self, next: Next) {
+        let msg = match next {
+            Next::Message(msg) => msg,
+            Next::Overflow => {
+                return self.cut_off(
+                    ErrorKind::Overloaded,
+                    "the broadcast's reply buffer overflowed",
+                )
+            }
+            Next::Closed => {
+                return self.cut_off(
+                    ErrorKind::Disconnected,
+                    "the connection closed before the instance answered",
+                )
+            }
+        };
+        let headers = msg.headers.as_ref();
+        // Frames without an instance are not a plane instance's answer (a
+        // plain NATS subscriber replying, or the broker's status).
+        let Some(instance) =
+            mapping::get(headers, INSTANCE).and_then(|i| i.parse::<InstanceId>().ok())
+        else {
+            return;
+        };
+        if self.answered.contains(&instance) {
+            return;
+        }
+        let reply = match mapping::get(headers, FRAME) {
+            Some(frame::ACCEPTED) => {
+                let ctl = mapping::get(headers, CTL).unwrap_or_default().to_owned();
+                self.waiting.insert(instance, ctl);
+                return;
+            }
+            Some(frame::DATA) | Some(frame::LAST) => {
+                mapping::decode(headers, msg.payload, &[FRAME, CTL, INSTANCE])
+            }
+            Some(frame::ERROR) => Err(typed_error(headers)),
+            Some(frame::ABORT) => Err(Error::new(
+                ErrorKind::Disconnected,
+                "the instance stopped before it answered",
+            )),
+            Some(frame::END) => Err(Error::new(
+                ErrorKind::Other,
+                "the instance ended the call without a reply",
+            )),
+            _ => return, // heartbeats, and frames of kinds this version does not know
+        };
+        // A handler that streams answers with its first reply; the rest of
+        // its stream is not wanted.
+        let still_running = mapping::get(headers, FRAME) == Some(frame::DATA);
+        if let Some(ctl) = self.waiting.remove(&instance) {
+            if still_running && !ctl.is_empty() {
+                send_control(&self.client, ctl, &self.id, frame::KILL, None);
+            }
+        }
+        self.answered.insert(instance);
+        self.ready.push_back(Answer { instance, reply });
+    }
+
+    /// Nothing more will arrive: report every waiting instance with `kind`.
+    fn cut_off(&mut self, kind: ErrorKind, why: &'static str) {
+        self.ended = true;
+        for (instance, _) in self.waiting.drain() {
+            self.answered.insert(instance);
+            self.ready.push_back(Answer {
+                instance,
+                reply: Err(Error::new(kind, why)),
+            });
+        }
+    }
+}
+
+impl GatherTransport for Gather {
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Option<Answer>> {
+        loop {
+            if let Some(answer) = self.ready.pop_front() {
+                return Poll::Ready(Some(answer));
+            }
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            // Without a count of instances only the deadline ends the wait.
+            match self.replies.poll_next(cx) {
+                Poll::Ready(next) => self.take(next),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn unanswered(&self) -> Vec<InstanceId> {
+        self.waiting.keys().copied().collect()
+    }
+}
+
+impl Drop for Gather {
+    fn drop(&mut self) {
+        // Whoever is still working on the call is not waited for any more.
+        for (_, ctl) in self.waiting.drain() {
+            if !ctl.is_empty() {
+                send_control(&self.client, ctl, &self.id, frame::KILL, None);
+            }
+        }
     }
 }
 

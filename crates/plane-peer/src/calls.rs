@@ -33,7 +33,7 @@ use plane_core::error::{Error, ErrorKind, Result};
 use plane_core::message::names;
 use plane_core::request::flow::{Credit, Grants, IdleTimer};
 use plane_core::request::{
-    Call, Cancel, Dispatcher, Frame, Incoming, InstanceId, ReplySink, ReplyTransport,
+    Call, Cancel, Dispatcher, Frame, Incoming, InstanceId, Reach, ReplySink, ReplyTransport,
     RequestBackend, RequestCapabilities, ServeTransport,
 };
 use plane_core::wire::{self, Envelope, EnvelopeKind, Limits, RequestId};
@@ -287,6 +287,12 @@ impl<L: RequestLinks> RequestBackend for PeerRequests<L> {
             idle,
             _in_flight: in_flight,
         }))
+    }
+
+    async fn broadcast(&self, call: &Call) -> Result<Reach> {
+        // A fresh listing: an instance registered a moment ago is live too.
+        let instances = self.inner.directory.listed(&call.endpoint).await?;
+        Ok(Reach::Instances(instances))
     }
 
     async fn serve(&self, dispatcher: Dispatcher) -> Result<Box<dyn ServeTransport>> {

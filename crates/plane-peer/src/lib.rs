@@ -598,6 +598,17 @@ impl PeerDirectory {
             .collect())
     }
 
+    /// The instances of `endpoint` as discovery lists them now, which also
+    /// refreshes the view calls pick from: what a broadcast reaches.
+    ///
+    /// # Errors
+    /// Whatever listing the endpoint in discovery fails with.
+    pub async fn listed(&self, endpoint: &str) -> Result<Vec<InstanceId>> {
+        let view = self.view(endpoint).await?;
+        view.replace(self.inner.discovery.list(endpoint).await?);
+        Ok(view.snapshot().iter().map(|p| p.instance.id).collect())
+    }
+
     async fn view(&self, endpoint: &str) -> Result<Arc<View>> {
         if let Some(w) = self.lock_views().get(endpoint) {
             if !w.task.is_finished() {

@@ -23,8 +23,12 @@
 //! - [`Dispatcher`]: the server runtime every backend hands incoming calls to;
 //!   admission, deadlines, stop/kill and drain are implemented once, there.
 //! - [`Requests`]: the cheap, cloneable handle applications hold.
+//!
+//! A broadcast call ([`Requests::broadcast`]) is answered by every live
+//! instance of an endpoint; see [`Broadcast`].
 
 mod balance;
+mod broadcast;
 mod client;
 pub mod flow;
 mod idempotency;
@@ -40,6 +44,7 @@ use futures_util::future::BoxFuture;
 use tracing::Instrument;
 
 pub use balance::Balancer;
+pub use broadcast::{Answer, Broadcast, GatherTransport, Reach};
 pub use client::Replies;
 pub use server::{
     handler_fn, unary_fn, Dispatcher, Handler, Incoming, Request, Responder, ServeOptions, Server,
@@ -209,6 +214,20 @@ pub trait RequestBackend: Send + Sync + 'static {
         &self,
         dispatcher: Dispatcher,
     ) -> impl Future<Output = Result<Box<dyn ServeTransport>>> + Send;
+    /// How a broadcast of `call` reaches every live instance of its
+    /// endpoint: the instances to call one by one, or the answers of a
+    /// fan-out the backend sent itself.
+    ///
+    /// # Behavior
+    /// Only called when [`RequestCapabilities::broadcast`] is declared; the
+    /// default refuses with `Unsupported`. MUST fail with `NoResponders` when
+    /// no instance serves the endpoint. A gathering backend MUST report, in
+    /// [`GatherTransport::unanswered`], every instance that took the call and
+    /// has not answered.
+    fn broadcast(&self, call: &Call) -> impl Future<Output = Result<Reach>> + Send {
+        let _ = call;
+        async { Err(Error::unsupported("broadcast")) }
+    }
 }
 
 /// Object-safe twin of [`RequestBackend`], implemented for every backend.
@@ -223,6 +242,8 @@ pub trait DynRequestBackend: Send + Sync + 'static {
     fn call(&self, call: Call) -> BoxFuture<'_, Result<Box<dyn ReplyTransport>>>;
     /// See [`RequestBackend::serve`].
     fn serve(&self, dispatcher: Dispatcher) -> BoxFuture<'_, Result<Box<dyn ServeTransport>>>;
+    /// See [`RequestBackend::broadcast`].
+    fn broadcast<'a>(&'a self, call: &'a Call) -> BoxFuture<'a, Result<Reach>>;
 }
 
 impl<T: RequestBackend> DynRequestBackend for T {
@@ -240,6 +261,9 @@ impl<T: RequestBackend> DynRequestBackend for T {
     }
     fn serve(&self, dispatcher: Dispatcher) -> BoxFuture<'_, Result<Box<dyn ServeTransport>>> {
         Box::pin(RequestBackend::serve(self, dispatcher))
+    }
+    fn broadcast<'a>(&'a self, call: &'a Call) -> BoxFuture<'a, Result<Reach>> {
+        Box::pin(RequestBackend::broadcast(self, call))
     }
 }
 
@@ -412,6 +436,7 @@ impl Requests {
     pub async fn call_with(&self, mut call: Call) -> Result<Message> {
         let op = "request.call";
         call.stream = false;
+        self.check_route(call.route, op)?;
         let policy = self.policy_for(&call.endpoint).clone();
         let span = self.prepare(&mut call, &policy, op)?;
         let retry = policy.effective_retry();
@@ -469,6 +494,7 @@ impl Requests {
             return Err(Error::unsupported("streaming").with_op(op));
         }
         call.stream = true;
+        self.check_route(call.route, op)?;
         let policy = self.policy_for(&call.endpoint).clone();
         let span = self.prepare(&mut call, &policy, op)?;
         let retry = policy.effective_retry();
@@ -494,6 +520,85 @@ impl Requests {
         .await
     }
 
+    /// Broadcast call: `call` answered by every live instance of its
+    /// endpoint, each [`Answer`] naming its instance.
+    ///
+    /// The call's deadline (its timeout, else the handle's) bounds the whole
+    /// broadcast: instances that have not answered by then are reported with
+    /// `Timeout` and do not hold up the others. Nothing is retried, since a
+    /// retry would ask every instance again. A handler that streams answers
+    /// with its first reply.
+    ///
+    /// # Errors
+    /// `Unsupported` unless the backend declares
+    /// [`broadcast`](RequestCapabilities::broadcast); `InvalidArgument`
+    /// without a deadline; `NoResponders` when no instance serves the
+    /// endpoint; the checks of [`call_with`](Requests::call_with) otherwise.
+    pub async fn broadcast(&self, mut call: Call) -> Result<Broadcast> {
+        let op = "request.broadcast";
+        if !self.capabilities().broadcast {
+            return Err(Error::unsupported("broadcast").with_op(op));
+        }
+        call.stream = false;
+        let once = CallPolicy {
+            on_error: OnError::End,
+            ..CallPolicy::default()
+        };
+        let span = self.prepare(&mut call, &once, op)?;
+        let Some(timeout) = call.timeout else {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "a broadcast call needs a deadline: set the call's or the handle's timeout",
+            )
+            .with_op(op));
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        // What a gathering backend sends as is; the plane's own calls to
+        // each instance stamp their own id and what is left of the budget.
+        call.id = RequestId::new_v7();
+        call.message
+            .headers
+            .insert(names::TIMEOUT_MS, timeout.as_millis().to_string());
+        let reach = tokio::time::timeout_at(deadline, self.backend.broadcast(&call))
+            .instrument(span.clone())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    "broadcast timed out while sending",
+                ))
+            })
+            .map_err(|e| e.with_op(op).with_backend(self.backend.name()))?;
+        let instances = match reach {
+            Reach::Gathered(transport) => return Ok(Broadcast::gathered(transport, deadline)),
+            Reach::Instances(instances) => instances,
+        };
+        if instances.is_empty() {
+            return Err(
+                Error::new(ErrorKind::NoResponders, "no instance serves the endpoint")
+                    .with_op(op)
+                    .with_backend(self.backend.name()),
+            );
+        }
+        let calls = instances.into_iter().map(|instance| {
+            let me = self.clone();
+            let mut call = call.clone().route(Route::Instance(instance));
+            let span = span.clone();
+            let answer = async move {
+                // Each call gets what is left of the broadcast's budget
+                // when it starts, so none outlives the deadline.
+                call.timeout =
+                    Some(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                Answer {
+                    instance,
+                    reply: me.unary_once(call, OnError::End, op).await,
+                }
+            };
+            Box::pin(answer.instrument(span)) as BoxFuture<'static, Answer>
+        });
+        Ok(Broadcast::calls(calls))
+    }
+
     fn labels(&self, endpoint: &str) -> Labels {
         let mut kept = self.labels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = kept.get(endpoint) {
@@ -513,10 +618,26 @@ impl Requests {
         tracing::debug!(error = %error, retry, "retrying call");
     }
 
+    /// `Unsupported` unless the backend declares `route`.
+    fn check_route(&self, route: Route, op: &'static str) -> Result<()> {
+        let caps = self.backend.capabilities();
+        let supported = match route {
+            Route::RoundRobin => caps.round_robin,
+            Route::Random => caps.random,
+            Route::PowerOfTwo => caps.power_of_two,
+            Route::Instance(_) => caps.direct,
+        };
+        if supported {
+            Ok(())
+        } else {
+            Err(Error::unsupported("route").with_op(op))
+        }
+    }
+
     /// Checks and headers shared by every attempt of one logical call:
-    /// validation, capabilities and the payload limit (on what the caller
-    /// sent), then the default timeout, trace context and idempotency key.
-    /// Returns the call's span.
+    /// validation and the payload limit (on what the caller sent), then the
+    /// default timeout, trace context and idempotency key. Returns the
+    /// call's span.
     fn prepare(
         &self,
         call: &mut Call,
@@ -525,15 +646,6 @@ impl Requests {
     ) -> Result<tracing::Span> {
         let caps = self.backend.capabilities();
         validate_name("endpoint", &call.endpoint).map_err(|e| e.with_op(op))?;
-        let route_supported = match call.route {
-            Route::RoundRobin => caps.round_robin,
-            Route::Random => caps.random,
-            Route::PowerOfTwo => caps.power_of_two,
-            Route::Instance(_) => caps.direct,
-        };
-        if !route_supported {
-            return Err(Error::unsupported("route").with_op(op));
-        }
         // The limit applies to what the caller sent: plane's own control
         // headers, added below, must not make a request of exactly
         // `max_payload` fail (backends leave room for them).
