@@ -32,6 +32,7 @@ pub mod events;
 pub mod kv;
 pub mod objects;
 pub mod peer;
+pub mod pki;
 pub mod queue;
 pub mod request;
 

@@ -1,4 +1,5 @@
-//! The shared layer of the brokerless backends (`plane-quic`, `plane-zmq`).
+//! The shared layer of the brokerless backends (`plane-quic`, `plane-tcp`,
+//! `plane-zmq`).
 //!
 //! Without a broker the caller talks straight to a serving process, so what
 //! every brokerless transport needs is written once, here:
@@ -24,6 +25,9 @@
 //!   endpoint's instances, pick one with a [`Balancer`] according to the
 //!   call's [`Route`], retry a failed connect on another instance (bounded),
 //!   and stop routing to instances that left.
+//! - **TLS** ([`tls`], feature `tls`): identities, certificate pinning
+//!   through discovery, CA mode and mutual TLS, for the transports that run
+//!   rustls.
 //!
 //! # Envelope mapping (request plane)
 //!
@@ -47,6 +51,8 @@ mod connector;
 pub mod events;
 mod pool;
 mod served;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use calls::{
     abandoned, advertised, ends_call, limits, CallLink, Config, Control, LinkSettings,

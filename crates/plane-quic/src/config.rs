@@ -3,7 +3,6 @@
 //! [`QuicConfig::validate`] either way.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use plane_core::discovery::DiscoveryConfig;
@@ -12,7 +11,7 @@ use plane_core::{Error, ErrorKind, Result};
 use plane_peer as peer;
 use url::Url;
 
-use crate::tls;
+use crate::tls::TlsConfig;
 
 /// Configuration of a QUIC plane, usually read from a `quic://` URL.
 #[non_exhaustive]
@@ -26,16 +25,8 @@ pub struct QuicConfig {
     pub discovery: String,
     /// Discovery bucket and lease.
     pub discovery_config: DiscoveryConfig,
-    /// PEM certificate chain; generated when `None`.
-    pub cert: Option<PathBuf>,
-    /// PEM private key of `cert`.
-    pub key: Option<PathBuf>,
-    /// CA roots to verify servers with; `None` pins published fingerprints.
-    pub ca: Option<PathBuf>,
-    /// CA roots client certificates must be issued by (mutual TLS).
-    pub client_ca: Option<PathBuf>,
-    /// TLS name of this server's certificate.
-    pub server_name: String,
+    /// Identity and trust (QUIC always runs TLS).
+    pub tls: TlsConfig,
     /// Largest request or reply payload.
     pub max_payload: usize,
     /// Silence after which a connection is lost.
@@ -58,11 +49,7 @@ impl QuicConfig {
             advertise: None,
             discovery: discovery.into(),
             discovery_config: DiscoveryConfig::default(),
-            cert: None,
-            key: None,
-            ca: None,
-            client_ca: None,
-            server_name: tls::DEFAULT_SERVER_NAME.to_owned(),
+            tls: TlsConfig::default(),
             max_payload: 8 * 1024 * 1024,
             idle_timeout: Duration::from_secs(6),
             connect_timeout: Duration::from_secs(3),
@@ -93,13 +80,7 @@ impl QuicConfig {
         let mut c = QuicConfig::new(SocketAddr::new(ip, port), discovery);
         c.discovery_config = discovery_config;
         c.advertise = q.take_str("advertise");
-        c.cert = q.take_str("cert").map(PathBuf::from);
-        c.key = q.take_str("key").map(PathBuf::from);
-        c.ca = q.take_str("ca").map(PathBuf::from);
-        c.client_ca = q.take_str("client_ca").map(PathBuf::from);
-        if let Some(n) = q.take_str("server_name") {
-            c.server_name = n;
-        }
+        c.tls = c.tls.read(&mut q);
         q.set("max_payload", &mut c.max_payload)?;
         q.set_millis("idle_timeout_ms", &mut c.idle_timeout)?;
         q.set_millis("connect_timeout_ms", &mut c.connect_timeout)?;

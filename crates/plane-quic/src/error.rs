@@ -2,6 +2,7 @@
 //! refused certificate, a write on a stream the peer stopped.
 
 use plane_core::{Error, ErrorKind};
+use plane_peer::tls::CERTIFICATE_ALERTS;
 
 pub(crate) fn connection_error(
     what: &str,
@@ -9,11 +10,6 @@ pub(crate) fn connection_error(
 ) -> Error {
     Error::new(ErrorKind::Connection, format!("{what}: {e}")).with_source(e)
 }
-
-/// TLS alerts (RFC 8446, section 6.2) by which a peer refuses a
-/// certificate: bad, unsupported, revoked, expired or unknown certificate,
-/// unknown CA, access denied, certificate required.
-const CERTIFICATE_ALERTS: &[u8] = &[42, 43, 44, 45, 46, 48, 49, 116];
 
 /// `Unauthorized` if the peer closed `conn` because it refused this
 /// process's certificate, or its lack of one. Under mutual TLS the server

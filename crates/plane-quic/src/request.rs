@@ -21,9 +21,8 @@
 //! handler that goes away without its end marker resets its side, which the
 //! caller reports as `Disconnected`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
@@ -41,8 +40,9 @@ use plane_peer::{
 use quinn::VarInt;
 
 use crate::error::{connection_error, refusal, write_error};
-use crate::tls::{self, Identity, ServerTrust};
+use crate::tls;
 use crate::QuicConfig;
+use plane_peer::tls::Tls;
 
 /// Application error code of a stream reset because the call was killed.
 const KILLED: VarInt = VarInt::from_u32(1);
@@ -144,13 +144,11 @@ type ConnectionKey = (SocketAddr, String);
 
 pub(crate) struct Node {
     pub(crate) config: QuicConfig,
-    identity: Identity,
-    ca: Option<Arc<rustls::RootCertStore>>,
+    tls: Tls,
     server_config: quinn::ServerConfig,
     endpoint: RwLock<quinn::Endpoint>,
     endpoints: Endpoints,
     connections: Pool<ConnectionKey, quinn::Connection>,
-    client_configs: Mutex<HashMap<String, quinn::ClientConfig>>,
     pub(crate) limits: Limits,
 }
 
@@ -193,28 +191,8 @@ impl RequestLinks for QuicLinks {
     type Link = QuicLink;
 
     fn bind(config: QuicConfig, endpoints: Endpoints) -> Result<Self> {
-        let identity = match (&config.cert, &config.key) {
-            (Some(cert), Some(key)) => Identity::load(cert, key)?,
-            (None, None) => Identity::generate(std::slice::from_ref(&config.server_name))?,
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::InvalidConfig,
-                    "`cert` and `key` must be given together",
-                ))
-            }
-        };
-        let ca = config
-            .ca
-            .as_deref()
-            .map(tls::load_roots)
-            .transpose()?
-            .map(Arc::new);
-        let client_ca = config
-            .client_ca
-            .as_deref()
-            .map(tls::load_roots)
-            .transpose()?;
-        let rustls_server = tls::server_config(&identity, client_ca.as_ref())?;
+        let tls = Tls::new(&config.tls, tls::PUBLISHED)?;
+        let rustls_server = tls.server_config();
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls_server)
             .map_err(|e| Error::new(ErrorKind::InvalidConfig, format!("tls: {e}")))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -222,13 +200,11 @@ impl RequestLinks for QuicLinks {
         let endpoint = bind(&config, server_config.clone())?;
         let limits = peer::limits(config.max_payload);
         let node = Arc::new(Node {
-            identity,
-            ca,
+            tls,
             server_config,
             endpoint: RwLock::new(endpoint.clone()),
             endpoints,
             connections: Pool::default(),
-            client_configs: Mutex::new(HashMap::new()),
             limits,
             config,
         });
@@ -296,7 +272,7 @@ impl QuicLinks {
     /// SHA-256 fingerprint of this endpoint's certificate, as published in
     /// discovery.
     pub fn fingerprint(&self) -> String {
-        self.node.identity.fingerprint()
+        self.node.tls.identity().fingerprint()
     }
 
     /// Open a stream to this endpoint itself, write `bytes` as they are (not
@@ -340,44 +316,17 @@ impl Node {
 
     /// The discovery record of `instance` of `endpoint` served here.
     pub(crate) fn record(&self, endpoint: &str, instance: InstanceId) -> Result<Instance> {
-        Ok(Instance::new(endpoint, instance, self.advertised()?)
-            .with_metadata(tls::FINGERPRINT_METADATA, self.identity.fingerprint())
-            .with_metadata(tls::SERVER_NAME_METADATA, self.config.server_name.clone()))
+        Ok(self
+            .tls
+            .publish(Instance::new(endpoint, instance, self.advertised()?)))
     }
 
     fn client_config(&self, instance: &Instance) -> Result<quinn::ClientConfig> {
-        let (key, trust) = match &self.ca {
-            Some(roots) => ("ca".to_owned(), ServerTrust::Ca(roots.clone())),
-            None => {
-                let fp = instance
-                    .metadata
-                    .get(tls::FINGERPRINT_METADATA)
-                    .ok_or_else(|| {
-                        Error::new(
-                            ErrorKind::Connection,
-                            format!(
-                                "instance {} publishes no certificate fingerprint to pin",
-                                instance.id
-                            ),
-                        )
-                    })?;
-                (fp.clone(), ServerTrust::Pinned(fp.clone()))
-            }
-        };
-        let mut cache = self
-            .client_configs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = cache.get(&key) {
-            return Ok(c.clone());
-        }
-        let rustls_client =
-            tls::client_config(&trust, &self.identity, self.config.client_ca.is_some())?;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_client)
-            .map_err(|e| Error::new(ErrorKind::InvalidConfig, format!("tls: {e}")))?;
+        let crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(self.tls.client_config(instance)?)
+                .map_err(|e| Error::new(ErrorKind::InvalidConfig, format!("tls: {e}")))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         client.transport_config(transport_config(&self.config)?);
-        cache.insert(key, client.clone());
         Ok(client)
     }
 
@@ -400,20 +349,12 @@ impl Node {
     /// The shared connection to `instance`'s process, connecting if needed.
     async fn connection(&self, instance: &Instance, fresh: bool) -> Result<quinn::Connection> {
         let addr = Self::resolve(&instance.address).await?;
-        let fp = instance
-            .metadata
-            .get(tls::FINGERPRINT_METADATA)
-            .cloned()
-            .unwrap_or_default();
-        let key = (addr, fp);
+        let key = (addr, self.tls.fingerprint_of(instance).to_owned());
         let alive = |c: &quinn::Connection| c.close_reason().is_none();
         self.connections
             .get(&key, fresh, alive, || async {
                 let client = self.client_config(instance)?;
-                let name = instance
-                    .metadata
-                    .get(tls::SERVER_NAME_METADATA)
-                    .map_or(tls::DEFAULT_SERVER_NAME, String::as_str);
+                let name = self.tls.server_name_of(instance);
                 let endpoint = self
                     .endpoint
                     .read()

@@ -9,6 +9,7 @@ use plane_core::discovery::DiscoveryConfig;
 use plane_core::registry::QueryParams;
 use plane_core::{Error, ErrorKind, Result};
 use plane_peer as peer;
+use plane_peer::tls::TlsConfig;
 use url::Url;
 
 /// Configuration of a TCP plane, usually read from a `tcp://` URL.
@@ -29,6 +30,8 @@ pub struct TcpConfig {
     /// Heartbeat interval, idle timeout (a peer whose host vanished leaves
     /// a TCP connection that says nothing) and connect timeout.
     pub timings: peer::Timings,
+    /// TLS (`tls=true`): identity and trust; `None` runs plain TCP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl TcpConfig {
@@ -45,6 +48,7 @@ impl TcpConfig {
                 idle_timeout: Duration::from_secs(3),
                 connect_timeout: Duration::from_secs(3),
             },
+            tls: None,
         }
     }
 
@@ -74,6 +78,22 @@ impl TcpConfig {
         c.advertise = q.take_str("advertise");
         q.set("max_payload", &mut c.max_payload)?;
         c.timings = c.timings.read(&mut q)?;
+        let mut tls = false;
+        q.set("tls", &mut tls)?;
+        let settings = TlsConfig::default().read(&mut q);
+        c.tls = if tls {
+            Some(settings)
+        } else if settings.is_set() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "tcp: the TLS keys ({}) need `tls=true`",
+                    TlsConfig::KEYS.join(", ")
+                ),
+            ));
+        } else {
+            None
+        };
         q.finish()?;
         c.validate()?;
         Ok(c)

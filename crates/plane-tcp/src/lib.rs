@@ -5,8 +5,10 @@
 //! on any kv backend; callers list and watch it, balance calls across
 //! instances and multiplex every call to one process on one pooled
 //! connection, each envelope length-delimited. See [`request`] for the
-//! connection protocol and [`events`] for publish/subscribe. There is no
-//! encryption yet: run it on a trusted network.
+//! connection protocol and TLS, and [`events`] for publish/subscribe.
+//! Plain by default (run it on a trusted network); `tls=true` runs every
+//! connection under TLS 1.3 with certificate pinning or a CA, and optional
+//! mutual TLS.
 //!
 #![doc = include_str!("../../../docs/tcp.md")]
 //!

@@ -13,6 +13,18 @@
 //! it) ends every call on it — the plane reports `Disconnected` — and the
 //! next call connects afresh.
 //!
+//! # TLS
+//!
+//! With `tls=true` every connection runs TLS 1.3 (rustls) before the first
+//! envelope, with the identities, pinning, CA mode and mutual TLS of
+//! [`plane_peer::tls`]: a server publishes its certificate's fingerprint
+//! ([`FINGERPRINT_METADATA`]) and name ([`SERVER_NAME_METADATA`]) in its
+//! discovery record, which is also how a caller knows the instance speaks
+//! TLS. A plain caller and a TLS server (or the reverse) refuse each other
+//! with `Connection` naming the mismatch. A server refusing the caller's
+//! certificate sends a TLS alert, which ends the caller's calls with
+//! `Unauthorized`.
+//!
 //! # Liveness
 //!
 //! A peer whose host vanished leaves a connection that says nothing, so the
@@ -43,15 +55,16 @@ use plane_core::request::{Cancel, InstanceId};
 use plane_core::wire::{self, DelimitedDecoder, Envelope, EnvelopeKind, Limits, RequestId};
 use plane_core::{Error, ErrorKind, Result};
 use plane_peer::events::EventWriter;
+use plane_peer::tls::{Published, Tls};
 use plane_peer::{
     self as peer, ends_call, CallLink, Control, Endpoints, LinkSettings, PeerRequests, Pool,
     ReplyWriter, RequestLinks, ServedCall,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::error::io_error;
 use crate::TcpConfig;
@@ -65,6 +78,35 @@ const WRITE_BATCH: usize = 64;
 /// Bytes read from a socket at once.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Discovery metadata key of a TLS server's certificate fingerprint.
+pub const FINGERPRINT_METADATA: &str = "tcp-sha256";
+/// Discovery metadata key of the TLS name a TLS server is verified under.
+pub const SERVER_NAME_METADATA: &str = "tcp-server-name";
+/// ALPN protocol of plane over TLS on TCP.
+pub const ALPN: &[u8] = b"plane-tcp/1";
+
+const PUBLISHED: Published = Published {
+    fingerprint: FINGERPRINT_METADATA,
+    server_name: SERVER_NAME_METADATA,
+    alpn: ALPN,
+};
+
+/// The reading half of a connection, plain or TLS.
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a connection, plain or TLS.
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Split a plain connection without a lock between the halves.
+fn plain_halves(stream: TcpStream) -> (Reader, Writer) {
+    let (read, write) = stream.into_split();
+    (Box::new(read), Box::new(write))
+}
+
+fn tls_halves<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> (Reader, Writer) {
+    let (read, write) = tokio::io::split(stream);
+    (Box::new(read), Box::new(write))
+}
+
 /// The TCP request plane. Build it with [`TcpRequests::connect`] (or
 /// through the registry with a `tcp://` URL) and wrap it in
 /// [`plane_core::Requests`]; its own methods are on [`TcpRequests::links`].
@@ -76,8 +118,11 @@ pub struct TcpLinks {
     config: TcpConfig,
     endpoints: Endpoints,
     listener: Mutex<Listener>,
-    connections: Pool<String, Connection>,
+    /// By address and the fingerprint published there, so a peer restarted
+    /// with another certificate gets a new connection.
+    connections: Pool<(String, String), Connection>,
     limits: Limits,
+    tls: Option<Arc<Tls>>,
 }
 
 impl std::fmt::Debug for TcpLinks {
@@ -115,30 +160,42 @@ fn delimited(env: &Envelope) -> Result<Bytes> {
     Ok(buf.freeze())
 }
 
-async fn bind(config: &TcpConfig, endpoints: Endpoints, limits: Limits) -> Result<Listener> {
+/// How a server takes its connections.
+#[derive(Clone)]
+struct Accept {
+    endpoints: Endpoints,
+    limits: Limits,
+    heartbeat: Duration,
+    /// TLS handshake first, bounded by `handshake`.
+    tls: Option<TlsAcceptor>,
+    handshake: Duration,
+}
+
+impl Accept {
+    fn new(config: &TcpConfig, endpoints: Endpoints, limits: Limits, tls: Option<&Tls>) -> Self {
+        Accept {
+            endpoints,
+            limits,
+            heartbeat: config.timings.heartbeat,
+            tls: tls.map(|t| TlsAcceptor::from(t.server_config())),
+            handshake: config.timings.connect_timeout,
+        }
+    }
+}
+
+async fn bind(config: &TcpConfig, accept: Accept) -> Result<Listener> {
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|e| io_error(&format!("cannot bind {}", config.bind), e))?;
-    listener_from(listener, config, endpoints, limits)
+    listener_from(listener, accept)
 }
 
-fn listener_from(
-    listener: TcpListener,
-    config: &TcpConfig,
-    endpoints: Endpoints,
-    limits: Limits,
-) -> Result<Listener> {
+fn listener_from(listener: TcpListener, accept: Accept) -> Result<Listener> {
     let addr = listener
         .local_addr()
         .map_err(|e| io_error("listener address", e))?;
     let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-    let task = tokio::spawn(accept_loop(
-        listener,
-        endpoints,
-        limits,
-        config.timings.heartbeat,
-        Arc::downgrade(&tasks),
-    ));
+    let task = tokio::spawn(accept_loop(listener, accept, Arc::downgrade(&tasks)));
     lock(&tasks).push(task.abort_handle());
     Ok(Listener { addr, tasks })
 }
@@ -149,6 +206,11 @@ impl RequestLinks for TcpLinks {
 
     fn bind(config: TcpConfig, endpoints: Endpoints) -> Result<Self> {
         let limits = peer::limits(config.max_payload);
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|c| Tls::new(c, PUBLISHED).map(Arc::new))
+            .transpose()?;
         // Bound here, synchronously, so that a bad address fails the
         // constructor rather than the first call.
         let std_listener = std::net::TcpListener::bind(config.bind)
@@ -158,13 +220,15 @@ impl RequestLinks for TcpLinks {
             .map_err(|e| io_error("cannot set up the listener", e))?;
         let listener = TcpListener::from_std(std_listener)
             .map_err(|e| io_error("cannot set up the listener", e))?;
-        let listener = listener_from(listener, &config, endpoints.clone(), limits)?;
+        let accept = Accept::new(&config, endpoints.clone(), limits, tls.as_deref());
+        let listener = listener_from(listener, accept)?;
         Ok(TcpLinks {
             config,
             endpoints,
             listener: Mutex::new(listener),
             connections: Pool::default(),
             limits,
+            tls,
         })
     }
 
@@ -180,7 +244,11 @@ impl RequestLinks for TcpLinks {
 
     fn record(&self, endpoint: &str, instance: InstanceId) -> Result<Instance> {
         let address = peer::advertised(self.local_addr(), self.config.advertise.as_deref());
-        Ok(Instance::new(endpoint, instance, address))
+        let record = Instance::new(endpoint, instance, address);
+        Ok(match &self.tls {
+            Some(tls) => tls.publish(record),
+            None => record,
+        })
     }
 
     async fn open(&self, instance: &Instance, request: Envelope) -> Result<TcpLink> {
@@ -188,7 +256,7 @@ impl RequestLinks for TcpLinks {
         let id = request.id;
         let mut fresh = false;
         loop {
-            let conn = self.connection(&instance.address, fresh).await?;
+            let conn = self.connection(instance, fresh).await?;
             let (tx, rx) = mpsc::channel(CALL_BUFFER);
             lock(&conn.calls).insert(id, tx);
             let link = TcpLink {
@@ -199,6 +267,10 @@ impl RequestLinks for TcpLinks {
             };
             if link.conn.queue.send(bytes.clone()).await.is_ok() {
                 return Ok(link);
+            }
+            // Refused by the peer's TLS: another connection fares no better.
+            if let Some(refusal) = link.conn.refusal() {
+                return Err(refusal);
             }
             // The cached connection died since it was last used: one more
             // try on a new one, then the directory's retry takes over.
@@ -213,7 +285,7 @@ impl RequestLinks for TcpLinks {
     }
 
     async fn rebind(&self) -> Result<()> {
-        let fresh = bind(&self.config, self.endpoints.clone(), self.limits).await?;
+        let fresh = bind(&self.config, self.accept()).await?;
         // Dropping the old listener aborts it and every connection it
         // served: calls in flight are lost, as in a crashed process.
         drop(std::mem::replace(&mut *lock(&self.listener), fresh));
@@ -257,44 +329,110 @@ impl TcpLinks {
         Ok(answer)
     }
 
-    /// The shared connection to the process at `address`.
-    async fn connection(&self, address: &str, fresh: bool) -> Result<Connection> {
-        let key = address.to_owned();
+    /// How this handle's listener takes connections.
+    fn accept(&self) -> Accept {
+        Accept::new(
+            &self.config,
+            self.endpoints.clone(),
+            self.limits,
+            self.tls.as_deref(),
+        )
+    }
+
+    /// The shared connection to `instance`'s process.
+    async fn connection(&self, instance: &Instance, fresh: bool) -> Result<Connection> {
+        let fingerprint = self.tls.as_ref().map_or("", |t| t.fingerprint_of(instance));
+        let key = (instance.address.clone(), fingerprint.to_owned());
         let alive = |c: &Connection| !c.queue.is_closed();
         self.connections
-            .get(&key, fresh, alive, || self.connect(address))
+            .get(&key, fresh, alive, || self.connect(instance))
             .await
     }
 
-    async fn connect(&self, address: &str) -> Result<Connection> {
+    async fn connect(&self, instance: &Instance) -> Result<Connection> {
+        let address = instance.address.as_str();
+        let serves_tls = PUBLISHED.is_in(instance);
+        match (&self.tls, serves_tls) {
+            (Some(_), false) => {
+                return Err(Error::new(
+                    ErrorKind::Connection,
+                    format!(
+                        "instance {} at {address} serves plain TCP; this handle has tls=true",
+                        instance.id
+                    ),
+                ))
+            }
+            (None, true) => {
+                return Err(Error::new(
+                    ErrorKind::Connection,
+                    format!(
+                        "instance {} at {address} serves TLS; this handle needs tls=true",
+                        instance.id
+                    ),
+                ))
+            }
+            _ => {}
+        }
         let timeout = self.config.timings.connect_timeout;
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        let connecting = async {
+            let stream = TcpStream::connect(address)
+                .await
+                .map_err(|e| io_error(&format!("cannot connect to {address}"), e))?;
+            // Small replies are not to wait for Nagle's algorithm.
+            stream
+                .set_nodelay(true)
+                .map_err(|e| io_error("cannot set TCP_NODELAY", e))?;
+            let Some(tls) = &self.tls else {
+                return Ok::<_, Error>(plain_halves(stream));
+            };
+            let name = tls.server_name_of(instance);
+            let name = rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| {
+                Error::new(
+                    ErrorKind::Connection,
+                    format!(
+                        "instance {} publishes an invalid TLS name `{name}`: {e}",
+                        instance.id
+                    ),
+                )
+            })?;
+            let stream = TlsConnector::from(tls.client_config(instance)?)
+                .connect(name, stream)
+                .await
+                .map_err(|e| io_error(&format!("TLS with {address} failed"), e))?;
+            Ok(tls_halves(stream))
+        };
+        let (read, write) = tokio::time::timeout(timeout, connecting)
             .await
             .map_err(|_| {
                 Error::new(
                     ErrorKind::Connection,
                     format!("connecting to {address} timed out after {timeout:?}"),
                 )
-            })?
-            .map_err(|e| io_error(&format!("cannot connect to {address}"), e))?;
-        // Small replies are not to wait for Nagle's algorithm.
-        stream
-            .set_nodelay(true)
-            .map_err(|e| io_error("cannot set TCP_NODELAY", e))?;
-        let (read, write) = stream.into_split();
+            })??;
         let (queue, outgoing) = mpsc::channel(CONNECTION_QUEUE);
         let (dead, dead_rx) = oneshot::channel();
         tokio::spawn(write_loop(write, outgoing, dead_rx));
         let calls: Calls = Arc::default();
-        tokio::spawn(read_replies(read, calls.clone(), self.limits, dead));
-        Ok(Connection { queue, calls })
+        let refused: Refused = Arc::default();
+        tokio::spawn(read_replies(
+            read,
+            calls.clone(),
+            refused.clone(),
+            self.limits,
+            dead,
+        ));
+        Ok(Connection {
+            queue,
+            calls,
+            refused,
+        })
     }
 }
 
 /// Write what `outgoing` queues, a batch per write, until the queue closes,
 /// a write fails, or `dead` says the connection's reader ended.
 async fn write_loop(
-    mut write: OwnedWriteHalf,
+    mut write: Writer,
     mut outgoing: mpsc::Receiver<Bytes>,
     mut dead: oneshot::Receiver<()>,
 ) {
@@ -326,22 +464,24 @@ async fn write_loop(
 }
 
 /// Read `read` into `decoder` and hand each whole envelope to `each`, until
-/// the connection ends or carries something undecodable.
+/// the connection ends (`Ok` with the read error, if that is how it ended)
+/// or carries something undecodable.
 async fn read_envelopes(
-    read: &mut OwnedReadHalf,
+    read: &mut Reader,
     limits: Limits,
     mut each: impl AsyncEnvelopeFn,
-) -> std::result::Result<(), wire::WireError> {
+) -> std::result::Result<Option<std::io::Error>, wire::WireError> {
     let mut decoder = DelimitedDecoder::with_limits(limits);
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
         match read.read(&mut chunk).await {
-            Ok(0) | Err(_) => return Ok(()),
+            Ok(0) => return Ok(None),
+            Err(e) => return Ok(Some(e)),
             Ok(n) => decoder.push(&chunk[..n]),
         }
         while let Some(env) = decoder.next_envelope()? {
             if !each.call(env).await {
-                return Ok(());
+                return Ok(None);
             }
         }
     }
@@ -357,11 +497,32 @@ trait AsyncEnvelopeFn {
 /// The calls in flight on one connection, by request id.
 type Calls = Arc<Mutex<HashMap<RequestId, mpsc::Sender<Envelope>>>>;
 
+/// Why a connection ended, when the peer's TLS refused this process's
+/// certificate (or its lack of one).
+type Refused = Arc<std::sync::OnceLock<String>>;
+
 /// The caller's connection to one peer process. Cheap to clone.
 #[derive(Clone)]
 struct Connection {
     queue: mpsc::Sender<Bytes>,
     calls: Calls,
+    refused: Refused,
+}
+
+impl Connection {
+    /// `Unauthorized` if the peer's TLS refused this process.
+    fn refusal(&self) -> Option<Error> {
+        self.refused
+            .get()
+            .map(|why| Error::new(ErrorKind::Unauthorized, why.clone()))
+    }
+}
+
+/// The plane error a connection's read error stands for, if it is a TLS
+/// refusal of this process's certificate.
+fn tls_refusal(e: &std::io::Error) -> Option<Error> {
+    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    plane_peer::tls::refusal(tls)
 }
 
 struct RouteReplies {
@@ -388,16 +549,27 @@ impl AsyncEnvelopeFn for RouteReplies {
 /// Route replies to their calls until the connection ends; then every call
 /// on it ends (its sender dropped: `Disconnected`), and so does the writer.
 async fn read_replies(
-    mut read: OwnedReadHalf,
+    mut read: Reader,
     calls: Calls,
+    refused: Refused,
     limits: Limits,
     dead: oneshot::Sender<()>,
 ) {
     let route = RouteReplies {
         calls: calls.clone(),
     };
-    if let Err(e) = read_envelopes(&mut read, limits, route).await {
-        tracing::debug!(error = %e, "malformed reply stream; closing the connection");
+    match read_envelopes(&mut read, limits, route).await {
+        Err(e) => tracing::debug!(error = %e, "malformed reply stream; closing the connection"),
+        Ok(Some(e)) => {
+            if let Some(refusal) = tls_refusal(&e) {
+                // Tell the calls why, rather than leave them `Disconnected`.
+                let _ = refused.set(refusal.message().to_owned());
+                for (id, call) in lock(&calls).iter() {
+                    let _ = call.try_send(Envelope::error(*id, &refusal));
+                }
+            }
+        }
+        Ok(None) => {}
     }
     lock(&calls).clear();
     drop(dead);
@@ -460,9 +632,7 @@ impl Drop for TcpLink {
 /// `tasks`, so that a restart can abort them all.
 async fn accept_loop(
     listener: TcpListener,
-    endpoints: Endpoints,
-    limits: Limits,
-    heartbeat: Duration,
+    accept: Accept,
     tasks: std::sync::Weak<Mutex<Vec<AbortHandle>>>,
 ) {
     loop {
@@ -475,12 +645,7 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let task = tokio::spawn(serve_connection(
-            stream,
-            endpoints.clone(),
-            limits,
-            heartbeat,
-        ));
+        let task = tokio::spawn(serve_connection(stream, accept.clone()));
         let Some(tasks) = tasks.upgrade() else { return };
         let mut tasks = lock(&tasks);
         tasks.retain(|t| !t.is_finished());
@@ -566,13 +731,30 @@ impl Serve {
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    endpoints: Endpoints,
-    limits: Limits,
-    heartbeat: Duration,
-) {
-    let (mut read, write) = stream.into_split();
+async fn serve_connection(stream: TcpStream, accept: Accept) {
+    let Accept {
+        endpoints,
+        limits,
+        heartbeat,
+        tls,
+        handshake,
+    } = accept;
+    let (mut read, write) = match tls {
+        None => plain_halves(stream),
+        // In the connection's own task, so a slow or silent client holds
+        // up nobody else; a refused one is closed with rustls' alert.
+        Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => tls_halves(stream),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                return;
+            }
+        },
+    };
     let (queue, outgoing) = mpsc::channel(CONNECTION_QUEUE);
     let (dead, dead_rx) = oneshot::channel::<()>();
     let writer = tokio::spawn(write_loop(write, outgoing, dead_rx));

@@ -1,19 +1,20 @@
 //! The shared conformance suite against the TCP request and events planes:
 //! peers in one process on loopback, found through a `mem://` discovery kv.
 //! That kv is not the backend's (so the kv cases skip); the discovery cases
-//! run over it as the target's `discovery_kv`.
+//! run over it as the target's `discovery_kv`. Run plain and under TLS.
 
 use plane_conformance::assert_conforms;
 use plane_conformance::peer::brokerless_target;
 use plane_core::Events;
+use plane_peer::tls::TlsConfig;
 use plane_tcp::{TcpConfig, TcpEvents, TcpRequests};
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_backend_conforms() {
+async fn conform(name: &str, tls: Option<TlsConfig>) {
     let registry = plane_mem::registry();
-    let hub = format!("mem://tcp-conformance-{:016x}", rand::random::<u64>());
-    let config = TcpConfig::new("127.0.0.1:0".parse().expect("address"), hub.clone());
+    let hub = format!("mem://{name}-conformance-{:016x}", rand::random::<u64>());
+    let mut config = TcpConfig::new("127.0.0.1:0".parse().expect("address"), hub.clone());
+    config.tls = tls;
     let discovery = plane_peer::discovery_of::<plane_tcp::Tcp>(&config, &registry)
         .await
         .expect("discovery");
@@ -22,8 +23,9 @@ async fn tcp_backend_conforms() {
         .expect("events plane");
     let backend = TcpRequests::connect(config, discovery).expect("listener");
     let kv = registry.kv(&hub).await.expect("discovery kv");
-    // One process serves every endpoint on one listener: garbage goes to it.
-    let target = brokerless_target("tcp", backend, Events::new(events), kv, |b, bytes| {
+    // One process serves every endpoint on one listener: garbage goes to it
+    // (under TLS, to its handshake).
+    let target = brokerless_target(name, backend, Events::new(events), kv, |b, bytes| {
         Box::pin(async move {
             b.links()
                 .send_raw(&bytes, Duration::from_secs(2))
@@ -32,4 +34,16 @@ async fn tcp_backend_conforms() {
         })
     });
     assert_conforms(&target).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_backend_conforms() {
+    conform("tcp", None).await;
+}
+
+/// The same suite with every connection under TLS 1.3, certificates
+/// generated and pinned through discovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_backend_conforms_over_tls() {
+    conform("tcp-tls", Some(TlsConfig::default())).await;
 }

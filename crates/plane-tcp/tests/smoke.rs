@@ -76,10 +76,32 @@ async fn bad_urls_and_configs_are_typed_errors() {
         "tcp://not-an-ip:0?discovery=mem%3A%2F%2Fx",
         "tcp://127.0.0.1:0?discovery=mem%3A%2F%2Fx&nope=1",
         "tcp://127.0.0.1:0?discovery=mem%3A%2F%2Fx&heartbeat_ms=0",
+        // TLS keys without TLS, and a TLS switch that is not a boolean.
+        "tcp://127.0.0.1:0?discovery=mem%3A%2F%2Fx&ca=%2Fetc%2Fca.pem",
+        "tcp://127.0.0.1:0?discovery=mem%3A%2F%2Fx&tls=yes",
     ] {
         let e = TcpConfig::from_url(&url.parse().unwrap()).unwrap_err();
         assert_eq!(e.kind(), plane_core::ErrorKind::InvalidConfig, "{url}: {e}");
     }
+    let with_tls = TcpConfig::from_url(
+        &"tcp://127.0.0.1:0?discovery=mem%3A%2F%2Fx&tls=true&server_name=svc"
+            .parse()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(with_tls.tls.map(|t| t.server_name).as_deref(), Some("svc"));
+    // A certificate file that does not exist fails the constructor, typed.
+    let registry = plane_mem::registry();
+    let mut missing_cert = config(&hub());
+    let discovery = plane_peer::discovery_of::<plane_tcp::Tcp>(&missing_cert, &registry)
+        .await
+        .unwrap();
+    let mut tls = plane_peer::tls::TlsConfig::default();
+    tls.cert = Some("/nonexistent/plane.crt".into());
+    tls.key = Some("/nonexistent/plane.key".into());
+    missing_cert.tls = Some(tls);
+    let e = TcpRequests::connect(missing_cert, discovery).unwrap_err();
+    assert_eq!(e.kind(), plane_core::ErrorKind::InvalidConfig, "{e}");
     let registry = plane_mem::registry();
     let mut config = config(&hub());
     let discovery = plane_peer::discovery_of::<plane_tcp::Tcp>(&config, &registry)
