@@ -13,6 +13,7 @@ mod nats;
 mod plane_ops;
 mod quic;
 mod report;
+mod tcp;
 mod zmq;
 
 use std::path::{Path, PathBuf};
@@ -71,7 +72,7 @@ fn target_dir() -> PathBuf {
 }
 
 /// The backends, in the order a run measures them.
-const BACKENDS: [&str; 5] = ["mem", "fs", "quic", "zmq", "nats"];
+const BACKENDS: [&str; 6] = ["mem", "fs", "quic", "zmq", "tcp", "nats"];
 
 async fn run(quick: bool, only: &[String]) -> Result<()> {
     let p = if quick {
@@ -97,6 +98,10 @@ async fn run(quick: bool, only: &[String]) -> Result<()> {
     if wanted("zmq") {
         progress("zmq (libzmq DEALER/ROUTER)");
         zmq::run(&mut rows, &p).await?;
+    }
+    if wanted("tcp") {
+        progress("tcp (tokio TCP, length-prefixed)");
+        tcp::run(&mut rows, &p).await?;
     }
     if wanted("nats") {
         progress("nats (starting nats-server in a container)");

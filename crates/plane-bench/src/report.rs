@@ -181,7 +181,7 @@ impl Report {
             };
             out.push((what, met, shown));
         };
-        for (b, p50) in [("nats", 1.10), ("quic", 1.10), ("zmq", 1.05)] {
+        for (b, p50) in [("nats", 1.10), ("quic", 1.10), ("zmq", 1.05), ("tcp", 1.10)] {
             check(
                 format!("{b}: unary p50 plane/raw ≤ {p50:.2}"),
                 ratio(b, "unary_latency", "p50_us", None),
@@ -198,7 +198,7 @@ impl Report {
                 &|v| v >= 0.90,
             );
         }
-        for b in ["nats", "quic", "zmq"] {
+        for b in ["nats", "quic", "zmq", "tcp"] {
             check(
                 format!("{b}: pub/sub 64 B plane/raw ≥ 0.90"),
                 ratio(b, "pubsub_throughput", "msgs_per_s", Some(64)),
@@ -213,7 +213,7 @@ impl Report {
         let nats_p50 = self
             .find("nats", "unary_latency", "p50_us", None)
             .map(|r| r.plane);
-        for b in ["quic", "zmq"] {
+        for b in ["quic", "zmq", "tcp"] {
             let mine = self
                 .find(b, "unary_latency", "p50_us", None)
                 .map(|r| r.plane);
@@ -442,6 +442,11 @@ const NOTES: &str = r#"
   a publisher endpoint, the publisher offering each message to a bounded queue of
   plane-quic's size (1,024) that a task drains into the stream, length-prefixed, and
   dropping when it is full — the same never-wait publish plane-quic has.
+- tcp: the raw client is tokio TCP with `TCP_NODELAY` and a 4-byte length before
+  every message, one pooled connection per call in flight (so 64 connections at 64
+  in flight); plane-tcp multiplexes every call on one connection. Raw pub/sub is one
+  connection from a publisher task draining a bounded queue of plane-tcp's size
+  (1,024), dropping when full.
 - fs: plane is configured with `fsync=false`, because `LocalFileSystem` does not fsync
   either; plane still hashes every object (SHA-256) on the way in and verifies it on
   the way out, which the raw side does not.
