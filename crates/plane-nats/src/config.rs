@@ -48,6 +48,20 @@ pub struct NatsConfig {
     pub heartbeat: Duration,
     /// First token of every subject plane itself names (`prefix`). Default `plane`.
     pub prefix: String,
+    /// Reconnect attempts after the connection is lost before the client
+    /// gives up for good and its planes report `Down` (`reconnect_attempts`,
+    /// a number or `forever`; 0 never reconnects). Default: forever.
+    pub reconnect_attempts: Option<u32>,
+    /// Longest wait between reconnect attempts (`reconnect_wait_ms`); the
+    /// waits grow by 100 ms per attempt up to it. Default 1 s.
+    pub reconnect_wait: Duration,
+    /// Interval of the client's keep-alive pings (`ping_interval_ms`).
+    /// Default 60 s.
+    pub ping_interval: Duration,
+    /// Pings left unanswered before the connection counts as lost and is
+    /// replaced (`pings_outstanding`). Default 2. A silent server is thus
+    /// noticed after `(pings_outstanding + 1) × ping_interval`.
+    pub pings_outstanding: u32,
 }
 
 impl std::fmt::Debug for NatsConfig {
@@ -70,6 +84,10 @@ impl std::fmt::Debug for NatsConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("heartbeat", &self.heartbeat)
             .field("prefix", &self.prefix)
+            .field("reconnect_attempts", &self.reconnect_attempts)
+            .field("reconnect_wait", &self.reconnect_wait)
+            .field("ping_interval", &self.ping_interval)
+            .field("pings_outstanding", &self.pings_outstanding)
             .finish()
     }
 }
@@ -91,8 +109,25 @@ impl Default for NatsConfig {
             connect_timeout: Duration::from_secs(5),
             heartbeat: Duration::from_secs(1),
             prefix: "plane".to_owned(),
+            reconnect_attempts: None,
+            reconnect_wait: Duration::from_secs(1),
+            ping_interval: Duration::from_secs(60),
+            pings_outstanding: 2,
         }
     }
+}
+
+/// What async-nats allows unanswered before it drops a connection; fixed in
+/// the client, so plane paces the client's pings to honour
+/// `pings_outstanding` (see [`NatsConfig::client_ping_interval`]).
+const CLIENT_PINGS_OUTSTANDING: u32 = 2;
+
+/// The wait before reconnect attempt `attempt`: 100 ms more per attempt,
+/// at most `cap`.
+fn reconnect_delay(attempt: usize, cap: Duration) -> Duration {
+    let grown =
+        Duration::from_millis(100).saturating_mul(u32::try_from(attempt).unwrap_or(u32::MAX));
+    grown.min(cap)
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -147,6 +182,22 @@ impl NatsConfig {
                 .unwrap_or(d.connect_timeout),
             heartbeat: q.take_millis("heartbeat_ms")?.unwrap_or(d.heartbeat),
             prefix: q.take_str("prefix").unwrap_or(d.prefix),
+            reconnect_attempts: match q.take_str("reconnect_attempts").as_deref() {
+                None => d.reconnect_attempts,
+                Some("forever") => None,
+                Some(n) => Some(n.parse::<u32>().map_err(|_| {
+                    invalid(format!(
+                        "reconnect_attempts must be a number or `forever`, got `{n}`"
+                    ))
+                })?),
+            },
+            reconnect_wait: q
+                .take_millis("reconnect_wait_ms")?
+                .unwrap_or(d.reconnect_wait),
+            ping_interval: q
+                .take_millis("ping_interval_ms")?
+                .unwrap_or(d.ping_interval),
+            pings_outstanding: q.take("pings_outstanding")?.unwrap_or(d.pings_outstanding),
         };
         q.finish()?;
         config.validate()?;
@@ -177,14 +228,29 @@ impl NatsConfig {
                 "choose one of token, user/password, nkey and creds",
             ));
         }
-        if self.heartbeat.is_zero() || self.connect_timeout.is_zero() {
+        if self.heartbeat.is_zero()
+            || self.connect_timeout.is_zero()
+            || self.reconnect_wait.is_zero()
+            || self.ping_interval.is_zero()
+            || self.pings_outstanding == 0
+        {
             return Err(invalid(
-                "heartbeat_ms and connect_timeout_ms must be positive",
+                "heartbeat_ms, connect_timeout_ms, reconnect_wait_ms, ping_interval_ms and pings_outstanding must be positive",
             ));
         }
         plane_core::subject::validate_name("prefix", &self.prefix)
             .map_err(|e| invalid(e.message().to_owned()))?;
         Ok(())
+    }
+
+    /// The ping interval given to async-nats, which drops a connection once
+    /// [`CLIENT_PINGS_OUTSTANDING`] pings are unanswered at its next ping:
+    /// chosen so that it does so after `(pings_outstanding + 1) ×
+    /// ping_interval`, as `ping_interval` and `pings_outstanding` promise.
+    /// (The client pings more or less often than `ping_interval`; when it
+    /// notices a silent server does not change.)
+    pub fn client_ping_interval(&self) -> Duration {
+        (self.ping_interval * (self.pings_outstanding + 1)) / (CLIENT_PINGS_OUTSTANDING + 1)
     }
 
     /// Connect with these options.
@@ -195,13 +261,38 @@ impl NatsConfig {
     /// `InvalidConfig` for a configuration [`validate`](Self::validate)
     /// refuses, or unreadable credential or certificate files.
     pub async fn connect(&self) -> Result<async_nats::Client> {
+        self.connect_reporting(crate::GaveUp::default()).await
+    }
+
+    /// [`connect`](Self::connect), recording in `gave_up` when the client
+    /// stops reconnecting.
+    pub(crate) async fn connect_reporting(
+        &self,
+        gave_up: crate::GaveUp,
+    ) -> Result<async_nats::Client> {
         self.validate()?;
+        let cap = self.reconnect_wait;
         let mut opts = async_nats::ConnectOptions::new()
             .connection_timeout(self.connect_timeout)
-            // Reconnect for ever, quickly: a restarted broker is back within a
-            // second, and waiting calls have their own deadlines.
-            .reconnect_delay_callback(|attempts| {
-                Duration::from_millis((attempts as u64 * 100).min(1000))
+            // Quickly at first: a restarted broker is back within a second,
+            // and waiting calls have their own deadlines.
+            .reconnect_delay_callback(move |attempt| reconnect_delay(attempt, cap))
+            // The client counts its first connection as an attempt too.
+            .max_reconnects(self.reconnect_attempts.map(|n| n as usize + 1))
+            .ping_interval(self.client_ping_interval())
+            .event_callback(move |event| {
+                let gave_up = gave_up.clone();
+                async move {
+                    if matches!(
+                        event,
+                        async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects)
+                    ) {
+                        tracing::warn!(
+                            "nats: reconnect attempts exhausted; the connection is down"
+                        );
+                        gave_up.set();
+                    }
+                }
             })
             .require_tls(self.tls_required);
         if let Some(name) = &self.name {
@@ -307,6 +398,9 @@ mod tests {
             "nats://h/path",
             "nats://h?heartbeat_ms=0",
             "nats://h?prefix=a.b",
+            "nats://h?reconnect_attempts=lots",
+            "nats://h?ping_interval_ms=0",
+            "nats://h?pings_outstanding=0",
         ] {
             assert_eq!(
                 parse(bad).map(|_| ()).unwrap_err().kind(),
@@ -314,5 +408,33 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn reads_connection_options() {
+        let c = parse("nats://h?reconnect_attempts=3&reconnect_wait_ms=250&ping_interval_ms=2000&pings_outstanding=5")
+            .expect("valid");
+        assert_eq!(c.reconnect_attempts, Some(3));
+        assert_eq!(c.reconnect_wait, Duration::from_millis(250));
+        assert_eq!(c.ping_interval, Duration::from_secs(2));
+        assert_eq!(c.pings_outstanding, 5);
+        // Six intervals of 2 s until a silent server is noticed; the client
+        // drops a connection at its third unanswered ping.
+        assert_eq!(c.client_ping_interval() * 3, Duration::from_secs(12));
+        assert_eq!(
+            parse("nats://h?reconnect_attempts=forever")
+                .unwrap()
+                .reconnect_attempts,
+            None
+        );
+        assert_eq!(parse("nats://h").unwrap().reconnect_attempts, None);
+        assert_eq!(
+            reconnect_delay(1, c.reconnect_wait),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            reconnect_delay(9, c.reconnect_wait),
+            Duration::from_millis(250)
+        );
     }
 }

@@ -30,6 +30,8 @@ pub struct NatsEvents {
     client: Client,
     js: jetstream::Context,
     caps: EventsCapabilities,
+    /// Set when the connection ran out of reconnect attempts.
+    gave_up: crate::GaveUp,
 }
 
 impl NatsEvents {
@@ -49,7 +51,15 @@ impl NatsEvents {
             js: jetstream::new(client.clone()),
             client,
             caps,
+            gave_up: crate::GaveUp::default(),
         }
+    }
+
+    /// Report `Down` once the connection behind `gave_up` stopped
+    /// reconnecting.
+    pub(crate) fn reporting(mut self, gave_up: crate::GaveUp) -> Self {
+        self.gave_up = gave_up;
+        self
     }
 }
 
@@ -106,7 +116,7 @@ impl EventsBackend for NatsEvents {
     }
 
     fn connection_state(&self) -> plane_core::health::ConnectionState {
-        crate::state(&self.client)
+        crate::state(&self.client, &self.gave_up)
     }
 
     async fn publish(&self, event: Event) -> Result<()> {

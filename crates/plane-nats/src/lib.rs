@@ -67,13 +67,31 @@ pub(crate) fn max_payload(client: &async_nats::Client) -> usize {
 }
 
 /// The client's connection state as plane reports it.
-pub(crate) fn state(client: &async_nats::Client) -> plane_core::health::ConnectionState {
+/// Set once a client ran out of reconnect attempts: async-nats then stays
+/// `Disconnected` without trying again, which plane reports as `Down`.
+/// Shared by the planes of one connection. Cheap to clone.
+#[derive(Clone, Default, Debug)]
+pub(crate) struct GaveUp(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl GaveUp {
+    fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+    fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+pub(crate) fn state(
+    client: &async_nats::Client,
+    gave_up: &GaveUp,
+) -> plane_core::health::ConnectionState {
     use async_nats::connection::State;
     use plane_core::health::ConnectionState;
     match client.connection_state() {
         State::Connected => ConnectionState::Up,
-        State::Pending => ConnectionState::Connecting,
-        State::Disconnected => ConnectionState::Connecting,
+        State::Disconnected if gave_up.get() => ConnectionState::Down,
+        State::Pending | State::Disconnected => ConnectionState::Connecting,
     }
 }
 
@@ -105,13 +123,19 @@ pub struct NatsConnector;
 struct NatsSession {
     client: async_nats::Client,
     config: NatsConfig,
+    gave_up: GaveUp,
 }
 
 impl NatsSession {
     async fn open(url: &Url) -> Result<Self> {
         let config = NatsConfig::from_url(url)?;
-        let client = config.connect().await?;
-        Ok(NatsSession { client, config })
+        let gave_up = GaveUp::default();
+        let client = config.connect_reporting(gave_up.clone()).await?;
+        Ok(NatsSession {
+            client,
+            config,
+            gave_up,
+        })
     }
 }
 
@@ -122,16 +146,23 @@ impl SessionBackend for NatsSession {
 
     fn requests(&self) -> BoxFuture<'_, Result<Requests>> {
         Box::pin(async move {
-            Ok(Requests::new(NatsRequests::new(
-                self.client.clone(),
-                &self.config.prefix,
-                self.config.heartbeat,
-            )))
+            Ok(Requests::new(
+                NatsRequests::new(
+                    self.client.clone(),
+                    &self.config.prefix,
+                    self.config.heartbeat,
+                )
+                .reporting(self.gave_up.clone()),
+            ))
         })
     }
 
     fn events(&self) -> BoxFuture<'_, Result<Events>> {
-        Box::pin(async move { Ok(Events::new(NatsEvents::new(self.client.clone()))) })
+        Box::pin(async move {
+            Ok(Events::new(
+                NatsEvents::new(self.client.clone()).reporting(self.gave_up.clone()),
+            ))
+        })
     }
 
     fn kv(&self) -> BoxFuture<'_, Result<Kv>> {
@@ -144,10 +175,10 @@ impl SessionBackend for NatsSession {
 
     fn queues(&self) -> BoxFuture<'_, Result<Queues>> {
         Box::pin(async move {
-            Ok(Queues::new(NatsQueues::new(
-                self.client.clone(),
-                &self.config.prefix,
-            )))
+            Ok(Queues::new(
+                NatsQueues::new(self.client.clone(), &self.config.prefix)
+                    .reporting(self.gave_up.clone()),
+            ))
         })
     }
 }

@@ -36,6 +36,8 @@ pub struct NatsQueues {
     js: jetstream::Context,
     prefix: String,
     caps: QueueCapabilities,
+    /// Set when the connection ran out of reconnect attempts.
+    gave_up: crate::GaveUp,
 }
 
 impl NatsQueues {
@@ -53,6 +55,7 @@ impl NatsQueues {
             js: jetstream::new(client),
             prefix: prefix.to_owned(),
             caps,
+            gave_up: crate::GaveUp::default(),
         }
     }
 
@@ -111,6 +114,13 @@ impl NatsQueues {
             nack_delay: self.caps.nack_delay,
         }))
     }
+
+    /// Report `Down` once the connection behind `gave_up` stopped
+    /// reconnecting.
+    pub(crate) fn reporting(mut self, gave_up: crate::GaveUp) -> Self {
+        self.gave_up = gave_up;
+        self
+    }
 }
 
 impl QueuesBackend for NatsQueues {
@@ -123,7 +133,7 @@ impl QueuesBackend for NatsQueues {
     }
 
     fn connection_state(&self) -> plane_core::health::ConnectionState {
-        crate::state(&self.js.client())
+        crate::state(&self.js.client(), &self.gave_up)
     }
 
     async fn create_queue(&self, config: QueueConfig) -> Result<Arc<dyn DynQueueBackend>> {

@@ -109,6 +109,8 @@ pub struct NatsRequests {
     subjects: Arc<Subjects>,
     heartbeat: Duration,
     caps: RequestCapabilities,
+    /// Set when the connection ran out of reconnect attempts.
+    gave_up: crate::GaveUp,
 }
 
 impl NatsRequests {
@@ -134,7 +136,15 @@ impl NatsRequests {
             }),
             heartbeat,
             caps,
+            gave_up: crate::GaveUp::default(),
         }
+    }
+
+    /// Report `Down` once the connection behind `gave_up` stopped
+    /// reconnecting.
+    pub(crate) fn reporting(mut self, gave_up: crate::GaveUp) -> Self {
+        self.gave_up = gave_up;
+        self
     }
 }
 
@@ -148,7 +158,7 @@ impl RequestBackend for NatsRequests {
     }
 
     fn connection_state(&self) -> plane_core::health::ConnectionState {
-        crate::state(&self.client)
+        crate::state(&self.client, &self.gave_up)
     }
 
     async fn call(&self, call: Call) -> Result<Box<dyn ReplyTransport>> {
