@@ -134,7 +134,11 @@ impl Registry {
     /// Parse `url` and find its backend.
     pub fn resolve(&self, url: &str) -> Result<(Arc<dyn Connector>, Url)> {
         let parsed = Url::parse(url).map_err(|e| {
-            Error::new(ErrorKind::InvalidConfig, format!("invalid url `{url}`")).with_source(e)
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("invalid url `{}`", redacted(url)),
+            )
+            .with_source(e)
         })?;
         let scheme = parsed.scheme();
         let connector = self
@@ -317,9 +321,82 @@ impl QueryParams {
     }
 }
 
+/// Query keys whose values are secrets wherever they appear.
+const SECRET_KEYS: &[&str] = &["password", "token", "nkey", "secret"];
+
+/// What stands in for a secret in printed URLs.
+const HIDDEN: &str = "***";
+
+/// `url` fit to print or log: the password of its user info and the values
+/// of secret query keys (`password`, `token`, `nkey`, `secret`) replaced by
+/// `***`, also inside URLs nested in query values (a `discovery` kv URL). A
+/// string that does not parse as a URL has its user info hidden whole.
+///
+/// ```
+/// use plane_core::registry::redacted;
+/// assert_eq!(redacted("nats://alice:s3cret@h:4222?token=t"), "nats://alice:***@h:4222?token=***");
+/// ```
+pub fn redacted(url: &str) -> String {
+    let Ok(mut parsed) = Url::parse(url) else {
+        // Unparsable: hide whatever could be user info.
+        return match (url.find("://"), url.rfind('@')) {
+            (Some(start), Some(at)) if at > start => {
+                format!("{}{HIDDEN}{}", &url[..start + 3], &url[at..])
+            }
+            _ => url.to_owned(),
+        };
+    };
+    if parsed.password().is_some() {
+        // Setting a password only fails on URLs that cannot have one.
+        let _ = parsed.set_password(Some(HIDDEN));
+    }
+    if parsed.query().is_some() {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if SECRET_KEYS.contains(&k.as_ref()) {
+                    HIDDEN.to_owned()
+                } else if v.contains("://") {
+                    redacted(&v)
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacted_urls_keep_everything_but_secrets() {
+        let nested = "quic://0.0.0.0:0?discovery=nats%3A%2F%2Fu%3Apw%40h%3A4222%3Fnkey%3DSUSEED";
+        let shown = redacted(nested);
+        assert!(
+            !shown.contains("pw") && !shown.contains("SUSEED"),
+            "{shown}"
+        );
+        assert!(shown.starts_with("quic://0.0.0.0:0?discovery="), "{shown}");
+        assert_eq!(
+            redacted("nats://alice:s3cret@h:4222?name=x&password=p"),
+            "nats://alice:***@h:4222?name=x&password=***"
+        );
+        // Nothing secret: unchanged.
+        assert_eq!(redacted("mem://dev"), "mem://dev");
+        assert_eq!(redacted("nats://h:4222?name=x"), "nats://h:4222?name=x");
+        // Unparsable, user info hidden all the same.
+        assert_eq!(redacted("nats://al:pw@bad host"), "nats://***@bad host");
+        let e = Registry::new()
+            .resolve("nats://al:pw@bad host")
+            .err()
+            .expect("an unparsable url is refused");
+        assert!(!e.to_string().contains("pw"), "{e}");
+    }
 
     #[test]
     fn query_params_reject_unknown_and_bad_values() {

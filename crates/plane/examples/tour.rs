@@ -139,7 +139,8 @@ async fn tour(urls: &Urls) -> Result<()> {
         ("objects", &urls.objects),
         ("queue", &urls.queue),
     ] {
-        println!("  {plane:>9} -> {url}");
+        // Printed without passwords or tokens: tour output ends up in logs.
+        println!("  {plane:>9} -> {}", plane::registry::redacted(url));
     }
     // One session per distinct URL: planes named by the same URL share its
     // connection (one NATS client for `--url nats://…`, not five).
