@@ -12,7 +12,10 @@ use url::Url;
 /// Every field is a URL query key of the same name (durations in
 /// milliseconds with an `_ms` suffix); unknown keys are refused with
 /// `InvalidConfig`. User and password may also be given as the URL's user
-/// info (`nats://user:pass@host:4222`).
+/// info (`nats://user:pass@host:4222`). A secret (`token`, `password`,
+/// `nkey`) may instead be read from a file (`token_file=PATH`, …) or an
+/// environment variable (`token_env=NAME`, …) when the URL is read, so it
+/// need not be written in the URL.
 ///
 /// `Debug` never prints the token, password or nkey seed: it shows whether
 /// each is set.
@@ -117,6 +120,40 @@ impl Default for NatsConfig {
     }
 }
 
+/// The secret `key` from one of its sources: inline (`key`, or `inline` for
+/// the URL's user info), a file (`key_file`, trailing whitespace trimmed) or
+/// an environment variable (`key_env`). More than one is `InvalidConfig`, as
+/// is a file or variable that cannot be read; the error never shows the
+/// secret.
+fn secret(q: &mut QueryParams, key: &str, inline: Option<String>) -> Result<Option<String>> {
+    let given = q.take_str(key).or(inline);
+    let file = q.take_str(&format!("{key}_file"));
+    let env = q.take_str(&format!("{key}_env"));
+    let sources = [given.is_some(), file.is_some(), env.is_some()];
+    if sources.iter().filter(|s| **s).count() > 1 {
+        return Err(invalid(format!(
+            "give {key} one way: inline, {key}_file or {key}_env"
+        )));
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| invalid(format!("cannot read {key}_file `{path}`: {e}")).with_source(e))?;
+        let value = text.trim_end().to_owned();
+        if value.is_empty() {
+            return Err(invalid(format!("{key}_file `{path}` is empty")));
+        }
+        return Ok(Some(value));
+    }
+    if let Some(name) = env {
+        return match std::env::var(&name) {
+            Ok(v) if !v.is_empty() => Ok(Some(v)),
+            Ok(_) => Err(invalid(format!("{key}_env: `{name}` is empty"))),
+            Err(_) => Err(invalid(format!("{key}_env: `{name}` is not set"))),
+        };
+    }
+    Ok(given)
+}
+
 /// What async-nats allows unanswered before it drops a connection; fixed in
 /// the client, so plane paces the client's pings to honour
 /// `pings_outstanding` (see [`NatsConfig::client_ping_interval`]).
@@ -165,16 +202,19 @@ impl NatsConfig {
         }
         let user_info = (!url.username().is_empty()).then(|| percent_decode(url.username()));
         let pass_info = url.password().map(percent_decode);
+        let token = secret(&mut q, "token", None)?;
+        let password = secret(&mut q, "password", pass_info)?;
+        let nkey = secret(&mut q, "nkey", None)?;
         let config = NatsConfig {
             servers,
             tls_required: tls_scheme || q.take("tls_required")?.unwrap_or(false),
             tls_ca: q.take_str("tls_ca").map(PathBuf::from),
             tls_cert: q.take_str("tls_cert").map(PathBuf::from),
             tls_key: q.take_str("tls_key").map(PathBuf::from),
-            token: q.take_str("token"),
+            token,
             user: q.take_str("user").or(user_info),
-            password: q.take_str("password").or(pass_info),
-            nkey: q.take_str("nkey"),
+            password,
+            nkey,
             creds: q.take_str("creds").map(PathBuf::from),
             name: q.take_str("name"),
             connect_timeout: q
@@ -436,5 +476,30 @@ mod tests {
             reconnect_delay(9, c.reconnect_wait),
             Duration::from_millis(250)
         );
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_environment_variables() {
+        let dir = std::env::temp_dir().join(format!("plane-nats-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "t0k3n-from-file\n").unwrap();
+        let c = parse(&format!("nats://h?token_file={}", file.display())).expect("token_file");
+        assert_eq!(c.token.as_deref(), Some("t0k3n-from-file"));
+        // PATH is set wherever tests run; it stands in for a secret here.
+        let path = std::env::var("PATH").expect("PATH");
+        let c = parse("nats://h?user=u&password_env=PATH").expect("password_env");
+        assert_eq!(c.password.as_deref(), Some(path.as_str()));
+        for bad in [
+            format!("nats://h?token=a&token_file={}", file.display()),
+            "nats://u:p@h?password_env=PATH".to_owned(),
+            "nats://h?nkey_file=/nonexistent/seed".to_owned(),
+            "nats://h?nkey_env=PLANE_SURELY_UNSET_VARIABLE_4711".to_owned(),
+        ] {
+            let e = parse(&bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{bad}");
+            assert!(!e.to_string().contains("t0k3n"), "{e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
