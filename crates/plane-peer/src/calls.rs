@@ -149,6 +149,12 @@ pub trait CallLink: Send + 'static {
     fn control(&mut self, env: Envelope) -> bool;
     /// Kill the call: tell the server, and stop reading. Never blocks.
     fn kill(&mut self);
+    /// The call heard nothing (not even a heartbeat) for the transport's
+    /// idle limit; `kill` follows. A transport whose server heartbeats every
+    /// call on a shared connection takes that connection for dead here, so
+    /// the next call connects afresh instead of waiting out the limit on it
+    /// too. Never blocks.
+    fn silent(&mut self) {}
 }
 
 /// How a transport writes one served call's replies.
@@ -325,6 +331,7 @@ impl<K: CallLink> ReplyTransport for PeerReply<K> {
                         return Poll::Pending;
                     };
                     let e = ready!(idle.poll_expired(cx));
+                    self.link.silent();
                     // Given up: a server still there stops working on it.
                     self.link.kill();
                     self.idle = None;

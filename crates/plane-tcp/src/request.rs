@@ -343,7 +343,9 @@ impl TcpLinks {
     async fn connection(&self, instance: &Instance, fresh: bool) -> Result<Connection> {
         let fingerprint = self.tls.as_ref().map_or("", |t| t.fingerprint_of(instance));
         let key = (instance.address.clone(), fingerprint.to_owned());
-        let alive = |c: &Connection| !c.queue.is_closed();
+        let alive = |c: &Connection| {
+            !c.queue.is_closed() && !c.closed.load(std::sync::atomic::Ordering::Acquire)
+        };
         self.connections
             .get(&key, fresh, alive, || self.connect(instance))
             .await
@@ -411,10 +413,10 @@ impl TcpLinks {
             })??;
         let (queue, outgoing) = mpsc::channel(CONNECTION_QUEUE);
         let (dead, dead_rx) = oneshot::channel();
-        tokio::spawn(write_loop(write, outgoing, dead_rx));
+        let writer = tokio::spawn(write_loop(write, outgoing, dead_rx));
         let calls: Calls = Arc::default();
         let refused: Refused = Arc::default();
-        tokio::spawn(read_replies(
+        let reader = tokio::spawn(read_replies(
             read,
             calls.clone(),
             refused.clone(),
@@ -425,6 +427,8 @@ impl TcpLinks {
             queue,
             calls,
             refused,
+            tasks: Arc::new([writer.abort_handle(), reader.abort_handle()]),
+            closed: Arc::default(),
         })
     }
 }
@@ -507,9 +511,26 @@ struct Connection {
     queue: mpsc::Sender<Bytes>,
     calls: Calls,
     refused: Refused,
+    /// Its writer and reader tasks.
+    tasks: Arc<[AbortHandle; 2]>,
+    /// Taken for dead by [`close`](Connection::close); the aborted tasks
+    /// may not have stopped yet.
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Connection {
+    /// Take the connection for dead: stop its tasks (the pool then sees its
+    /// queue closed and connects afresh) and end every call on it
+    /// (`Disconnected`).
+    fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        for task in self.tasks.iter() {
+            task.abort();
+        }
+        lock(&self.calls).clear();
+    }
+
     /// `Unauthorized` if the peer's TLS refused this process.
     fn refusal(&self) -> Option<Error> {
         self.refused
@@ -602,6 +623,13 @@ impl CallLink for TcpLink {
 
     fn control(&mut self, env: Envelope) -> bool {
         self.queue(&env)
+    }
+
+    fn silent(&mut self) {
+        // The server heartbeats every call on the connection: one call's
+        // silence is the connection's.
+        tracing::debug!(id = %self.id, "call silent for the idle limit; dropping its connection");
+        self.conn.close();
     }
 
     fn kill(&mut self) {
