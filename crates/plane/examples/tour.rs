@@ -342,6 +342,49 @@ async fn request_tour(requests: &plane::Requests, discovery: &Discovery, id: &st
     } else {
         step("request", "backend does not declare streaming; skipped");
     }
+    if caps.broadcast {
+        // Stats collection: every live instance answers one call. A broker
+        // that cannot count its subscribers (NATS) runs it to the deadline.
+        let stats = format!("tour-stats-{id}");
+        let mut instances = Vec::new();
+        for load in ["0.25", "0.75"] {
+            instances.push(
+                requests
+                    .serve(
+                        &stats,
+                        unary_fn(move |_req: Request| async move { Ok(format!("load={load}")) }),
+                    )
+                    .await?,
+            );
+        }
+        let answers = requests
+            .broadcast(Call::new(&stats, "stats?").timeout(Duration::from_secs(1)))
+            .await?
+            .collect()
+            .await;
+        let mut seen: Vec<String> = Vec::new();
+        for answer in answers {
+            let reply = answer.reply?;
+            seen.push(format!(
+                "{} {}",
+                answer.instance,
+                String::from_utf8_lossy(&reply.body.to_bytes())
+            ));
+        }
+        if seen.len() != instances.len() {
+            return Err(unexpected(&format!(
+                "broadcast to {} instances answered by {seen:?}",
+                instances.len()
+            )));
+        }
+        seen.sort();
+        step(
+            "request",
+            format!("broadcast answered by every instance: {}", seen.join(", ")),
+        );
+    } else {
+        step("request", "backend does not declare broadcast; skipped");
+    }
     registration.deregister().await?;
     let killed = server.drain(Duration::from_secs(5)).await;
     step(
