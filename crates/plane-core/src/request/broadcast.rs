@@ -157,3 +157,77 @@ impl Stream for Broadcast {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use std::time::Duration;
+
+    /// Hands out `answers` one by one, then waits for ever, reporting
+    /// `silent` as having taken the call.
+    struct Scripted {
+        answers: VecDeque<Answer>,
+        silent: Vec<InstanceId>,
+    }
+
+    impl GatherTransport for Scripted {
+        fn poll_answer(&mut self, _cx: &mut Context<'_>) -> Poll<Option<Answer>> {
+            match self.answers.pop_front() {
+                Some(a) => Poll::Ready(Some(a)),
+                None => Poll::Pending,
+            }
+        }
+        fn unanswered(&self) -> Vec<InstanceId> {
+            self.silent.clone()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gathered_broadcast_reports_the_silent_at_its_deadline() {
+        let (quick, silent) = (InstanceId(1), InstanceId(2));
+        let transport = Scripted {
+            answers: VecDeque::from([Answer {
+                instance: quick,
+                reply: Ok(Message::from("hi")),
+            }]),
+            silent: vec![silent],
+        };
+        let started = Instant::now();
+        let mut b = Broadcast::gathered(Box::new(transport), started + Duration::from_secs(1));
+        let first = b.next().await.expect("the quick answer");
+        assert_eq!(first.instance, quick);
+        assert!(first.reply.is_ok());
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "not held up by the silent one"
+        );
+        let late = b.next().await.expect("the silent one, reported");
+        assert_eq!(late.instance, silent);
+        assert_eq!(late.reply.unwrap_err().kind(), ErrorKind::Timeout);
+        assert_eq!(started.elapsed(), Duration::from_secs(1), "at the deadline");
+        assert!(b.next().await.is_none(), "then the end");
+    }
+
+    #[tokio::test]
+    async fn a_broadcast_of_calls_ends_when_each_answered() {
+        let calls = [1u64, 2, 3].map(|i| {
+            Box::pin(async move {
+                Answer {
+                    instance: InstanceId(i),
+                    reply: Ok(Message::default()),
+                }
+            }) as BoxFuture<'static, Answer>
+        });
+        let mut ids: Vec<u64> = Broadcast::calls(calls)
+            .collect()
+            .await
+            .into_iter()
+            .map(|a| a.instance.0)
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert!(Broadcast::calls([]).collect().await.is_empty());
+    }
+}
