@@ -284,7 +284,7 @@ impl NatsConfig {
     }
 
     /// The ping interval given to async-nats, which drops a connection once
-    /// [`CLIENT_PINGS_OUTSTANDING`] pings are unanswered at its next ping:
+    /// two pings are unanswered at its next ping (fixed in async-nats):
     /// chosen so that it does so after `(pings_outstanding + 1) ×
     /// ping_interval`, as `ping_interval` and `pings_outstanding` promise.
     /// (The client pings more or less often than `ping_interval`; when it
