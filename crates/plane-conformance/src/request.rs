@@ -90,6 +90,14 @@ fn text(body: &Body) -> String {
     String::from_utf8_lossy(&body.to_bytes()).into_owned()
 }
 
+/// A handler that never answers (until its call is killed).
+fn silent() -> impl plane_core::request::Handler {
+    unary_fn(|_req: Request| async move {
+        std::future::pending::<()>().await;
+        Ok(Message::default())
+    })
+}
+
 /// An echo handler: replies with the request's headers and body.
 fn echo() -> impl plane_core::request::Handler {
     unary_fn(|req: Request| async move { Ok(req.message) })
@@ -300,15 +308,7 @@ async fn handler_error_propagates(cx: &Ctx<'_>) -> CaseResult {
 async fn request_timeout_silent_handler(cx: &Ctx<'_>) -> CaseResult {
     let requests = cx.requests()?;
     let ep = cx.name("silent");
-    let server = requests
-        .serve(
-            &ep,
-            unary_fn(|_req: Request| async move {
-                std::future::pending::<()>().await;
-                Ok(Message::default())
-            }),
-        )
-        .await?;
+    let server = requests.serve(&ep, silent()).await?;
     let timeout = Duration::from_millis(300);
     let started = Instant::now();
     let result = within(
@@ -1317,15 +1317,7 @@ async fn broadcast_silent_instance_bounded(cx: &Ctx<'_>) -> CaseResult {
     }
     let ep = cx.name("mostly");
     let (talkers, _) = serve_whoami(requests, &ep, 2).await?;
-    let silent = requests
-        .serve(
-            &ep,
-            unary_fn(|_req: Request| async move {
-                std::future::pending::<()>().await;
-                Ok(Message::default())
-            }),
-        )
-        .await?;
+    let silent = requests.serve(&ep, silent()).await?;
     let timeout = Duration::from_secs(1);
     let started = Instant::now();
     let mut broadcast = within(
