@@ -55,8 +55,9 @@ pub const STREAM_WINDOW: u32 = 64;
 const CALL_BUFFER: usize = STREAM_WINDOW as usize * 2 + 16;
 
 /// Replies buffered for one broadcast: each instance sends its prologue, its
-/// answer and perhaps heartbeats, so this bounds a broadcast to about a
-/// thousand instances; past that, the silent ones are reported `Overloaded`.
+/// answer, and a heartbeat per interval while it works, so the instances
+/// this admits depend on the deadline (`docs/nats.md`); past it, those still
+/// waiting are reported `Overloaded`.
 const BROADCAST_BUFFER: usize = 4096;
 
 /// Bytes of a request or reply's budget kept back for the headers plane adds
