@@ -27,6 +27,7 @@ const BACKENDS: &[(&str, &str, &str)] = &[
     ("quic", "plane-quic", "conformance"),
     ("zmq", "plane-zmq", "conformance"),
     ("tcp", "plane-tcp", "conformance"),
+    ("http", "plane-http", "conformance"),
 ];
 
 fn main() -> ExitCode {

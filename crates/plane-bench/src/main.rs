@@ -8,6 +8,7 @@
 
 mod drive;
 mod fs;
+mod http;
 mod mem;
 mod nats;
 mod plane_ops;
@@ -72,7 +73,7 @@ fn target_dir() -> PathBuf {
 }
 
 /// The backends, in the order a run measures them.
-const BACKENDS: [&str; 6] = ["mem", "fs", "quic", "zmq", "tcp", "nats"];
+const BACKENDS: [&str; 7] = ["mem", "fs", "quic", "zmq", "tcp", "http", "nats"];
 
 async fn run(quick: bool, only: &[String]) -> Result<()> {
     let p = if quick {
@@ -102,6 +103,10 @@ async fn run(quick: bool, only: &[String]) -> Result<()> {
     if wanted("tcp") {
         progress("tcp (tokio TCP, length-prefixed)");
         tcp::run(&mut rows, &p).await?;
+    }
+    if wanted("http") {
+        progress("http (hyper HTTP/2, prior knowledge)");
+        http::run(&mut rows, &p).await?;
     }
     if wanted("nats") {
         progress("nats (starting nats-server in a container)");

@@ -181,7 +181,13 @@ impl Report {
             };
             out.push((what, met, shown));
         };
-        for (b, p50) in [("nats", 1.10), ("quic", 1.10), ("zmq", 1.05), ("tcp", 1.10)] {
+        for (b, p50) in [
+            ("nats", 1.10),
+            ("quic", 1.10),
+            ("zmq", 1.05),
+            ("tcp", 1.10),
+            ("http", 1.10),
+        ] {
             check(
                 format!("{b}: unary p50 plane/raw ≤ {p50:.2}"),
                 ratio(b, "unary_latency", "p50_us", None),
@@ -213,7 +219,7 @@ impl Report {
         let nats_p50 = self
             .find("nats", "unary_latency", "p50_us", None)
             .map(|r| r.plane);
-        for b in ["quic", "zmq", "tcp"] {
+        for b in ["quic", "zmq", "tcp", "http"] {
             let mine = self
                 .find(b, "unary_latency", "p50_us", None)
                 .map(|r| r.plane);
@@ -447,6 +453,12 @@ const NOTES: &str = r#"
   in flight); plane-tcp multiplexes every call on one connection. Raw pub/sub is one
   connection from a publisher task draining a bounded queue of plane-tcp's size
   (1,024), dropping when full.
+- http: the raw client is hyper's HTTP/2 client and server used directly: one
+  prior-knowledge connection carrying every call as a stream, `TCP_NODELAY`, the same
+  flow-control windows as plane-http (1 MiB per stream, 16 MiB per connection). A unary
+  call is a `POST` echoed back; a streamed one is answered with 64 B data frames.
+  plane-http carries plane's envelopes in those bodies (credit and heartbeats in
+  them too). No pub/sub: plane-http has no events plane.
 - fs: plane is configured with `fsync=false`, because `LocalFileSystem` does not fsync
   either; plane still hashes every object (SHA-256) on the way in and verifies it on
   the way out, which the raw side does not.

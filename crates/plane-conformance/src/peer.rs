@@ -1,5 +1,5 @@
 //! What the brokerless backends' own tests (`plane-quic`, `plane-zmq`,
-//! `plane-tcp`) share: their conformance target ([`brokerless_target`],
+//! `plane-tcp`, `plane-http`) share: their conformance target ([`brokerless_target`],
 //! with [`PeerHooks`]) and end-to-end checks run over each transport between
 //! separate handles (separate sockets, as separate processes would have).
 //! Unlike the cases of the suite the checks panic on failure, like the
@@ -48,19 +48,20 @@ impl<L: RequestLinks> crate::Hooks for PeerHooks<L> {
 }
 
 /// The conformance target of a brokerless backend `name` in one process:
-/// its request plane `requests`, its events plane, and the discovery kv they
-/// share (the discovery cases run over it; it is not the backend's own kv,
-/// so the kv cases skip).
+/// its request plane `requests`, its events plane (`None` for a backend
+/// that serves none: the events cases skip, saying so), and the discovery
+/// kv they share (the discovery cases run over it; it is not the backend's
+/// own kv, so the kv cases skip).
 pub fn brokerless_target<L: RequestLinks>(
     name: &str,
     requests: PeerRequests<L>,
-    events: Events,
+    events: Option<Events>,
     discovery_kv: Kv,
     garbage: SendGarbage<L>,
 ) -> crate::Target {
     let mut target = crate::Target::new(name, "in-process");
     target.requests = Some(Requests::new(requests.clone()));
-    target.events = Some(events);
+    target.events = events;
     target.discovery_kv = Some(discovery_kv);
     target.hooks = std::sync::Arc::new(PeerHooks { requests, garbage });
     target

@@ -1,5 +1,5 @@
 //! The shared layer of the brokerless backends (`plane-quic`, `plane-tcp`,
-//! `plane-zmq`).
+//! `plane-http`, `plane-zmq`).
 //!
 //! Without a broker the caller talks straight to a serving process, so what
 //! every brokerless transport needs is written once, here:
@@ -28,6 +28,9 @@
 //! - **TLS** ([`tls`], feature `tls`): identities, certificate pinning
 //!   through discovery, CA mode and mutual TLS, for the transports that run
 //!   rustls.
+//! - **Sockets** ([`net`], feature `net`): the listener, the caller's
+//!   connection and the URL keys of the transports over TCP sockets (tcp,
+//!   http).
 //!
 //! # Envelope mapping (request plane)
 //!
@@ -49,6 +52,8 @@
 mod calls;
 mod connector;
 pub mod events;
+#[cfg(feature = "net")]
+pub mod net;
 mod pool;
 mod served;
 #[cfg(feature = "tls")]
@@ -232,6 +237,29 @@ pub fn decode_inbound(env: Envelope) -> Result<Inbound> {
             format!("unexpected `{other}` frame from a caller"),
         )),
     }
+}
+
+/// The address a brokerless backend's URL binds: its host, which must be an
+/// IP address (a listener binds an interface, not a name), and its port, 0
+/// (any free port) when absent. `backend` names the backend in the message.
+///
+/// # Errors
+/// `InvalidConfig` for a missing host or one that is no IP address.
+pub fn bind_address(url: &url::Url, backend: &str) -> Result<std::net::SocketAddr> {
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidConfig,
+            format!("{backend} url needs a host to bind"),
+        )
+    })?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip: std::net::IpAddr = host.parse().map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidConfig,
+            format!("{backend} url binds an IP address, not `{host}`"),
+        )
+    })?;
+    Ok(std::net::SocketAddr::new(ip, url.port().unwrap_or(0)))
 }
 
 /// The discovery part of a brokerless backend's URL: the required

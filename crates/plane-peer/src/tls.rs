@@ -270,6 +270,33 @@ pub fn refusal(e: &rustls::Error) -> Option<Error> {
     })
 }
 
+/// `Unauthorized` if the error `e`, or one of its causes, says the peer
+/// refused this process's certificate with a certificate alert: a rustls
+/// error, one inside an I/O error, or (where a layer kept only an I/O
+/// error's text, as HTTP/2 does) the text rustls gives such an alert.
+pub fn refusal_in(e: &(dyn std::error::Error + 'static)) -> Option<Error> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        let tls = c.downcast_ref::<rustls::Error>().or_else(|| {
+            c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(refusal) = tls.and_then(refusal) {
+            return Some(refusal);
+        }
+        let text = c.to_string();
+        for &code in CERTIFICATE_ALERTS {
+            let alert = rustls::Error::AlertReceived(rustls::AlertDescription::from(code));
+            if text == alert.to_string() {
+                return refusal(&alert);
+            }
+        }
+        cause = c.source();
+    }
+    None
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

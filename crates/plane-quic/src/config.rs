@@ -64,20 +64,10 @@ impl QuicConfig {
     /// `InvalidConfig` for a missing host or port, a missing `discovery`, or
     /// an unknown or invalid query key.
     pub fn from_url(url: &Url) -> Result<Self> {
-        let host = url
-            .host_str()
-            .ok_or_else(|| Error::new(ErrorKind::InvalidConfig, "quic url needs a host to bind"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = url.port().unwrap_or(0);
-        let ip: std::net::IpAddr = host.parse().map_err(|_| {
-            Error::new(
-                ErrorKind::InvalidConfig,
-                format!("quic url host `{host}` is not an IP address to bind"),
-            )
-        })?;
+        let bind = peer::bind_address(url, "quic")?;
         let mut q = QueryParams::new(url)?;
         let (discovery, discovery_config) = peer::discovery_query(&mut q, "quic")?;
-        let mut c = QuicConfig::new(SocketAddr::new(ip, port), discovery);
+        let mut c = QuicConfig::new(bind, discovery);
         c.discovery_config = discovery_config;
         c.advertise = q.take_str("advertise");
         c.tls = c.tls.read(&mut q);

@@ -22,8 +22,12 @@ async fn quic_backend_conforms() {
     let backend = QuicRequests::connect(config, discovery).expect("listener");
     let kv = registry.kv(&hub).await.expect("discovery kv");
     // One process serves every endpoint on one listener: garbage goes to it.
-    let target = brokerless_target("quic", backend, Events::new(events), kv, |b, bytes| {
-        Box::pin(async move { b.links().send_raw(&bytes).await.map(drop) })
-    });
+    let target = brokerless_target(
+        "quic",
+        backend,
+        Some(Events::new(events)),
+        kv,
+        |b, bytes| Box::pin(async move { b.links().send_raw(&bytes).await.map(drop) }),
+    );
     assert_conforms(&target).await;
 }

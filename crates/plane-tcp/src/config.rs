@@ -3,12 +3,12 @@
 //! [`TcpConfig::validate`] either way.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use plane_core::discovery::DiscoveryConfig;
 use plane_core::registry::QueryParams;
-use plane_core::{Error, ErrorKind, Result};
+use plane_core::Result;
 use plane_peer as peer;
+use plane_peer::net;
 use plane_peer::tls::TlsConfig;
 use url::Url;
 
@@ -42,12 +42,8 @@ impl TcpConfig {
             advertise: None,
             discovery: discovery.into(),
             discovery_config: DiscoveryConfig::default(),
-            max_payload: 8 * 1024 * 1024,
-            timings: peer::Timings {
-                heartbeat: Duration::from_millis(500),
-                idle_timeout: Duration::from_secs(3),
-                connect_timeout: Duration::from_secs(3),
-            },
+            max_payload: net::MAX_PAYLOAD,
+            timings: net::TIMINGS,
             tls: None,
         }
     }
@@ -59,41 +55,21 @@ impl TcpConfig {
     /// `InvalidConfig` for a missing or unparsable address, a missing
     /// `discovery`, or an unknown or invalid query key.
     pub fn from_url(url: &Url) -> Result<Self> {
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| Error::new(ErrorKind::InvalidConfig, "tcp url needs a host to bind"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let ip: std::net::IpAddr = host.parse().map_err(|_| {
-            Error::new(
-                ErrorKind::InvalidConfig,
-                format!("tcp url binds an IP address, not `{host}`"),
-            )
-        })?;
-        let bind = SocketAddr::new(ip, url.port().unwrap_or(0));
+        let bind = peer::bind_address(url, "tcp")?;
         let mut q = QueryParams::new(url)?;
         let (discovery, discovery_config) = peer::discovery_query(&mut q, "tcp")?;
         let mut c = TcpConfig::new(bind, discovery);
         c.discovery_config = discovery_config;
-        c.advertise = q.take_str("advertise");
-        q.set("max_payload", &mut c.max_payload)?;
-        c.timings = c.timings.read(&mut q)?;
         let mut tls = false;
         q.set("tls", &mut tls)?;
-        let settings = TlsConfig::default().read(&mut q);
-        c.tls = if tls {
-            Some(settings)
-        } else if settings.is_set() {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                format!(
-                    "tcp: the TLS keys ({}) need `tls=true`",
-                    TlsConfig::KEYS.join(", ")
-                ),
-            ));
-        } else {
-            None
-        };
+        c.tls = net::read_keys(
+            &mut q,
+            &mut c.advertise,
+            &mut c.max_payload,
+            &mut c.timings,
+            tls,
+            "`tls=true`",
+        )?;
         q.finish()?;
         c.validate()?;
         Ok(c)
@@ -105,19 +81,6 @@ impl TcpConfig {
     /// # Errors
     /// `InvalidConfig` naming the setting that is out of range.
     pub fn validate(&self) -> Result<()> {
-        if self.max_payload == 0 {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                "max_payload must be positive",
-            ));
-        }
-        self.timings.check()?;
-        if self.discovery.is_empty() {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                "tcp needs `discovery=<percent-encoded kv url>`",
-            ));
-        }
-        Ok(())
+        net::check("tcp", self.max_payload, &self.timings, &self.discovery)
     }
 }

@@ -1,9 +1,6 @@
-//! How socket errors become plane's kinds.
+//! How socket errors become plane's kinds: the mapping every transport over
+//! TCP sockets shares ([`plane_peer::net::io_error`], `Connection` naming
+//! what failed).
 
-use plane_core::{Error, ErrorKind};
-
-/// A socket that could not be bound, connected or used: `Connection`,
-/// saying `what` failed.
-pub(crate) fn io_error(what: &str, e: std::io::Error) -> Error {
-    Error::new(ErrorKind::Connection, format!("{what}: {e}")).with_source(e)
-}
+#[cfg(feature = "testkit")]
+pub(crate) use plane_peer::net::io_error;

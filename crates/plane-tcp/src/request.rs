@@ -55,17 +55,19 @@ use plane_core::request::{Cancel, InstanceId};
 use plane_core::wire::{self, DelimitedDecoder, Envelope, EnvelopeKind, Limits, RequestId};
 use plane_core::{Error, ErrorKind, Result};
 use plane_peer::events::EventWriter;
+use plane_peer::net::{self, Connected, Listener};
 use plane_peer::tls::{Published, Tls};
 use plane_peer::{
     self as peer, ends_call, CallLink, Control, Endpoints, LinkSettings, PeerRequests, Pool,
     ReplyWriter, RequestLinks, ServedCall,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsAcceptor;
 
+#[cfg(feature = "testkit")]
 use crate::error::io_error;
 use crate::TcpConfig;
 
@@ -89,6 +91,12 @@ const PUBLISHED: Published = Published {
     fingerprint: FINGERPRINT_METADATA,
     server_name: SERVER_NAME_METADATA,
     alpn: ALPN,
+};
+
+/// How a mismatch names the two forms.
+const FORMS: net::Forms = net::Forms {
+    plain: "plain TCP",
+    tls: "TLS (tls=true)",
 };
 
 /// The reading half of a connection, plain or TLS.
@@ -133,20 +141,6 @@ impl std::fmt::Debug for TcpLinks {
     }
 }
 
-/// The bound listener and every task it started, aborted together.
-struct Listener {
-    addr: SocketAddr,
-    tasks: Arc<Mutex<Vec<AbortHandle>>>,
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        for t in lock(&self.tasks).drain(..) {
-            t.abort();
-        }
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -183,21 +177,11 @@ impl Accept {
     }
 }
 
-async fn bind(config: &TcpConfig, accept: Accept) -> Result<Listener> {
-    let listener = TcpListener::bind(config.bind)
-        .await
-        .map_err(|e| io_error(&format!("cannot bind {}", config.bind), e))?;
-    listener_from(listener, accept)
-}
-
-fn listener_from(listener: TcpListener, accept: Accept) -> Result<Listener> {
-    let addr = listener
-        .local_addr()
-        .map_err(|e| io_error("listener address", e))?;
-    let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-    let task = tokio::spawn(accept_loop(listener, accept, Arc::downgrade(&tasks)));
-    lock(&tasks).push(task.abort_handle());
-    Ok(Listener { addr, tasks })
+/// Serve `accept`'s endpoints on `config`'s address, bound now.
+fn listen(config: &TcpConfig, accept: Accept) -> Result<Listener> {
+    Listener::serve(net::bind(config.bind)?, move |stream| {
+        serve_connection(stream, accept.clone())
+    })
 }
 
 impl RequestLinks for TcpLinks {
@@ -211,17 +195,8 @@ impl RequestLinks for TcpLinks {
             .as_ref()
             .map(|c| Tls::new(c, PUBLISHED).map(Arc::new))
             .transpose()?;
-        // Bound here, synchronously, so that a bad address fails the
-        // constructor rather than the first call.
-        let std_listener = std::net::TcpListener::bind(config.bind)
-            .map_err(|e| io_error(&format!("cannot bind {}", config.bind), e))?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|e| io_error("cannot set up the listener", e))?;
-        let listener = TcpListener::from_std(std_listener)
-            .map_err(|e| io_error("cannot set up the listener", e))?;
         let accept = Accept::new(&config, endpoints.clone(), limits, tls.as_deref());
-        let listener = listener_from(listener, accept)?;
+        let listener = listen(&config, accept)?;
         Ok(TcpLinks {
             config,
             endpoints,
@@ -233,22 +208,17 @@ impl RequestLinks for TcpLinks {
     }
 
     fn settings(&self) -> LinkSettings {
-        let c = &self.config;
-        LinkSettings {
-            max_payload: c.max_payload,
-            connect_timeout: c.timings.connect_timeout,
-            // A peer whose host vanished leaves a silent connection.
-            idle_limit: Some(c.timings.idle_timeout),
-        }
+        net::settings(self.config.max_payload, &self.config.timings)
     }
 
     fn record(&self, endpoint: &str, instance: InstanceId) -> Result<Instance> {
-        let address = peer::advertised(self.local_addr(), self.config.advertise.as_deref());
-        let record = Instance::new(endpoint, instance, address);
-        Ok(match &self.tls {
-            Some(tls) => tls.publish(record),
-            None => record,
-        })
+        Ok(net::record(
+            endpoint,
+            instance,
+            self.local_addr(),
+            self.config.advertise.as_deref(),
+            self.tls.as_deref(),
+        ))
     }
 
     async fn open(&self, instance: &Instance, request: Envelope) -> Result<TcpLink> {
@@ -285,7 +255,7 @@ impl RequestLinks for TcpLinks {
     }
 
     async fn rebind(&self) -> Result<()> {
-        let fresh = bind(&self.config, self.accept()).await?;
+        let fresh = listen(&self.config, self.accept())?;
         // Dropping the old listener aborts it and every connection it
         // served: calls in flight are lost, as in a crashed process.
         drop(std::mem::replace(&mut *lock(&self.listener), fresh));
@@ -297,7 +267,7 @@ impl RequestLinks for TcpLinks {
 impl TcpLinks {
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
-        lock(&self.listener).addr
+        lock(&self.listener).addr()
     }
 
     /// Connect to this handle's own listener, write `bytes` as they are (not
@@ -309,24 +279,9 @@ impl TcpLinks {
     /// `Connection` if the listener cannot be reached.
     #[cfg(feature = "testkit")]
     pub async fn send_raw(&self, bytes: &[u8], wait: Duration) -> Result<Vec<u8>> {
-        let mut s = TcpStream::connect(self.local_addr())
+        net::send_raw(self.local_addr(), bytes, wait)
             .await
-            .map_err(|e| io_error("cannot connect", e))?;
-        s.write_all(bytes)
-            .await
-            .map_err(|e| io_error("cannot write", e))?;
-        let mut answer = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let _ = tokio::time::timeout(wait, async {
-            while answer.len() < 64 * 1024 {
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => answer.extend_from_slice(&chunk[..n]),
-                }
-            }
-        })
-        .await;
-        Ok(answer)
+            .map_err(|e| io_error("cannot reach the listener", e))
     }
 
     /// How this handle's listener takes connections.
@@ -352,65 +307,18 @@ impl TcpLinks {
     }
 
     async fn connect(&self, instance: &Instance) -> Result<Connection> {
-        let address = instance.address.as_str();
-        let serves_tls = PUBLISHED.is_in(instance);
-        match (&self.tls, serves_tls) {
-            (Some(_), false) => {
-                return Err(Error::new(
-                    ErrorKind::Connection,
-                    format!(
-                        "instance {} at {address} serves plain TCP; this handle has tls=true",
-                        instance.id
-                    ),
-                ))
-            }
-            (None, true) => {
-                return Err(Error::new(
-                    ErrorKind::Connection,
-                    format!(
-                        "instance {} at {address} serves TLS; this handle needs tls=true",
-                        instance.id
-                    ),
-                ))
-            }
-            _ => {}
-        }
-        let timeout = self.config.timings.connect_timeout;
-        let connecting = async {
-            let stream = TcpStream::connect(address)
-                .await
-                .map_err(|e| io_error(&format!("cannot connect to {address}"), e))?;
-            // Small replies are not to wait for Nagle's algorithm.
-            stream
-                .set_nodelay(true)
-                .map_err(|e| io_error("cannot set TCP_NODELAY", e))?;
-            let Some(tls) = &self.tls else {
-                return Ok::<_, Error>(plain_halves(stream));
-            };
-            let name = tls.server_name_of(instance);
-            let name = rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| {
-                Error::new(
-                    ErrorKind::Connection,
-                    format!(
-                        "instance {} publishes an invalid TLS name `{name}`: {e}",
-                        instance.id
-                    ),
-                )
-            })?;
-            let stream = TlsConnector::from(tls.client_config(instance)?)
-                .connect(name, stream)
-                .await
-                .map_err(|e| io_error(&format!("TLS with {address} failed"), e))?;
-            Ok(tls_halves(stream))
+        let connected = net::connect(
+            instance,
+            self.tls.as_deref(),
+            &PUBLISHED,
+            FORMS,
+            self.config.timings.connect_timeout,
+        )
+        .await?;
+        let (read, write) = match connected {
+            Connected::Plain(stream) => plain_halves(stream),
+            Connected::Tls(stream) => tls_halves(*stream),
         };
-        let (read, write) = tokio::time::timeout(timeout, connecting)
-            .await
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::Connection,
-                    format!("connecting to {address} timed out after {timeout:?}"),
-                )
-            })??;
         let (queue, outgoing) = mpsc::channel(CONNECTION_QUEUE);
         let (dead, dead_rx) = oneshot::channel();
         let writer = tokio::spawn(write_loop(write, outgoing, dead_rx));
@@ -539,13 +447,6 @@ impl Connection {
     }
 }
 
-/// The plane error a connection's read error stands for, if it is a TLS
-/// refusal of this process's certificate.
-fn tls_refusal(e: &std::io::Error) -> Option<Error> {
-    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
-    plane_peer::tls::refusal(tls)
-}
-
 struct RouteReplies {
     calls: Calls,
 }
@@ -582,7 +483,7 @@ async fn read_replies(
     match read_envelopes(&mut read, limits, route).await {
         Err(e) => tracing::debug!(error = %e, "malformed reply stream; closing the connection"),
         Ok(Some(e)) => {
-            if let Some(refusal) = tls_refusal(&e) {
+            if let Some(refusal) = plane_peer::tls::refusal_in(&e) {
                 // Tell the calls why, rather than leave them `Disconnected`.
                 let _ = refused.set(refusal.message().to_owned());
                 for (id, call) in lock(&calls).iter() {
@@ -655,31 +556,6 @@ impl Drop for TcpLink {
 }
 
 // ---------------------------------------------------------------- server side
-
-/// Accept connections until aborted; each is served by tasks recorded in
-/// `tasks`, so that a restart can abort them all.
-async fn accept_loop(
-    listener: TcpListener,
-    accept: Accept,
-    tasks: std::sync::Weak<Mutex<Vec<AbortHandle>>>,
-) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let task = tokio::spawn(serve_connection(stream, accept.clone()));
-        let Some(tasks) = tasks.upgrade() else { return };
-        let mut tasks = lock(&tasks);
-        tasks.retain(|t| !t.is_finished());
-        tasks.push(task.abort_handle());
-    }
-}
 
 /// The calls served on one connection, by request id.
 type ServedCalls = Arc<Mutex<HashMap<RequestId, ServedCall>>>;
@@ -771,16 +647,9 @@ async fn serve_connection(stream: TcpStream, accept: Accept) {
         None => plain_halves(stream),
         // In the connection's own task, so a slow or silent client holds
         // up nobody else; a refused one is closed with rustls' alert.
-        Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => tls_halves(stream),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "TLS handshake refused");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("TLS handshake timed out");
-                return;
-            }
+        Some(acceptor) => match net::accept_tls(&acceptor, stream, handshake).await {
+            Some(stream) => tls_halves(stream),
+            None => return,
         },
     };
     let (queue, outgoing) = mpsc::channel(CONNECTION_QUEUE);

@@ -25,7 +25,7 @@ async fn conform(name: &str, tls: Option<TlsConfig>) {
     let kv = registry.kv(&hub).await.expect("discovery kv");
     // One process serves every endpoint on one listener: garbage goes to it
     // (under TLS, to its handshake).
-    let target = brokerless_target(name, backend, Events::new(events), kv, |b, bytes| {
+    let target = brokerless_target(name, backend, Some(Events::new(events)), kv, |b, bytes| {
         Box::pin(async move {
             b.links()
                 .send_raw(&bytes, Duration::from_secs(2))

@@ -23,7 +23,7 @@ async fn zmq_backend_conforms() {
     let backend = ZmqRequests::connect(config, discovery).expect("listener");
     let kv = registry.kv(&hub).await.expect("discovery kv");
     // One process serves every endpoint on one listener: garbage goes to it.
-    let target = brokerless_target("zmq", backend, Events::new(events), kv, |b, bytes| {
+    let target = brokerless_target("zmq", backend, Some(Events::new(events)), kv, |b, bytes| {
         Box::pin(async move {
             b.links()
                 .send_raw(&[bytes::Bytes::from(bytes)], Duration::from_secs(2))

@@ -38,6 +38,7 @@ pub use plane_mem as mem;
 /// | `quic` (default) | `quic://` |
 /// | `zmq` (default) | `zmq+tcp://`, `zmq+ipc://` |
 /// | `tcp` (default) | `tcp://` |
+/// | `http` (default) | `h2c://`, `h2://` |
 pub fn registry() -> Registry {
     #[allow(unused_mut)]
     let mut registry = plane_mem::registry();
@@ -51,6 +52,8 @@ pub fn registry() -> Registry {
     plane_zmq::register(&mut registry);
     #[cfg(feature = "tcp")]
     plane_tcp::register(&mut registry);
+    #[cfg(feature = "http")]
+    plane_http::register(&mut registry);
     registry
 }
 
@@ -59,6 +62,8 @@ pub mod tower;
 
 #[cfg(feature = "fs")]
 pub use plane_fs_objstore as fs;
+#[cfg(feature = "http")]
+pub use plane_http as http;
 #[cfg(feature = "nats")]
 pub use plane_nats as nats;
 #[cfg(feature = "observe")]
