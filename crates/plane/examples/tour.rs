@@ -8,8 +8,10 @@
 //!
 //! Each plane's URL comes from its flag, else from its environment variable
 //! (`PLANE_REQUESTS_URL`, `PLANE_EVENTS_URL`, `PLANE_KV_URL`,
-//! `PLANE_OBJECTS_URL`, `PLANE_QUEUE_URL`), else from `--url` / `PLANE_URL`,
-//! else `mem://tour`. Discovery runs on the kv plane. The binary is the same
+//! `PLANE_OBJECTS_URL`, `PLANE_QUEUE_URL`) or its key in the config file
+//! (`--config FILE` or `PLANE_CONFIG`; `docs/config.md`), else from `--url`,
+//! `PLANE_URL` or the file's `url`, else `mem://tour`. The file's client
+//! policies apply to the request handle. Discovery runs on the kv plane. The binary is the same
 //! for every backend: only configuration changes. What a backend does not
 //! declare is reported and skipped, never faked.
 
@@ -20,6 +22,7 @@ use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 
+use plane::config::Config;
 use plane::discovery::{Discovery, DiscoveryConfig, DiscoveryEvent, Instance};
 use plane::events::{ConsumerConfig, StreamConfig};
 use plane::kv::{BucketConfig, WatchEvent};
@@ -27,6 +30,7 @@ use plane::objects::{Digester, ObjectMeta};
 use plane::offload::Offload;
 use plane::queue::QueueConfig;
 use plane::request::{handler_fn, unary_fn, Call, Request, Responder};
+use plane::session::Plane;
 use plane::{Error, ErrorKind, Message, Result};
 
 struct Urls {
@@ -38,15 +42,17 @@ struct Urls {
 }
 
 fn usage() -> &'static str {
-    "usage: tour [--url URL] [--requests URL] [--events URL] [--kv URL] [--objects URL] [--queue URL]"
+    "usage: tour [--config FILE] [--url URL] [--requests URL] [--events URL] [--kv URL] [--objects URL] [--queue URL]"
 }
 
-fn parse_args() -> std::result::Result<Urls, String> {
+/// The planes' URLs and the configuration: `--config FILE` (else
+/// `PLANE_CONFIG`) and the `PLANE_…` variables, with the flags over them.
+fn parse_args() -> std::result::Result<(Urls, Config), String> {
     let mut flags = std::collections::HashMap::new();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let name = match flag.as_str() {
-            "--url" | "--requests" | "--events" | "--kv" | "--objects" | "--queue" => {
+            "--config" | "--url" | "--requests" | "--events" | "--kv" | "--objects" | "--queue" => {
                 flag.trim_start_matches("--").to_owned()
             }
             "-h" | "--help" => return Err(usage().to_owned()),
@@ -54,28 +60,33 @@ fn parse_args() -> std::result::Result<Urls, String> {
         };
         let value = args
             .next()
-            .ok_or_else(|| format!("{flag} needs a URL\n{}", usage()))?;
+            .ok_or_else(|| format!("{flag} needs a value\n{}", usage()))?;
         flags.insert(name, value);
     }
-    let fallback = flags
-        .get("url")
-        .cloned()
-        .or_else(|| std::env::var("PLANE_URL").ok())
-        .unwrap_or_else(|| "mem://tour".to_owned());
-    let pick = |name: &str, env: &str| {
+    let file = flags
+        .get("config")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os(plane::config::CONFIG_ENV).map(Into::into));
+    let config = Config::load_from(file.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+    // A plane's own URL first (flag, then environment or file), then the
+    // URL for every plane in the same order, then the embedded default.
+    let pick = |name: &str, plane: Plane| {
         flags
             .get(name)
             .cloned()
-            .or_else(|| std::env::var(env).ok())
-            .unwrap_or_else(|| fallback.clone())
+            .or_else(|| config.urls.of(plane).map(str::to_owned))
+            .or_else(|| flags.get("url").cloned())
+            .or_else(|| config.urls.url.clone())
+            .unwrap_or_else(|| "mem://tour".to_owned())
     };
-    Ok(Urls {
-        requests: pick("requests", "PLANE_REQUESTS_URL"),
-        events: pick("events", "PLANE_EVENTS_URL"),
-        kv: pick("kv", "PLANE_KV_URL"),
-        objects: pick("objects", "PLANE_OBJECTS_URL"),
-        queue: pick("queue", "PLANE_QUEUE_URL"),
-    })
+    let urls = Urls {
+        requests: pick("requests", Plane::Request),
+        events: pick("events", Plane::Events),
+        kv: pick("kv", Plane::Kv),
+        objects: pick("objects", Plane::Objects),
+        queue: pick("queue", Plane::Queue),
+    };
+    Ok((urls, config))
 }
 
 /// A unique suffix so repeated tours against a persistent backend never collide.
@@ -108,7 +119,7 @@ struct ModelCard {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let urls = match parse_args() {
+    let (urls, config) = match parse_args() {
         Ok(u) => u,
         Err(msg) => {
             eprintln!("{msg}");
@@ -116,7 +127,7 @@ async fn main() -> ExitCode {
         }
     };
     let started = Instant::now();
-    match tour(&urls).await {
+    match tour(&urls, &config).await {
         Ok(()) => {
             println!("tour finished in {:.2?}", started.elapsed());
             ExitCode::SUCCESS
@@ -128,7 +139,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn tour(urls: &Urls) -> Result<()> {
+async fn tour(urls: &Urls, config: &Config) -> Result<()> {
     let registry = plane::registry();
     let id = run_id();
     println!("plane tour (run {id}); backends are chosen by URL:");
@@ -164,7 +175,9 @@ async fn tour(urls: &Urls) -> Result<()> {
             .expect("a session was opened for every URL")
     };
     let kv = session(&urls.kv).kv().await?;
-    let requests = session(&urls.requests).requests().await?;
+    // The configuration's client policies (timeout, retries, in-flight
+    // limit, per-endpoint overrides) on the request handle.
+    let requests = config.apply(session(&urls.requests).requests().await?)?;
     let events = session(&urls.events).events().await?;
     let objects = session(&urls.objects).objects().await?;
     let queues = session(&urls.queue).queues().await?;

@@ -5,6 +5,9 @@
 //! backend compiled in. Backends are cargo features; the in-memory reference
 //! backend (`mem://`) is always present.
 //!
+//! [`config`] reads each plane's URL and the client and server policies from
+//! a TOML file and `PLANE_…` environment variables (`docs/config.md`).
+//!
 //! Optional extras, also features (not default): `observe` re-exports
 //! `plane-observe` as `plane::observe` (a Prometheus `/metrics` and
 //! `/healthz` endpoint), and `tower` adds `plane::tower`, an adapter between
@@ -57,6 +60,7 @@ pub fn registry() -> Registry {
     registry
 }
 
+pub mod config;
 #[cfg(feature = "tower")]
 pub mod tower;
 
