@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::capabilities::KvCapabilities;
 use crate::error::{Error, ErrorKind, Result};
+use crate::health::ConnectionState;
 use crate::subject::{validate_key, validate_key_filter, validate_name};
 
 /// What a history or watch entry records.
@@ -297,6 +298,11 @@ pub trait KvBackend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Declared capabilities.
     fn capabilities(&self) -> &KvCapabilities;
+    /// The transport's connection state, for health checks. Cheap, no I/O.
+    /// Defaults to `Up` (right for backends without a connection).
+    fn connection_state(&self) -> ConnectionState {
+        ConnectionState::Up
+    }
     /// Create a bucket, or open an existing one of that name as it is.
     fn create_bucket(
         &self,
@@ -316,6 +322,7 @@ pub trait KvBackend: Send + Sync + 'static {
 pub trait DynKvBackend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn capabilities(&self) -> &KvCapabilities;
+    fn connection_state(&self) -> ConnectionState;
     fn create_bucket(
         &self,
         config: BucketConfig,
@@ -333,6 +340,9 @@ impl<T: KvBackend> DynKvBackend for T {
     }
     fn capabilities(&self) -> &KvCapabilities {
         KvBackend::capabilities(self)
+    }
+    fn connection_state(&self) -> ConnectionState {
+        KvBackend::connection_state(self)
     }
     fn create_bucket(
         &self,
@@ -379,6 +389,11 @@ impl Kv {
     /// The backend's declared capabilities.
     pub fn capabilities(&self) -> &KvCapabilities {
         self.backend.capabilities()
+    }
+
+    /// The backend's connection state, for health checks.
+    pub fn connection_state(&self) -> ConnectionState {
+        self.backend.connection_state()
     }
 
     /// The backend's name.

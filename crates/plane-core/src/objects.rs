@@ -20,6 +20,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use crate::capabilities::ObjectsCapabilities;
 use crate::error::{Error, ErrorKind, Result};
+use crate::health::ConnectionState;
 use crate::subject::validate_name;
 
 /// A stream of object bytes.
@@ -235,6 +236,11 @@ pub trait ObjectsBackend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Declared capabilities.
     fn capabilities(&self) -> &ObjectsCapabilities;
+    /// The transport's connection state, for health checks. Cheap, no I/O.
+    /// Defaults to `Up` (right for backends without a connection).
+    fn connection_state(&self) -> ConnectionState {
+        ConnectionState::Up
+    }
     /// Create a bucket, or open an existing one.
     fn create_bucket(
         &self,
@@ -254,6 +260,7 @@ pub trait ObjectsBackend: Send + Sync + 'static {
 pub trait DynObjectsBackend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn capabilities(&self) -> &ObjectsCapabilities;
+    fn connection_state(&self) -> ConnectionState;
     fn create_bucket<'a>(
         &'a self,
         name: &'a str,
@@ -271,6 +278,9 @@ impl<T: ObjectsBackend> DynObjectsBackend for T {
     }
     fn capabilities(&self) -> &ObjectsCapabilities {
         ObjectsBackend::capabilities(self)
+    }
+    fn connection_state(&self) -> ConnectionState {
+        ObjectsBackend::connection_state(self)
     }
     fn create_bucket<'a>(
         &'a self,
@@ -317,6 +327,11 @@ impl Objects {
     /// The backend's declared capabilities.
     pub fn capabilities(&self) -> &ObjectsCapabilities {
         self.backend.capabilities()
+    }
+
+    /// The backend's connection state, for health checks.
+    pub fn connection_state(&self) -> ConnectionState {
+        self.backend.connection_state()
     }
 
     /// The backend's name.

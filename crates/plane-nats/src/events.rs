@@ -127,6 +127,13 @@ impl EventsBackend for NatsEvents {
             .map_err(crate::error::publish)
     }
 
+    async fn flush(&self) -> Result<()> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| Error::new(ErrorKind::Connection, "nats flush failed").with_source(e))
+    }
+
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn SubscriptionTransport>> {
         let mut sub = match &options.group {
             Some(group) => {

@@ -33,6 +33,7 @@ const MARKER_TTL: Duration = Duration::from_secs(1);
 pub struct NatsKv {
     js: jetstream::Context,
     caps: KvCapabilities,
+    gave_up: crate::GaveUp,
 }
 
 impl NatsKv {
@@ -49,7 +50,15 @@ impl NatsKv {
         NatsKv {
             js: jetstream::new(client),
             caps,
+            gave_up: crate::GaveUp::default(),
         }
+    }
+
+    /// Report `Down` once the connection behind `gave_up` stopped
+    /// reconnecting.
+    pub(crate) fn reporting(mut self, gave_up: crate::GaveUp) -> Self {
+        self.gave_up = gave_up;
+        self
     }
 
     async fn open(&self, name: &str) -> Result<Arc<dyn DynKvBucketBackend>> {
@@ -73,6 +82,10 @@ impl KvBackend for NatsKv {
 
     fn capabilities(&self) -> &KvCapabilities {
         &self.caps
+    }
+
+    fn connection_state(&self) -> plane_core::health::ConnectionState {
+        crate::state(&self.js.client(), &self.gave_up)
     }
 
     async fn create_bucket(&self, config: BucketConfig) -> Result<Arc<dyn DynKvBucketBackend>> {

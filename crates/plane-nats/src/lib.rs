@@ -166,11 +166,19 @@ impl SessionBackend for NatsSession {
     }
 
     fn kv(&self) -> BoxFuture<'_, Result<Kv>> {
-        Box::pin(async move { Ok(Kv::new(NatsKv::new(self.client.clone()))) })
+        Box::pin(async move {
+            Ok(Kv::new(
+                NatsKv::new(self.client.clone()).reporting(self.gave_up.clone()),
+            ))
+        })
     }
 
     fn objects(&self) -> BoxFuture<'_, Result<Objects>> {
-        Box::pin(async move { Ok(Objects::new(NatsObjects::new(self.client.clone()))) })
+        Box::pin(async move {
+            Ok(Objects::new(
+                NatsObjects::new(self.client.clone()).reporting(self.gave_up.clone()),
+            ))
+        })
     }
 
     fn queues(&self) -> BoxFuture<'_, Result<Queues>> {

@@ -34,6 +34,7 @@ const READ_CHUNK: usize = 128 * 1024;
 pub struct NatsObjects {
     js: jetstream::Context,
     caps: ObjectsCapabilities,
+    gave_up: crate::GaveUp,
 }
 
 impl NatsObjects {
@@ -45,7 +46,15 @@ impl NatsObjects {
         NatsObjects {
             js: jetstream::new(client),
             caps,
+            gave_up: crate::GaveUp::default(),
         }
+    }
+
+    /// Report `Down` once the connection behind `gave_up` stopped
+    /// reconnecting.
+    pub(crate) fn reporting(mut self, gave_up: crate::GaveUp) -> Self {
+        self.gave_up = gave_up;
+        self
     }
 
     async fn open(&self, name: &str) -> Result<Arc<dyn DynObjectBucketBackend>> {
@@ -65,6 +74,10 @@ impl ObjectsBackend for NatsObjects {
 
     fn capabilities(&self) -> &ObjectsCapabilities {
         &self.caps
+    }
+
+    fn connection_state(&self) -> plane_core::health::ConnectionState {
+        crate::state(&self.js.client(), &self.gave_up)
     }
 
     async fn create_bucket(&self, name: &str) -> Result<Arc<dyn DynObjectBucketBackend>> {

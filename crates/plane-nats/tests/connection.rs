@@ -103,3 +103,100 @@ async fn gives_up_after_its_reconnect_attempts_and_reports_down() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(limited.connection_state(), ConnectionState::Down);
 }
+
+/// `/healthz` over every plane of one session, as a real HTTP client reads
+/// it: the line of each plane, and the status.
+async fn healthz(addr: std::net::SocketAddr) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("observe endpoint");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.expect("answer");
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// Every plane of the session in a `Health`, named by plane.
+async fn every_plane(session: &plane_core::Session) -> plane_observe::Health {
+    let requests = session.requests().await.expect("requests");
+    let events = session.events().await.expect("events");
+    let kv = session.kv().await.expect("kv");
+    let objects = session.objects().await.expect("objects");
+    let queues = session.queues().await.expect("queues");
+    plane_observe::Health::new()
+        .check("request", move || requests.connection_state())
+        .check("events", move || events.connection_state())
+        .check("kv", move || kv.connection_state())
+        .check("objects", move || objects.connection_state())
+        .check("queue", move || queues.connection_state())
+}
+
+async fn until_health(addr: std::net::SocketAddr, status: u16, state: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let (now, body) = healthz(addr).await;
+        let all = body.lines().count() == 5 && body.lines().all(|l| l.ends_with(state));
+        if now == status && all {
+            return body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "/healthz still {now} {body:?}, waiting for {status} and every plane {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_covers_every_plane_up_reconnecting_and_down() {
+    let server = NatsServer::start().await.expect("server");
+    let metrics = plane_observe::PrometheusRecorder::new().handle();
+    // Quick pings notice the frozen server; two reconnect attempts give up
+    // once it is gone.
+    let frozen = registry()
+        .connect(&format!(
+            "{}?ping_interval_ms=300&pings_outstanding=2",
+            server.url()
+        ))
+        .await
+        .expect("session");
+    let limited = registry()
+        .connect(&format!(
+            "{}?reconnect_attempts=2&reconnect_wait_ms=100",
+            server.url()
+        ))
+        .await
+        .expect("session");
+    let watching = plane_observe::serve("127.0.0.1:0", metrics.clone(), every_plane(&frozen).await)
+        .await
+        .expect("observe");
+    let giving_up = plane_observe::serve("127.0.0.1:0", metrics, every_plane(&limited).await)
+        .await
+        .expect("observe");
+    let body = until_health(watching.local_addr(), 200, "up").await;
+    for plane in ["request", "events", "kv", "objects", "queue"] {
+        assert!(body.contains(&format!("{plane} up")), "{body}");
+    }
+    until_health(giving_up.local_addr(), 200, "up").await;
+
+    docker(&["pause", server.id()]);
+    let paused = Paused(server.id());
+    until_health(watching.local_addr(), 503, "connecting").await;
+    drop(paused);
+    until_health(watching.local_addr(), 200, "up").await;
+
+    drop(server);
+    until_health(giving_up.local_addr(), 503, "down").await;
+}

@@ -471,6 +471,12 @@ pub trait EventsBackend: Send + Sync + 'static {
     }
     /// Publish at most once. The subject is valid and the origin set.
     fn publish(&self, event: Event) -> impl Future<Output = Result<()>> + Send;
+    /// Wait until every event published so far left this process (reached
+    /// the broker, or the peers' connections). Defaults to done at once,
+    /// right for backends whose publish returns only once it has.
+    fn flush(&self) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
     /// Subscribe at most once. Options are validated against the capabilities.
     fn subscribe(
         &self,
@@ -516,6 +522,7 @@ pub trait DynEventsBackend: Send + Sync + 'static {
     fn capabilities(&self) -> &EventsCapabilities;
     fn connection_state(&self) -> ConnectionState;
     fn publish(&self, event: Event) -> BoxFuture<'_, Result<()>>;
+    fn flush(&self) -> BoxFuture<'_, Result<()>>;
     fn subscribe(
         &self,
         options: SubscribeOptions,
@@ -542,6 +549,9 @@ impl<T: EventsBackend> DynEventsBackend for T {
     }
     fn publish(&self, event: Event) -> BoxFuture<'_, Result<()>> {
         Box::pin(EventsBackend::publish(self, event))
+    }
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(EventsBackend::flush(self))
     }
     fn subscribe(
         &self,
@@ -730,6 +740,19 @@ impl Events {
                 |e, n| self.on_retry(false, e, n),
             )
             .await
+    }
+
+    /// Wait until every event this handle's backend published so far left
+    /// this process: publish is at most once and may return while the event
+    /// is still buffered (NATS), so a program about to exit flushes first.
+    ///
+    /// # Errors
+    /// `Connection` when the transport cannot confirm it.
+    pub async fn flush(&self) -> Result<()> {
+        self.backend
+            .flush()
+            .await
+            .map_err(|e| e.with_op("events.flush").with_backend(self.backend.name()))
     }
 
     /// Subscribe at most once to `pattern`, as a broadcast subscriber.
