@@ -53,6 +53,7 @@ pub mod registry;
 pub mod request;
 pub mod session;
 pub mod subject;
+pub mod suggest;
 pub mod trace;
 pub mod wire;
 

@@ -239,6 +239,9 @@ impl SessionBackend for PerPlane {
 #[derive(Debug)]
 pub struct QueryParams {
     params: BTreeMap<String, String>,
+    /// Every key the backend asked for, present or not: what an unknown
+    /// key's error lists.
+    asked: std::collections::BTreeSet<String>,
 }
 
 impl QueryParams {
@@ -253,11 +256,15 @@ impl QueryParams {
                 ));
             }
         }
-        Ok(QueryParams { params })
+        Ok(QueryParams {
+            params,
+            asked: Default::default(),
+        })
     }
 
     /// Take `key` as a string.
     pub fn take_str(&mut self, key: &str) -> Option<String> {
+        self.asked.insert(key.to_owned());
         self.params.remove(key)
     }
 
@@ -266,7 +273,7 @@ impl QueryParams {
     where
         T::Err: std::fmt::Display,
     {
-        match self.params.remove(key) {
+        match self.take_str(key) {
             None => Ok(None),
             Some(v) => v.parse().map(Some).map_err(|e| {
                 Error::new(
@@ -308,15 +315,32 @@ impl QueryParams {
         Ok(())
     }
 
-    /// Fail with `InvalidConfig` if any key was not taken.
+    /// Fail with `InvalidConfig` if any key was not taken, naming each with
+    /// a "did you mean" for a near miss, and listing the keys the backend
+    /// read.
     pub fn finish(self) -> Result<()> {
         if self.params.is_empty() {
             return Ok(());
         }
-        let keys: Vec<&str> = self.params.keys().map(String::as_str).collect();
+        let known: Vec<&str> = self.asked.iter().map(String::as_str).collect();
+        let unknown: Vec<String> = self
+            .params
+            .keys()
+            .map(
+                |k| match crate::suggest::closest(k, known.iter().copied()) {
+                    Some(near) => format!("`{k}` (did you mean `{near}`?)"),
+                    None => format!("`{k}`"),
+                },
+            )
+            .collect();
         Err(Error::new(
             ErrorKind::InvalidConfig,
-            format!("unknown url query keys: {}", keys.join(", ")),
+            format!(
+                "unknown url query key{} {}; the keys this url takes: {}",
+                if unknown.len() == 1 { "" } else { "s" },
+                unknown.join(", "),
+                known.join(", ")
+            ),
         ))
     }
 }
@@ -372,6 +396,28 @@ pub fn redacted(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_query_key_names_its_near_miss_and_the_keys_taken() {
+        let url = Url::parse("x://h?lease_ms=5&bukcet=b&colour=red").unwrap();
+        let mut q = QueryParams::new(&url).unwrap();
+        assert_eq!(
+            q.take_millis("lease_ms").unwrap(),
+            Some(std::time::Duration::from_millis(5))
+        );
+        assert_eq!(q.take_str("bucket"), None);
+        assert_eq!(q.take_str("discovery"), None);
+        let e = q.finish().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        assert_eq!(
+            e.message(),
+            "unknown url query keys `bukcet` (did you mean `bucket`?), `colour`; \
+             the keys this url takes: bucket, discovery, lease_ms"
+        );
+        let mut q = QueryParams::new(&Url::parse("x://h?a=1").unwrap()).unwrap();
+        assert_eq!(q.take::<u32>("a").unwrap(), Some(1));
+        q.finish().unwrap();
+    }
 
     #[test]
     fn redacted_urls_keep_everything_but_secrets() {

@@ -33,6 +33,7 @@ use std::time::Duration;
 use crate::policy::{CallPolicy, InFlightLimit, OnError, Overflow};
 use crate::request::ServeOptions;
 use crate::session::Plane;
+use crate::suggest::closest;
 use crate::{Error, ErrorKind, Requests, Result};
 
 /// The URL every plane falls back to when nothing names one.
@@ -416,37 +417,6 @@ fn env_names() -> Vec<String> {
     }
     v.push(CONFIG_ENV.to_owned());
     v
-}
-
-/// The known name nearest `name` within two edits (case-insensitive), if
-/// any.
-fn closest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    let name = name.to_ascii_lowercase();
-    known
-        .map(|k| (edit_distance(&name, &k.to_ascii_lowercase()), k))
-        .filter(|(d, _)| *d <= 2)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
-
-/// Levenshtein distance, for "did you mean".
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                prev
-            } else {
-                1 + prev.min(row[j]).min(cur)
-            };
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 /// Reads values of one layer, naming `origin` in its errors.
