@@ -20,7 +20,10 @@
 //! pinning, CA mode and mutual TLS of [`plane_peer::tls`]; a server
 //! publishes its certificate's fingerprint ([`FINGERPRINT_METADATA`]) and
 //! name ([`SERVER_NAME_METADATA`]) in discovery. A cleartext caller and a
-//! TLS server (or the reverse) refuse each other with `Connection`.
+//! TLS server (or the reverse) refuse each other with `Connection`. A server
+//! refusing the caller's certificate (mutual TLS) sends a TLS alert after the
+//! handshake; the caller reads up to the server's HTTP/2 preface before its
+//! first call, so the refusal is `Unauthorized`, not a broken pipe.
 //!
 //! # Liveness
 //!
@@ -52,7 +55,7 @@ use plane_peer::tls::{Published, Tls};
 use plane_peer::{
     self as peer, ends_call, CallLink, Endpoints, LinkSettings, PeerRequests, Pool, RequestLinks,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
@@ -321,8 +324,100 @@ impl HttpLinks {
         .await?;
         match connected {
             Connected::Plain(stream) => handshake(stream).await,
-            Connected::Tls(stream) => handshake(*stream).await,
+            Connected::Tls(mut stream) => {
+                // Under TLS 1.3 a server refuses this process's certificate
+                // only after the handshake, with an alert; hyper would meet
+                // it as a broken pipe on its first write and lose why. The
+                // server's HTTP/2 preface (SETTINGS) comes first on a good
+                // connection, so read that far here, then hand hyper the
+                // bytes read.
+                let timeout = self.config.timings.connect_timeout;
+                let mut first = vec![0u8; 1024];
+                let n = match tokio::time::timeout(timeout, stream.read(&mut first)).await {
+                    Ok(Ok(0)) => {
+                        return Err(Error::new(
+                            ErrorKind::Connection,
+                            format!("{} closed the connection after TLS", instance.address),
+                        ))
+                    }
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => {
+                        return Err(plane_peer::tls::refusal_in(&e).unwrap_or_else(|| {
+                            net::io_error(&format!("TLS with {} failed", instance.address), e)
+                        }))
+                    }
+                    Err(_) => {
+                        return Err(Error::new(
+                            ErrorKind::Connection,
+                            format!(
+                                "{} sent no HTTP/2 preface within {timeout:?}",
+                                instance.address
+                            ),
+                        ))
+                    }
+                };
+                first.truncate(n);
+                handshake(Rewind {
+                    read: Some(Bytes::from(first)),
+                    inner: *stream,
+                })
+                .await
+            }
         }
+    }
+}
+
+/// A stream whose first reads return bytes already read off it.
+struct Rewind<S> {
+    read: Option<Bytes>,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(mut read) = self.read.take() {
+            let n = read.len().min(buf.remaining());
+            buf.put_slice(&read.split_to(n));
+            if !read.is_empty() {
+                self.read = Some(read);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 

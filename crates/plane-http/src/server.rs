@@ -116,18 +116,25 @@ async fn serve_connection(stream: TcpStream, accept: Accept) {
         handshake,
     } = accept;
     match tls {
-        None => serve_io(stream, site).await,
+        // Cleartext: the client's first bytes tell HTTP/1.1 from h2c.
+        None => serve_io(stream, site, None).await,
         // In the connection's own task, so a slow or silent client holds
         // up nobody else.
         Some(acceptor) => {
             if let Some(stream) = net::accept_tls(&acceptor, stream, handshake).await {
-                serve_io(stream, site).await;
+                // Under TLS, ALPN decided. An h2 server then speaks first
+                // (its SETTINGS), which is how a caller learns that the
+                // handshake's certificate check passed (see the client).
+                let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                serve_io(stream, site, alpn).await;
             }
         }
     }
 }
 
-async fn serve_io<I>(io: I, site: Arc<Site>)
+/// Serve HTTP on `io`: the protocol ALPN chose, or either, told apart by
+/// what the client sends first.
+async fn serve_io<I>(io: I, site: Arc<Site>, alpn: Option<Vec<u8>>)
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -141,6 +148,11 @@ where
     // Bounds what one HTTP/1.1 request's head may hold (and so the memory a
     // client that never finishes one can tie up).
     builder.http1().max_buf_size(64 * 1024);
+    let builder = match alpn.as_deref() {
+        Some(b"h2") => builder.http2_only(),
+        Some(b"http/1.1") => builder.http1_only(),
+        _ => builder,
+    };
     let service = hyper::service::service_fn(move |req| {
         let site = site.clone();
         async move { Ok::<_, Infallible>(site.route(req).await) }
