@@ -36,8 +36,9 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+#[cfg(feature = "testkit")]
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -258,16 +259,13 @@ impl HttpLinks {
             .map_err(|e| Some(Error::new(ErrorKind::Other, format!("request: {e}"))))?;
         let mut sender = conn.sender.clone();
         if sender.ready().await.is_err() {
-            return Err(conn.refusal().await);
+            return Err(None);
         }
         let timeout = self.config.timings.connect_timeout;
         let response = match tokio::time::timeout(timeout, sender.send_request(req)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "call refused by the connection");
-                if let Some(refusal) = conn.refusal().await {
-                    return Err(Some(refusal));
-                }
                 if conn.sender.is_closed() {
                     return Err(None);
                 }
@@ -435,23 +433,16 @@ where
         .await
         .map_err(|e| http_error("HTTP/2 handshake failed", e))?;
     let closed: Arc<AtomicBool> = Arc::default();
-    let refused: Arc<OnceLock<Error>> = Arc::default();
-    let (ended, why) = (closed.clone(), refused.clone());
+    let ended = closed.clone();
     let task = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "http/2 connection to a peer ended");
-            // Under TLS 1.3 a refusal of this process's certificate comes
-            // after the handshake, so it ends the HTTP/2 connection.
-            if let Some(refusal) = plane_peer::tls::refusal_in(&e) {
-                let _ = why.set(refusal);
-            }
         }
         ended.store(true, Ordering::Release);
     });
     Ok(Connection {
         sender,
         closed,
-        refused,
         task: Arc::new(task.abort_handle()),
     })
 }
@@ -462,8 +453,6 @@ struct Connection {
     sender: SendRequest<ControlBody>,
     /// Set once the connection ended or was taken for dead.
     closed: Arc<AtomicBool>,
-    /// Why it ended, when the peer's TLS refused this process.
-    refused: Arc<OnceLock<Error>>,
     task: Arc<AbortHandle>,
 }
 
@@ -473,24 +462,6 @@ impl Connection {
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.task.abort();
-    }
-
-    /// Why a call could not be sent on this connection: the peer's TLS
-    /// refusal if that is what ended it (given a moment to be read off the
-    /// connection), `None` for a connection that just died.
-    async fn refusal(&self) -> Option<Error> {
-        for _ in 0..20 {
-            if let Some(e) = self.refused.get() {
-                return Some(Error::new(e.kind(), e.message().to_owned()));
-            }
-            if self.closed.load(Ordering::Acquire) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        self.refused
-            .get()
-            .map(|e| Error::new(e.kind(), e.message().to_owned()))
     }
 }
 

@@ -272,8 +272,7 @@ pub fn refusal(e: &rustls::Error) -> Option<Error> {
 
 /// `Unauthorized` if the error `e`, or one of its causes, says the peer
 /// refused this process's certificate with a certificate alert: a rustls
-/// error, one inside an I/O error, or (where a layer kept only an I/O
-/// error's text, as HTTP/2 does) the text rustls gives such an alert.
+/// error, or one inside an I/O error (as tokio-rustls reports it).
 pub fn refusal_in(e: &(dyn std::error::Error + 'static)) -> Option<Error> {
     let mut cause = Some(e);
     while let Some(c) = cause {
@@ -284,13 +283,6 @@ pub fn refusal_in(e: &(dyn std::error::Error + 'static)) -> Option<Error> {
         });
         if let Some(refusal) = tls.and_then(refusal) {
             return Some(refusal);
-        }
-        let text = c.to_string();
-        for &code in CERTIFICATE_ALERTS {
-            let alert = rustls::Error::AlertReceived(rustls::AlertDescription::from(code));
-            if text == alert.to_string() {
-                return refusal(&alert);
-            }
         }
         cause = c.source();
     }
