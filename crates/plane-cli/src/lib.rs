@@ -373,7 +373,7 @@ impl Cli<'_> {
             }
         });
         let server = requests
-            .serve_with(&endpoint, echo, self.config.serve_options())
+            .serve_with(&endpoint, echo, self.config.serve_options_for(&endpoint))
             .await?;
         self.say(format!(
             "serving {endpoint} as instance {}",

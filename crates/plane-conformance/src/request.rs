@@ -46,6 +46,7 @@ pub fn cases() -> Vec<Case> {
         case!("request", responder_restart_recovers),
         case!("request", unsupported_ops_refused),
         case!("request", trace_context_propagates),
+        case!("request", hierarchical_endpoint_names),
         case!("request", broadcast_every_instance_answers_once),
         case!("request", broadcast_silent_instance_bounded),
     ]
@@ -911,6 +912,51 @@ async fn direct_instance_routing(cx: &Ctx<'_>) -> CaseResult {
         .timeout(LONG);
     no_responders_fast("a call to a gone instance", requests.call_with(call)).await?;
     drop(servers);
+    Ok(())
+}
+
+/// Endpoints named as a hierarchy (`agent.7.status`), nested in each other:
+/// each is reached on its own, by name and (where declared) by instance, and a
+/// name one token longer than a served one is nobody's.
+async fn hierarchical_endpoint_names(cx: &Ctx<'_>) -> CaseResult {
+    let requests = cx.requests()?;
+    let agent = cx.name("agent.7");
+    let status = format!("{agent}.status");
+    let answer = |answer: &'static str| unary_fn(move |_req: Request| async move { Ok(answer) });
+    let agent_server = requests.serve(&agent, answer("agent")).await?;
+    let status_server = requests.serve(&status, answer("status")).await?;
+    for _ in 0..3 {
+        let reply = within(
+            EVENTUALLY,
+            "the call to the agent",
+            requests.call(&agent, ""),
+        )
+        .await?;
+        check_eq!(text(&reply?), "agent");
+        let reply = within(
+            EVENTUALLY,
+            "the call to its status",
+            requests.call(&status, ""),
+        )
+        .await?;
+        check_eq!(text(&reply?), "status");
+    }
+    if requests.capabilities().direct {
+        for (ep, server, answer) in [
+            (&agent, &agent_server, "agent"),
+            (&status, &status_server, "status"),
+        ] {
+            let call = Call::new(ep, "").route(Route::Instance(server.instance()));
+            let reply = within(EVENTUALLY, "a direct call", requests.call_with(call)).await??;
+            check_eq!(text(&reply.body), answer);
+        }
+    }
+    let unserved = Call::new(format!("{status}.detail"), "").timeout(LONG);
+    no_responders_fast(
+        "a call one token below a served endpoint",
+        requests.call_with(unserved),
+    )
+    .await?;
     Ok(())
 }
 

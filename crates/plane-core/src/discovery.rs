@@ -81,7 +81,7 @@ use tokio::time::Instant;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::InstanceId;
 use crate::kv::{Bucket, BucketConfig, Entry, Expect, Kv, Op, PutOptions, Watch, WatchEvent};
-use crate::subject::validate_name;
+use crate::subject::validate_endpoint;
 
 /// Shortest wait before retrying a failed kv operation in a background task.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -149,7 +149,7 @@ impl DiscoveryConfig {
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
-    /// The endpoint served (a name: `[A-Za-z0-9_-]`, 1 to 64).
+    /// The endpoint served (see [`validate_endpoint`]).
     pub endpoint: String,
     /// The instance's id, unique per endpoint.
     #[serde(with = "instance_id_hex")]
@@ -297,7 +297,7 @@ impl Discovery {
     /// fails with (later renewal failures are retried in the background).
     pub async fn register(&self, instance: Instance) -> Result<Registration> {
         let op = "discovery.register";
-        validate_name("endpoint", &instance.endpoint).map_err(|e| e.with_op(op))?;
+        validate_endpoint(&instance.endpoint).map_err(|e| e.with_op(op))?;
         let value = serde_json::to_vec(&instance).map_err(|e| {
             Error::new(ErrorKind::Other, "cannot encode instance record")
                 .with_source(e)
@@ -333,7 +333,7 @@ impl Discovery {
     ///
     /// Records that cannot be decoded are skipped (and logged).
     pub async fn list(&self, endpoint: &str) -> Result<Vec<Instance>> {
-        validate_name("endpoint", endpoint).map_err(|e| e.with_op("discovery.list"))?;
+        validate_endpoint(endpoint).map_err(|e| e.with_op("discovery.list"))?;
         Ok(list(&self.bucket, endpoint).await?.into_values().collect())
     }
 
@@ -346,7 +346,7 @@ impl Discovery {
     /// first kv watch (or, without the `watch` capability, the first listing)
     /// fails with.
     pub async fn watch(&self, endpoint: &str) -> Result<DiscoveryWatch> {
-        validate_name("endpoint", endpoint).map_err(|e| e.with_op("discovery.watch"))?;
+        validate_endpoint(endpoint).map_err(|e| e.with_op("discovery.watch"))?;
         let (kv_watch, initial) = if self.bucket.capabilities().watch {
             (Some(self.bucket.watch(&filter(endpoint)).await?), None)
         } else {

@@ -242,6 +242,9 @@ pub struct QueryParams {
     /// Every key the backend asked for, present or not: what an unknown
     /// key's error lists.
     asked: std::collections::BTreeSet<String>,
+    /// Names other clients use for a key, and the key: `credentials` for
+    /// `creds`, say. Named in an unknown key's error.
+    aliases: Vec<(&'static str, &'static str)>,
 }
 
 impl QueryParams {
@@ -259,6 +262,7 @@ impl QueryParams {
         Ok(QueryParams {
             params,
             asked: Default::default(),
+            aliases: Vec::new(),
         })
     }
 
@@ -315,9 +319,17 @@ impl QueryParams {
         Ok(())
     }
 
+    /// Name `key` in the error of an unknown `common`: what other clients
+    /// or configuration formats call it (`credentials` for `creds`), too far
+    /// from it for a "did you mean" by spelling.
+    pub fn alias(&mut self, common: &'static str, key: &'static str) -> &mut Self {
+        self.aliases.push((common, key));
+        self
+    }
+
     /// Fail with `InvalidConfig` if any key was not taken, naming each with
-    /// a "did you mean" for a near miss, and listing the keys the backend
-    /// read.
+    /// a "did you mean" for a known alias or a near miss, and listing the
+    /// keys the backend read.
     pub fn finish(self) -> Result<()> {
         if self.params.is_empty() {
             return Ok(());
@@ -326,12 +338,17 @@ impl QueryParams {
         let unknown: Vec<String> = self
             .params
             .keys()
-            .map(
-                |k| match crate::suggest::closest(k, known.iter().copied()) {
+            .map(|k| {
+                let alias = self
+                    .aliases
+                    .iter()
+                    .find(|(common, _)| common.eq_ignore_ascii_case(k))
+                    .map(|(_, key)| *key);
+                match alias.or_else(|| crate::suggest::closest(k, known.iter().copied())) {
                     Some(near) => format!("`{k}` (did you mean `{near}`?)"),
                     None => format!("`{k}`"),
-                },
-            )
+                }
+            })
             .collect();
         Err(Error::new(
             ErrorKind::InvalidConfig,
@@ -417,6 +434,20 @@ mod tests {
         let mut q = QueryParams::new(&Url::parse("x://h?a=1").unwrap()).unwrap();
         assert_eq!(q.take::<u32>("a").unwrap(), Some(1));
         q.finish().unwrap();
+    }
+
+    #[test]
+    fn an_unknown_query_key_names_the_key_it_is_an_alias_of() {
+        let url = Url::parse("x://h?Credentials=/a&tls=true").unwrap();
+        let mut q = QueryParams::new(&url).unwrap();
+        q.alias("credentials", "creds").alias("tls", "tls_required");
+        assert_eq!(q.take_str("creds"), None);
+        assert_eq!(q.take_str("tls_required"), None);
+        assert_eq!(
+            q.finish().unwrap_err().message(),
+            "unknown url query keys `Credentials` (did you mean `creds`?), `tls` (did you mean \
+             `tls_required`?); the keys this url takes: creds, tls_required"
+        );
     }
 
     #[test]

@@ -89,16 +89,40 @@ pub fn validate_key_filter(filter: &str) -> Result<()> {
     check_tokens("key filter", filter, true, key_char)
 }
 
-/// Validate a resource name (bucket, stream, queue, consumer, group, endpoint):
+fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// The longest endpoint name, in bytes.
+pub const MAX_ENDPOINT_LEN: usize = 255;
+
+/// Validate an endpoint name: dot-separated tokens of `[A-Za-z0-9_-]`
+/// (`echo`, `agent.7.status`), each 1 to 64 characters, at most
+/// [`MAX_ENDPOINT_LEN`] bytes in all. Tokens let an application name
+/// endpoints in a hierarchy, as subjects are; a backend that routes by
+/// subject puts the endpoint's tokens into its subjects as they are.
+pub fn validate_endpoint(endpoint: &str) -> Result<()> {
+    if endpoint.len() > MAX_ENDPOINT_LEN {
+        return Err(invalid("endpoint", endpoint, "too long"));
+    }
+    check_tokens("endpoint", endpoint, false, name_char)?;
+    if endpoint.split('.').any(|t| t.len() > 64) {
+        return Err(invalid(
+            "endpoint",
+            endpoint,
+            "a token is longer than 64 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Validate a resource name (bucket, stream, queue, consumer, group):
 /// 1 to 64 characters of `[A-Za-z0-9_-]`.
 pub fn validate_name(what: &str, name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 64 {
         return Err(invalid(what, name, "must be 1 to 64 characters"));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
-    {
+    if let Some(c) = name.chars().find(|c| !name_char(*c)) {
         return Err(invalid(
             what,
             name,
@@ -177,6 +201,28 @@ mod tests {
         }
         assert!(validate_name("bucket", "ok_name-1").is_ok());
         assert!(validate_name("bucket", "no.dots").is_err());
+        assert!(validate_endpoint("echo").is_ok());
+        assert!(validate_endpoint("agent.7f3a.status").is_ok());
+        let token = "t".repeat(64);
+        assert!(validate_endpoint(&[token.as_str(); 3].join(".")).is_ok());
+        let long_token = "t".repeat(65);
+        let too_long = [token.as_str(); 4].join(".");
+        for bad in [
+            "",
+            "a..b",
+            "a.",
+            ".a",
+            "a.*",
+            "a.>",
+            "a b",
+            "a/b",
+            "ü",
+            &long_token,
+            &too_long,
+        ] {
+            let err = validate_endpoint(bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad:?}");
+        }
     }
 
     #[test]

@@ -551,3 +551,160 @@ async fn the_callers_trace_reaches_the_handler_and_nested_calls_continue_it() {
     let root = seen.lock().unwrap().pop().flatten().expect("a new trace");
     assert_ne!(root.trace_id(), ctx.trace_id());
 }
+
+/// A unary handler that answers `done` after `delay`, counting its runs.
+fn slow(delay: Duration, runs: Arc<AtomicUsize>) -> impl Handler {
+    unary_fn(move |_req: Request| {
+        runs.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(delay).await;
+            Ok("done")
+        }
+    })
+}
+
+// Paused time: the clock only moves when every task waits, so which
+// deadline fires first does not depend on how loaded the machine is.
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_timeout_is_that_endpoints_deadline() {
+    let requests = mem()
+        .with_timeout(Some(Duration::from_secs(5)))
+        .with_endpoint_timeout("quick", Some(Duration::from_millis(100)));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let one_second = Duration::from_secs(1);
+    let _quick = requests
+        .serve("quick", slow(one_second, runs.clone()))
+        .await
+        .unwrap();
+    let _patient = requests
+        .serve("patient", slow(one_second, runs.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        requests.timeout_for("quick"),
+        Some(Duration::from_millis(100))
+    );
+    assert_eq!(
+        requests.timeout_for("patient"),
+        Some(Duration::from_secs(5))
+    );
+
+    let started = tokio::time::Instant::now();
+    let e = requests.call("quick", "x").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(100) && waited < one_second,
+        "the endpoint's 100 ms deadline, not the handle's 5 s: {waited:?}"
+    );
+    // The handle's 5 s holds everywhere else.
+    assert_eq!(
+        requests.call("patient", "x").await.unwrap().to_bytes(),
+        "done"
+    );
+    // A call's own timeout beats the endpoint's.
+    let reply = requests
+        .call_with(Call::new("quick", "x").timeout(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(reply.body.to_bytes(), "done");
+    // `None` for an endpoint is no deadline at all, even with the handle's.
+    let unbounded = requests.with_endpoint_timeout("quick", None);
+    assert_eq!(unbounded.timeout_for("quick"), None);
+    assert_eq!(
+        unbounded.call("quick", "x").await.unwrap().to_bytes(),
+        "done"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn a_request_over_the_clients_limit_is_refused_before_it_is_sent() {
+    let requests = mem()
+        .with_max_request_bytes(Some(8))
+        .with_endpoint_max_request_bytes("upload", Some(32));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let _small = requests
+        .serve("small", counting(runs.clone()))
+        .await
+        .unwrap();
+    let _upload = requests
+        .serve("upload", counting(runs.clone()))
+        .await
+        .unwrap();
+    assert_eq!(requests.max_request_bytes_for("small"), Some(8));
+    assert_eq!(requests.max_request_bytes_for("upload"), Some(32));
+
+    // At the limit it goes through; one byte over, it is refused and the
+    // handler does not run.
+    requests.call("small", "12345678").await.unwrap();
+    let e = requests.call("small", "123456789").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PayloadTooLarge, "{e}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // Nothing reaches the transport: an endpoint nobody serves would be
+    // `NoResponders` if the call had been sent.
+    let e = requests
+        .call("nobody.serves", "123456789")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PayloadTooLarge, "{e}");
+    assert_eq!(
+        requests
+            .call("nobody.serves", "1")
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NoResponders
+    );
+    // The endpoint's own limit replaces the handle's, both ways.
+    requests.call("upload", vec![0u8; 32]).await.unwrap();
+    let e = requests.call("upload", vec![0u8; 33]).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PayloadTooLarge, "{e}");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn the_backends_limit_holds_whatever_the_handle_allows() {
+    let url = url::Url::parse("mem://x?max_payload=64").unwrap();
+    let requests = Hub::new()
+        .requests(&MemConfig::from_url(&url).unwrap())
+        .with_max_request_bytes(Some(1024));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let _s = requests.serve("e", counting(runs.clone())).await.unwrap();
+    let e = requests.call("e", vec![0u8; 65]).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PayloadTooLarge, "{e}");
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_server_refuses_a_request_over_its_limit_without_running_the_handler() {
+    let requests = mem();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let _server = requests
+        .serve_with(
+            "bounded",
+            counting(runs.clone()),
+            ServeOptions::default().max_request_bytes(16),
+        )
+        .await
+        .unwrap();
+    let _other = requests
+        .serve("open", counting(runs.clone()))
+        .await
+        .unwrap();
+    requests.call("bounded", vec![0u8; 16]).await.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // The caller has no limit of its own: the refusal is the server's.
+    assert_eq!(requests.max_request_bytes_for("bounded"), None);
+    let e = requests.call("bounded", vec![0u8; 17]).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PayloadTooLarge, "{e}");
+    let stream = requests
+        .stream(Call::new("bounded", vec![0u8; 17]))
+        .await
+        .unwrap_err();
+    assert_eq!(stream.kind(), ErrorKind::PayloadTooLarge, "{stream}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler did not run");
+    // Another endpoint's server has no such limit.
+    requests.call("open", vec![0u8; 17]).await.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}

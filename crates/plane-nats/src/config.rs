@@ -49,8 +49,14 @@ pub struct NatsConfig {
     /// Interval of a streaming handler's heartbeats (`heartbeat_ms`). A caller
     /// that hears nothing for three intervals reports `Disconnected`. Default 1 s.
     pub heartbeat: Duration,
-    /// First token of every subject plane itself names (`prefix`). Default `plane`.
+    /// First token of the subjects of plane's own traffic: calls, control,
+    /// queues (`prefix`). Default `plane`.
     pub prefix: String,
+    /// Put in front of everything plane names on the server, event subjects,
+    /// streams, buckets and inboxes included (`namespace`, dot-separated
+    /// tokens of `[A-Za-z0-9-]`, like `nylon.dev`), so environments sharing
+    /// a server never see each other. Default none.
+    pub namespace: Option<String>,
     /// Reconnect attempts after the connection is lost before the client
     /// gives up for good and its planes report `Down` (`reconnect_attempts`,
     /// a number or `forever`; 0 never reconnects). Default: forever.
@@ -87,6 +93,7 @@ impl std::fmt::Debug for NatsConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("heartbeat", &self.heartbeat)
             .field("prefix", &self.prefix)
+            .field("namespace", &self.namespace)
             .field("reconnect_attempts", &self.reconnect_attempts)
             .field("reconnect_wait", &self.reconnect_wait)
             .field("ping_interval", &self.ping_interval)
@@ -112,6 +119,7 @@ impl Default for NatsConfig {
             connect_timeout: Duration::from_secs(5),
             heartbeat: Duration::from_secs(1),
             prefix: "plane".to_owned(),
+            namespace: None,
             reconnect_attempts: None,
             reconnect_wait: Duration::from_secs(1),
             ping_interval: Duration::from_secs(60),
@@ -197,6 +205,31 @@ impl NatsConfig {
         let port = url.port().unwrap_or(4222);
         let mut servers = vec![format!("{host}:{port}")];
         let mut q = QueryParams::new(url)?;
+        // What other NATS clients and configuration blocks call these keys.
+        q.alias("credentials", "creds")
+            .alias("credentials_file", "creds")
+            .alias("creds_file", "creds")
+            .alias("user_credentials", "creds")
+            .alias("tls", "tls_required")
+            .alias("ca", "tls_ca")
+            .alias("root_ca", "tls_ca")
+            .alias("cert", "tls_cert")
+            .alias("key", "tls_key")
+            .alias("nkey_seed", "nkey")
+            .alias("seed_file", "nkey_file")
+            .alias("username", "user")
+            .alias("pass", "password")
+            .alias("auth_token", "token")
+            .alias("max_reconnects", "reconnect_attempts")
+            .alias("max_reconnect_attempts", "reconnect_attempts")
+            .alias("reconnect_delay_ms", "reconnect_wait_ms")
+            .alias("reconnect_time_wait", "reconnect_wait_ms")
+            .alias("max_pings_out", "pings_outstanding")
+            .alias("max_pings_outstanding", "pings_outstanding")
+            .alias("ping_interval", "ping_interval_ms")
+            .alias("timeout", "connect_timeout_ms")
+            .alias("subject_prefix", "namespace")
+            .alias("client_name", "name");
         if let Some(more) = q.take_str("servers") {
             servers.extend(more.split(',').filter(|s| !s.is_empty()).map(str::to_owned));
         }
@@ -222,6 +255,7 @@ impl NatsConfig {
                 .unwrap_or(d.connect_timeout),
             heartbeat: q.take_millis("heartbeat_ms")?.unwrap_or(d.heartbeat),
             prefix: q.take_str("prefix").unwrap_or(d.prefix),
+            namespace: q.take_str("namespace").or(d.namespace),
             reconnect_attempts: match q.take_str("reconnect_attempts").as_deref() {
                 None => d.reconnect_attempts,
                 Some("forever") => None,
@@ -278,8 +312,17 @@ impl NatsConfig {
                 "heartbeat_ms, connect_timeout_ms, reconnect_wait_ms, ping_interval_ms and pings_outstanding must be positive",
             ));
         }
+        if self.prefix.contains('.') {
+            return Err(invalid(format!(
+                "prefix `{}` must be one token; a multi-token namespace for everything plane names is the `namespace` key",
+                self.prefix
+            )));
+        }
         plane_core::subject::validate_name("prefix", &self.prefix)
             .map_err(|e| invalid(e.message().to_owned()))?;
+        if let Some(ns) = &self.namespace {
+            crate::namespace::validate(ns)?;
+        }
         Ok(())
     }
 
@@ -338,6 +381,11 @@ impl NatsConfig {
         if let Some(name) = &self.name {
             opts = opts.name(name);
         }
+        if let Some(inbox) =
+            crate::namespace::Namespace::new(self.namespace.as_deref())?.inbox_prefix()
+        {
+            opts = opts.custom_inbox_prefix(inbox);
+        }
         if let Some(ca) = &self.tls_ca {
             opts = opts.add_root_certificates(ca.clone());
         }
@@ -354,8 +402,17 @@ impl NatsConfig {
             opts = opts.nkey(seed.clone());
         }
         if let Some(creds) = &self.creds {
-            opts = opts.credentials_file(creds).await.map_err(|e| {
-                invalid(format!("cannot read creds file {}", creds.display())).with_source(e)
+            // Read here rather than by async-nats, so that a missing file and
+            // a malformed one are told apart; neither message quotes the file.
+            let text = std::fs::read_to_string(creds).map_err(|e| {
+                invalid(format!("cannot read creds file `{}`: {e}", creds.display())).with_source(e)
+            })?;
+            opts = opts.credentials(&text).map_err(|e| {
+                invalid(format!(
+                    "creds file `{}` is not a credentials file: {e}",
+                    creds.display()
+                ))
+                .with_source(e)
             })?;
         }
         let scheme = if self.tls_required { "tls" } else { "nats" };
@@ -448,6 +505,24 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn other_clients_names_for_keys_get_a_hint() {
+        // As a plan written for another NATS client spells it.
+        let e = parse("nats://h:4222?tls=true&credentials=/etc/app.creds&max_reconnects=5")
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        for hint in [
+            "`tls` (did you mean `tls_required`?)",
+            "`credentials` (did you mean `creds`?)",
+            "`max_reconnects` (did you mean `reconnect_attempts`?)",
+        ] {
+            assert!(e.message().contains(hint), "{hint} in: {e}");
+        }
+        let e = parse("nats://h/path").map(|_| ()).unwrap_err();
+        assert!(e.message().contains("no path"), "{e}");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The events plane: core NATS publish/subscribe for at-most-once, JetStream
 //! streams and durable pull consumers for at-least-once.
 //!
-//! An event's subject is the NATS subject itself, so plain NATS clients
-//! publish events plane subscribers receive and subscribe to plane events.
+//! An event's subject is the NATS subject itself (behind the namespace, if
+//! one is set), so plain NATS clients publish events plane subscribers
+//! receive and subscribe to plane events.
 //! The origin travels in the `plane-publisher` and `plane-seq` headers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,12 +25,14 @@ use tokio::sync::mpsc;
 
 use crate::ack::{DeadLetter, JsAcker, Original};
 use crate::mapping;
+use crate::namespace::Namespace;
 
 /// The events plane over NATS and JetStream.
 pub struct NatsEvents {
     client: Client,
     js: jetstream::Context,
     caps: EventsCapabilities,
+    namespace: Namespace,
     /// Set when the connection ran out of reconnect attempts.
     gave_up: crate::GaveUp,
 }
@@ -51,8 +54,15 @@ impl NatsEvents {
             js: jetstream::new(client.clone()),
             client,
             caps,
+            namespace: Namespace::default(),
             gave_up: crate::GaveUp::default(),
         }
+    }
+
+    /// Name subjects and streams inside `namespace`.
+    pub(crate) fn in_namespace(mut self, namespace: Namespace) -> Self {
+        self.namespace = namespace;
+        self
     }
 
     /// Report `Down` once the connection behind `gave_up` stopped
@@ -121,8 +131,9 @@ impl EventsBackend for NatsEvents {
 
     async fn publish(&self, event: Event) -> Result<()> {
         let (headers, payload) = headers_of(&event);
+        let subject = self.namespace.subject(&event.subject).into_owned();
         self.client
-            .publish_with_headers(event.subject, headers, payload)
+            .publish_with_headers(subject, headers, payload)
             .await
             .map_err(crate::error::publish)
     }
@@ -135,13 +146,10 @@ impl EventsBackend for NatsEvents {
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn SubscriptionTransport>> {
+        let pattern = self.namespace.subject(&options.pattern).into_owned();
         let mut sub = match &options.group {
-            Some(group) => {
-                self.client
-                    .queue_subscribe(options.pattern.clone(), group.clone())
-                    .await
-            }
-            None => self.client.subscribe(options.pattern.clone()).await,
+            Some(group) => self.client.queue_subscribe(pattern, group.clone()).await,
+            None => self.client.subscribe(pattern).await,
         }
         .map_err(crate::error::subscribe)?;
         // Publishers on other connections must reach the subscription as
@@ -150,6 +158,7 @@ impl EventsBackend for NatsEvents {
         let (tx, rx) = mpsc::channel(options.capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let counter = dropped.clone();
+        let namespace = self.namespace.clone();
         // Forward into a buffer of the subscriber's capacity, counting what
         // does not fit, so a slow subscriber loses events visibly and its
         // memory stays bounded.
@@ -165,7 +174,11 @@ impl EventsBackend for NatsEvents {
                 // not trickled in as the reader frees slots.
                 let mut next = Some(first);
                 while let Some(msg) = next {
-                    let event = event_of(msg.subject.as_str(), msg.headers.as_ref(), msg.payload);
+                    let event = event_of(
+                        namespace.local_subject(msg.subject.as_str()),
+                        msg.headers.as_ref(),
+                        msg.payload,
+                    );
                     match tx.try_send(event) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
@@ -183,8 +196,12 @@ impl EventsBackend for NatsEvents {
     async fn create_stream(&self, config: StreamConfig) -> Result<()> {
         self.js
             .get_or_create_stream(stream::Config {
-                name: config.name.clone(),
-                subjects: config.subjects.clone(),
+                name: self.namespace.name(&config.name).into_owned(),
+                subjects: config
+                    .subjects
+                    .iter()
+                    .map(|s| self.namespace.subject(s).into_owned())
+                    .collect(),
                 max_age: config.max_age.unwrap_or_default(),
                 duplicate_window: config.duplicate_window,
                 storage: stream::StorageType::File,
@@ -197,7 +214,7 @@ impl EventsBackend for NatsEvents {
 
     async fn delete_stream(&self, name: &str) -> Result<()> {
         self.js
-            .delete_stream(name)
+            .delete_stream(self.namespace.name(name))
             .await
             .map_err(|e| crate::error::js("delete stream", e))?;
         Ok(())
@@ -208,9 +225,10 @@ impl EventsBackend for NatsEvents {
         if let Some(id) = &msg_id {
             headers.insert("Nats-Msg-Id", id.as_str());
         }
+        let subject = self.namespace.subject(&event.subject).into_owned();
         let ack = self
             .js
-            .publish_with_headers(event.subject, headers, payload)
+            .publish_with_headers(subject, headers, payload)
             .await
             .map_err(crate::error::js_publish)?
             .await
@@ -223,7 +241,7 @@ impl EventsBackend for NatsEvents {
                 }
             })?;
         Ok(PublishAck {
-            stream: ack.stream,
+            stream: self.namespace.local_name(&ack.stream).to_owned(),
             sequence: ack.sequence,
             duplicate: ack.duplicate,
         })
@@ -232,7 +250,7 @@ impl EventsBackend for NatsEvents {
     async fn consume(&self, config: ConsumerConfig) -> Result<Box<dyn DeliveryTransport>> {
         let stream = self
             .js
-            .get_stream(&config.stream)
+            .get_stream(self.namespace.name(&config.stream))
             .await
             .map_err(|e| crate::error::js("open stream", e))?;
         let consumer: consumer::PullConsumer = stream
@@ -240,7 +258,11 @@ impl EventsBackend for NatsEvents {
                 &config.name,
                 consumer::pull::Config {
                     durable_name: Some(config.name.clone()),
-                    filter_subject: config.filter.clone().unwrap_or_default(),
+                    filter_subject: config
+                        .filter
+                        .as_deref()
+                        .map(|f| self.namespace.subject(f).into_owned())
+                        .unwrap_or_default(),
                     deliver_policy: match config.deliver {
                         DeliverPolicy::All => consumer::DeliverPolicy::All,
                         DeliverPolicy::New => consumer::DeliverPolicy::New,
@@ -254,9 +276,9 @@ impl EventsBackend for NatsEvents {
             )
             .await
             .map_err(|e| crate::error::js("create consumer", e))?;
-        let dead_letter = config.dead_letter.clone().map(|subject| DeadLetter {
+        let dead_letter = config.dead_letter.as_deref().map(|subject| DeadLetter {
             js: self.js.clone(),
-            subject,
+            subject: self.namespace.subject(subject).into_owned(),
             durable: false,
             source: (names::DEAD_LETTER_SUBJECT, None),
         });
@@ -265,9 +287,12 @@ impl EventsBackend for NatsEvents {
             self.client.clone(),
             consumer,
             tx,
-            config,
-            dead_letter,
-            self.caps.nack_delay,
+            Pumped {
+                config,
+                dead_letter,
+                nack_delay: self.caps.nack_delay,
+                namespace: self.namespace.clone(),
+            },
         ));
         Ok(Box::new(Consumer { rx }))
     }
@@ -286,11 +311,9 @@ async fn pump(
     client: Client,
     consumer: consumer::PullConsumer,
     tx: mpsc::Sender<Result<Delivery>>,
-    config: ConsumerConfig,
-    dead_letter: Option<DeadLetter>,
-    nack_delay: bool,
+    how: Pumped,
 ) {
-    let batch_size = config.max_in_flight.clamp(1, 256);
+    let batch_size = how.config.max_in_flight.clamp(1, 256);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     'outer: loop {
         let batch = tokio::select! {
@@ -338,7 +361,7 @@ async fn pump(
                 Some(Err(e)) => tracing::debug!(error = %e, "pull consumer error"),
                 Some(Ok(msg)) if closing => hand_back(msg).await,
                 Some(Ok(msg)) => {
-                    let delivery = delivery_of(msg, &config, dead_letter.as_ref(), nack_delay);
+                    let delivery = delivery_of(msg, &how);
                     if let Err(mpsc::error::SendError(Ok(d))) = tx.send(delivery).await {
                         closing = true;
                         let _ = d.nack(None).await;
@@ -356,12 +379,21 @@ async fn hand_back(msg: jetstream::Message) {
     }
 }
 
-fn delivery_of(
-    msg: jetstream::Message,
-    config: &ConsumerConfig,
-    dead_letter: Option<&DeadLetter>,
+/// What a consumer's pump needs to turn messages into deliveries.
+struct Pumped {
+    config: ConsumerConfig,
+    dead_letter: Option<DeadLetter>,
     nack_delay: bool,
-) -> Result<Delivery> {
+    namespace: Namespace,
+}
+
+fn delivery_of(msg: jetstream::Message, how: &Pumped) -> Result<Delivery> {
+    let Pumped {
+        config,
+        dead_letter,
+        nack_delay,
+        namespace,
+    } = how;
     let (stream, seq, attempt) = {
         let info = msg.info().map_err(|e| {
             Error::new(ErrorKind::Decode, "malformed jetstream delivery").with_source(e)
@@ -373,17 +405,14 @@ fn delivery_of(
         )
     };
     let (msg, acker) = msg.split();
-    let event = event_of(
-        msg.subject.as_str(),
-        msg.headers.as_ref(),
-        msg.payload.clone(),
-    )?;
+    let subject = namespace.local_subject(msg.subject.as_str());
+    let event = event_of(subject, msg.headers.as_ref(), msg.payload.clone())?;
     let last = config.max_deliver.is_some_and(|max| attempt >= max);
     let dl = match dead_letter {
         Some(dl) if last => Some((
             dl.clone(),
             Original {
-                subject: msg.subject.to_string(),
+                subject: subject.to_owned(),
                 headers: msg.headers.clone(),
                 payload: msg.payload.clone(),
                 stream,
@@ -398,7 +427,7 @@ fn delivery_of(
         event,
         attempt,
         seq,
-        AckHandle::new(Box::new(acker), nack_delay, true),
+        AckHandle::new(Box::new(acker), *nack_delay, true),
     ))
 }
 

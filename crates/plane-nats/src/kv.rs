@@ -26,6 +26,8 @@ use plane_core::kv::{
 use plane_core::{Error, ErrorKind, Result};
 use tokio::sync::mpsc;
 
+use crate::namespace::Namespace;
+
 /// How long the server keeps the marker it leaves when a key expires.
 const MARKER_TTL: Duration = Duration::from_secs(1);
 
@@ -33,6 +35,7 @@ const MARKER_TTL: Duration = Duration::from_secs(1);
 pub struct NatsKv {
     js: jetstream::Context,
     caps: KvCapabilities,
+    namespace: Namespace,
     gave_up: crate::GaveUp,
 }
 
@@ -50,6 +53,7 @@ impl NatsKv {
         NatsKv {
             js: jetstream::new(client),
             caps,
+            namespace: Namespace::default(),
             gave_up: crate::GaveUp::default(),
         }
     }
@@ -61,7 +65,14 @@ impl NatsKv {
         self
     }
 
+    /// Name buckets inside `namespace`.
+    pub(crate) fn in_namespace(mut self, namespace: Namespace) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
     async fn open(&self, name: &str) -> Result<Arc<dyn DynKvBucketBackend>> {
+        let name = self.namespace.name(name);
         let stream = self
             .js
             .get_stream(format!("KV_{name}"))
@@ -97,7 +108,7 @@ impl KvBackend for NatsKv {
         let created = self
             .js
             .create_key_value(kv::Config {
-                bucket: config.name.clone(),
+                bucket: self.namespace.name(&config.name).into_owned(),
                 history: i64::from(config.history),
                 max_age: config.max_age.unwrap_or_default(),
                 storage: stream::StorageType::File,
@@ -120,7 +131,7 @@ impl KvBackend for NatsKv {
 
     async fn delete_bucket(&self, name: &str) -> Result<()> {
         self.js
-            .delete_key_value(name)
+            .delete_key_value(self.namespace.name(name))
             .await
             .map_err(|e| crate::error::js("delete bucket", e))?;
         Ok(())

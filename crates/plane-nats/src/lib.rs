@@ -36,6 +36,7 @@ pub mod events;
 mod inbox;
 pub mod kv;
 pub mod mapping;
+mod namespace;
 pub mod objects;
 pub mod queue;
 pub mod request;
@@ -47,6 +48,8 @@ use plane_core::registry::{Connector, Registry};
 use plane_core::session::{Session, SessionBackend};
 use plane_core::{Error, ErrorKind, Events, Kv, Objects, Queues, Requests, Result};
 use url::Url;
+
+use crate::namespace::Namespace;
 
 pub use config::NatsConfig;
 pub use events::NatsEvents;
@@ -98,11 +101,14 @@ pub(crate) fn state(
 /// Wait until the server has processed everything this client sent so far.
 ///
 /// `Client::flush` only empties the client's buffer; a subscription made
-/// visible to *other* connections needs a round trip. A request to a subject
-/// nobody serves is one: the server answers "no responders" only after it
-/// handled the commands before it, in order.
+/// visible to *other* connections needs a round trip, and async-nats offers
+/// no ping. A request the server itself answers is one: it answers only
+/// after it handled the commands before it, in order. The JetStream API's
+/// `INFO` is such a request (and without JetStream the "no responders" answer
+/// is one too). A request to an unserved subject would not do: a subscriber
+/// of `>` (this very subscription, say) receives it, so nobody answers.
 pub(crate) async fn sync(client: &async_nats::Client) -> Result<()> {
-    let probe = client.request(client.new_inbox(), bytes::Bytes::new());
+    let probe = client.request("$JS.API.INFO", bytes::Bytes::new());
     match tokio::time::timeout(std::time::Duration::from_secs(10), probe).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => Ok(()),
@@ -123,6 +129,9 @@ pub struct NatsConnector;
 struct NatsSession {
     client: async_nats::Client,
     config: NatsConfig,
+    namespace: Namespace,
+    /// The first tokens of plane's own subjects: the namespace, then `prefix`.
+    prefix: String,
     gave_up: GaveUp,
 }
 
@@ -131,9 +140,13 @@ impl NatsSession {
         let config = NatsConfig::from_url(url)?;
         let gave_up = GaveUp::default();
         let client = config.connect_reporting(gave_up.clone()).await?;
+        let namespace = Namespace::new(config.namespace.as_deref())?;
+        let prefix = namespace.subject(&config.prefix).into_owned();
         Ok(NatsSession {
             client,
             config,
+            namespace,
+            prefix,
             gave_up,
         })
     }
@@ -147,12 +160,8 @@ impl SessionBackend for NatsSession {
     fn requests(&self) -> BoxFuture<'_, Result<Requests>> {
         Box::pin(async move {
             Ok(Requests::new(
-                NatsRequests::new(
-                    self.client.clone(),
-                    &self.config.prefix,
-                    self.config.heartbeat,
-                )
-                .reporting(self.gave_up.clone()),
+                NatsRequests::new(self.client.clone(), &self.prefix, self.config.heartbeat)
+                    .reporting(self.gave_up.clone()),
             ))
         })
     }
@@ -160,7 +169,9 @@ impl SessionBackend for NatsSession {
     fn events(&self) -> BoxFuture<'_, Result<Events>> {
         Box::pin(async move {
             Ok(Events::new(
-                NatsEvents::new(self.client.clone()).reporting(self.gave_up.clone()),
+                NatsEvents::new(self.client.clone())
+                    .in_namespace(self.namespace.clone())
+                    .reporting(self.gave_up.clone()),
             ))
         })
     }
@@ -168,7 +179,9 @@ impl SessionBackend for NatsSession {
     fn kv(&self) -> BoxFuture<'_, Result<Kv>> {
         Box::pin(async move {
             Ok(Kv::new(
-                NatsKv::new(self.client.clone()).reporting(self.gave_up.clone()),
+                NatsKv::new(self.client.clone())
+                    .in_namespace(self.namespace.clone())
+                    .reporting(self.gave_up.clone()),
             ))
         })
     }
@@ -176,7 +189,9 @@ impl SessionBackend for NatsSession {
     fn objects(&self) -> BoxFuture<'_, Result<Objects>> {
         Box::pin(async move {
             Ok(Objects::new(
-                NatsObjects::new(self.client.clone()).reporting(self.gave_up.clone()),
+                NatsObjects::new(self.client.clone())
+                    .in_namespace(self.namespace.clone())
+                    .reporting(self.gave_up.clone()),
             ))
         })
     }
@@ -184,7 +199,8 @@ impl SessionBackend for NatsSession {
     fn queues(&self) -> BoxFuture<'_, Result<Queues>> {
         Box::pin(async move {
             Ok(Queues::new(
-                NatsQueues::new(self.client.clone(), &self.config.prefix)
+                NatsQueues::new(self.client.clone(), &self.prefix)
+                    .in_namespace(self.namespace.clone())
                     .reporting(self.gave_up.clone()),
             ))
         })

@@ -27,6 +27,8 @@ use plane_core::objects::{
 use plane_core::{Error, ErrorKind, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
+use crate::namespace::Namespace;
+
 /// Size of the chunks read back from the store.
 const READ_CHUNK: usize = 128 * 1024;
 
@@ -34,6 +36,7 @@ const READ_CHUNK: usize = 128 * 1024;
 pub struct NatsObjects {
     js: jetstream::Context,
     caps: ObjectsCapabilities,
+    namespace: Namespace,
     gave_up: crate::GaveUp,
 }
 
@@ -46,6 +49,7 @@ impl NatsObjects {
         NatsObjects {
             js: jetstream::new(client),
             caps,
+            namespace: Namespace::default(),
             gave_up: crate::GaveUp::default(),
         }
     }
@@ -57,10 +61,16 @@ impl NatsObjects {
         self
     }
 
+    /// Name buckets inside `namespace`.
+    pub(crate) fn in_namespace(mut self, namespace: Namespace) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
     async fn open(&self, name: &str) -> Result<Arc<dyn DynObjectBucketBackend>> {
         let store = self
             .js
-            .get_object_store(name)
+            .get_object_store(self.namespace.name(name))
             .await
             .map_err(|e| crate::error::js("open object bucket", e))?;
         Ok(Arc::new(NatsObjectBucket { store }))
@@ -89,7 +99,7 @@ impl ObjectsBackend for NatsObjects {
         if let Err(e) = self
             .js
             .create_object_store(object_store::Config {
-                bucket: name.to_owned(),
+                bucket: self.namespace.name(name).into_owned(),
                 storage: stream::StorageType::File,
                 ..Default::default()
             })
@@ -108,7 +118,7 @@ impl ObjectsBackend for NatsObjects {
 
     async fn delete_bucket(&self, name: &str) -> Result<()> {
         self.js
-            .delete_object_store(name)
+            .delete_object_store(self.namespace.name(name))
             .await
             .map_err(|e| crate::error::js("delete object bucket", e))?;
         Ok(())

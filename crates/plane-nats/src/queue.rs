@@ -1,6 +1,8 @@
 //! The queue plane on JetStream.
 //!
-//! Queue `Q` is the stream `QUEUE_Q` over the subject `plane.queue.Q`:
+//! Queue `Q` is the stream `QUEUE_Q` over the subject `plane.queue.Q` (in a
+//! namespace `N`: `QUEUE_N__Q` over `N.plane.queue.Q`, as `docs/nats.md`
+//! describes):
 //! work-queue retention and one durable pull consumer `worker` in
 //! [`QueueMode::WorkQueue`]; interest retention and one durable pull consumer
 //! per named consumer in [`QueueMode::Broadcast`]. The queue's plane
@@ -23,6 +25,7 @@ use plane_core::{Error, ErrorKind, Message, Result};
 
 use crate::ack::{DeadLetter, JsAcker, Original};
 use crate::mapping;
+use crate::namespace::Namespace;
 
 const WORKER: &str = "worker";
 const META_MODE: &str = "plane-queue-mode";
@@ -35,13 +38,15 @@ const META_ACK_WAIT: &str = "plane-queue-ack-wait-ms";
 pub struct NatsQueues {
     js: jetstream::Context,
     prefix: String,
+    namespace: Namespace,
     caps: QueueCapabilities,
     /// Set when the connection ran out of reconnect attempts.
     gave_up: crate::GaveUp,
 }
 
 impl NatsQueues {
-    /// The queue plane on `client`, with queue subjects under `prefix`.
+    /// The queue plane on `client`, with queue subjects under `prefix` (all
+    /// of its tokens: a namespace's too).
     pub fn new(client: Client, prefix: &str) -> Self {
         let mut caps = QueueCapabilities::default();
         caps.broadcast = true;
@@ -54,19 +59,31 @@ impl NatsQueues {
         NatsQueues {
             js: jetstream::new(client),
             prefix: prefix.to_owned(),
+            namespace: Namespace::default(),
             caps,
             gave_up: crate::GaveUp::default(),
         }
+    }
+
+    /// Name the queues' streams inside `namespace` (their subjects already
+    /// are, by `prefix`).
+    pub(crate) fn in_namespace(mut self, namespace: Namespace) -> Self {
+        self.namespace = namespace;
+        self
     }
 
     fn subject(&self, queue: &str) -> String {
         format!("{}.queue.{queue}", self.prefix)
     }
 
+    fn stream(&self, queue: &str) -> String {
+        format!("QUEUE_{}", self.namespace.name(queue))
+    }
+
     async fn open(&self, name: &str) -> Result<Arc<dyn DynQueueBackend>> {
         let mut stream = self
             .js
-            .get_stream(format!("QUEUE_{name}"))
+            .get_stream(self.stream(name))
             .await
             .map_err(|e| crate::error::js("open queue", e))?;
         let meta = stream
@@ -167,7 +184,7 @@ impl QueuesBackend for NatsQueues {
         let stream = self
             .js
             .get_or_create_stream(stream::Config {
-                name: format!("QUEUE_{}", config.name),
+                name: self.stream(&config.name),
                 subjects: vec![self.subject(&config.name)],
                 retention,
                 storage: stream::StorageType::File,
@@ -200,7 +217,7 @@ impl QueuesBackend for NatsQueues {
 
     async fn delete_queue(&self, name: &str) -> Result<()> {
         self.js
-            .delete_stream(format!("QUEUE_{name}"))
+            .delete_stream(self.stream(name))
             .await
             .map_err(|e| crate::error::js("delete queue", e))?;
         Ok(())

@@ -2,5 +2,4 @@
 //! TCP sockets shares ([`plane_peer::net::io_error`], `Connection` naming
 //! what failed).
 
-#[cfg(feature = "testkit")]
 pub(crate) use plane_peer::net::io_error;

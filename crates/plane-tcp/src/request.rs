@@ -67,7 +67,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
 
-#[cfg(feature = "testkit")]
 use crate::error::io_error;
 use crate::TcpConfig;
 
@@ -315,9 +314,17 @@ impl TcpLinks {
             self.config.timings.connect_timeout,
         )
         .await?;
-        let (read, write) = match connected {
-            Connected::Plain(stream) => plain_halves(stream),
-            Connected::Tls(stream) => tls_halves(*stream),
+        let (read, write, first) = match connected {
+            Connected::Plain(stream) => {
+                let (read, write) = plain_halves(stream);
+                (read, write, Vec::new())
+            }
+            Connected::Tls(stream) => {
+                let (mut read, write) = tls_halves(*stream);
+                let timeout = self.config.timings.connect_timeout;
+                let first = read_hello(&mut read, &instance.address, timeout).await?;
+                (read, write, first)
+            }
         };
         let (queue, outgoing) = mpsc::channel(CONNECTION_QUEUE);
         let (dead, dead_rx) = oneshot::channel();
@@ -326,6 +333,7 @@ impl TcpLinks {
         let refused: Refused = Arc::default();
         let reader = tokio::spawn(read_replies(
             read,
+            first,
             calls.clone(),
             refused.clone(),
             self.limits,
@@ -378,23 +386,59 @@ async fn write_loop(
 /// Read `read` into `decoder` and hand each whole envelope to `each`, until
 /// the connection ends (`Ok` with the read error, if that is how it ended)
 /// or carries something undecodable.
+/// `first`: bytes already read from `read`, decoded before anything else.
 async fn read_envelopes(
     read: &mut Reader,
+    first: &[u8],
     limits: Limits,
     mut each: impl AsyncEnvelopeFn,
 ) -> std::result::Result<Option<std::io::Error>, wire::WireError> {
     let mut decoder = DelimitedDecoder::with_limits(limits);
+    decoder.push(first);
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
+        while let Some(env) = decoder.next_envelope()? {
+            if !each.call(env).await {
+                return Ok(None);
+            }
+        }
         match read.read(&mut chunk).await {
             Ok(0) => return Ok(None),
             Err(e) => return Ok(Some(e)),
             Ok(n) => decoder.push(&chunk[..n]),
         }
-        while let Some(env) = decoder.next_envelope()? {
-            if !each.call(env).await {
-                return Ok(None);
-            }
+    }
+}
+
+/// The hello a TLS server sends as soon as its handshake is done: a
+/// heartbeat of no call, which callers of any version ignore.
+fn hello() -> Envelope {
+    Envelope::new(EnvelopeKind::Heartbeat, RequestId::default())
+}
+
+/// Under TLS 1.3 a server checks the caller's certificate only after the
+/// caller's side of the handshake is done, and refuses with an alert the
+/// caller sees on its next read. Reading to the server's [`hello`] before
+/// the first call makes that read happen at once: a refusal is
+/// `Unauthorized` here, not a connection that dies later (once the caller
+/// has written, the server's reset can discard the alert unread). Returns
+/// what was read, for the reply reader.
+async fn read_hello(read: &mut Reader, address: &str, timeout: Duration) -> Result<Vec<u8>> {
+    let mut chunk = vec![0u8; READ_CHUNK];
+    match tokio::time::timeout(timeout, read.read(&mut chunk)).await {
+        Err(_) => Err(Error::new(
+            ErrorKind::Connection,
+            format!("{address} said nothing within {timeout:?} of its TLS handshake"),
+        )),
+        Ok(Ok(0)) => Err(Error::new(
+            ErrorKind::Connection,
+            format!("{address} closed the connection after its TLS handshake"),
+        )),
+        Ok(Err(e)) => Err(plane_peer::tls::refusal_in(&e)
+            .unwrap_or_else(|| io_error(&format!("TLS with {address} failed"), e))),
+        Ok(Ok(n)) => {
+            chunk.truncate(n);
+            Ok(chunk)
         }
     }
 }
@@ -472,6 +516,7 @@ impl AsyncEnvelopeFn for RouteReplies {
 /// on it ends (its sender dropped: `Disconnected`), and so does the writer.
 async fn read_replies(
     mut read: Reader,
+    first: Vec<u8>,
     calls: Calls,
     refused: Refused,
     limits: Limits,
@@ -480,7 +525,7 @@ async fn read_replies(
     let route = RouteReplies {
         calls: calls.clone(),
     };
-    match read_envelopes(&mut read, limits, route).await {
+    match read_envelopes(&mut read, &first, limits, route).await {
         Err(e) => tracing::debug!(error = %e, "malformed reply stream; closing the connection"),
         Ok(Some(e)) => {
             if let Some(refusal) = plane_peer::tls::refusal_in(&e) {
@@ -643,6 +688,7 @@ async fn serve_connection(stream: TcpStream, accept: Accept) {
         tls,
         handshake,
     } = accept;
+    let is_tls = tls.is_some();
     let (mut read, write) = match tls {
         None => plain_halves(stream),
         // In the connection's own task, so a slow or silent client holds
@@ -653,6 +699,12 @@ async fn serve_connection(stream: TcpStream, accept: Accept) {
         },
     };
     let (queue, outgoing) = mpsc::channel(CONNECTION_QUEUE);
+    if is_tls {
+        // The caller waits for it (see `read_hello`).
+        if let Ok(b) = delimited(&hello()) {
+            let _ = queue.try_send(b);
+        }
+    }
     let (dead, dead_rx) = oneshot::channel::<()>();
     let writer = tokio::spawn(write_loop(write, outgoing, dead_rx));
     let calls: ServedCalls = Arc::default();
@@ -663,7 +715,7 @@ async fn serve_connection(stream: TcpStream, accept: Accept) {
         calls: calls.clone(),
         subscriptions: HashMap::new(),
     };
-    if let Err(e) = read_envelopes(&mut read, limits, serve).await {
+    if let Err(e) = read_envelopes(&mut read, &[], limits, serve).await {
         // The stream's framing is lost: refuse and close the connection.
         let error = match e {
             wire::WireError::EnvelopeTooLarge { .. } => {

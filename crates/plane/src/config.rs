@@ -1,6 +1,8 @@
 //! plane's configuration: the URL of each plane and the client and server
-//! policies, from a TOML file and `PLANE_…` environment variables, layered
-//! defaults < file < environment < code.
+//! policies, by default and per endpoint, from a TOML or YAML file and
+//! `PLANE_…` environment variables, layered defaults < file < environment <
+//! code. One walker reads the tree either syntax gives, so the keys, their
+//! checks and their errors are the same in both.
 //!
 #![doc = include_str!("../../../docs/config.md")]
 //!
@@ -19,10 +21,20 @@
 //!     max_waiting = 1024
 //!     [client.endpoints."payments.charge"]
 //!     on_error = "end"
+//!     timeout_ms = 500
+//!     [server.endpoints."images.upload"]
+//!     max_request_bytes = 8388608
 //!     "#,
 //!     "inline",
 //! )?;
 //! assert_eq!(config.url_for(plane::session::Plane::Kv), "mem://gateway");
+//! let ms = std::time::Duration::from_millis;
+//! assert_eq!(config.client.timeout_for("payments.charge"), Some(ms(500)));
+//! assert_eq!(config.client.timeout_for("search"), Some(ms(2000)));
+//! assert_eq!(
+//!     config.serve_options_for("images.upload").max_request_bytes,
+//!     Some(8 * 1024 * 1024)
+//! );
 //! # Ok(()) }
 //! ```
 
@@ -40,9 +52,18 @@ use crate::{Error, ErrorKind, Requests, Result};
 pub const DEFAULT_URL: &str = "mem://plane";
 /// The environment variable naming the configuration file.
 pub const CONFIG_ENV: &str = "PLANE_CONFIG";
+/// The environment variable holding endpoint tables of `[client.endpoints]`,
+/// as TOML (`"payments.charge" = { timeout_ms = 500 }`): endpoint names
+/// carry dots, which variable names cannot.
+pub const CLIENT_ENDPOINTS_ENV: &str = "PLANE_CLIENT_ENDPOINTS";
+/// The environment variable holding endpoint tables of `[server.endpoints]`,
+/// as TOML, like [`CLIENT_ENDPOINTS_ENV`].
+pub const SERVER_ENDPOINTS_ENV: &str = "PLANE_SERVER_ENDPOINTS";
 
-/// The retry and on-error keys of `[client]` and of each endpoint's table.
-const POLICY_KEYS: &[&str] = &[
+/// The keys of `[client]` that an endpoint's table takes too.
+const CALL_KEYS: &[&str] = &[
+    "timeout_ms",
+    "max_request_bytes",
     "on_error",
     "max_attempts",
     "initial_backoff_ms",
@@ -50,17 +71,13 @@ const POLICY_KEYS: &[&str] = &[
     "multiplier",
     "max_elapsed_ms",
 ];
-/// The keys of `[client]` beside the policy keys.
-const CLIENT_KEYS: &[&str] = &[
-    "timeout_ms",
+/// The keys of `[client]` that belong to the handle as a whole: its
+/// in-flight limit is one budget shared by every endpoint.
+const HANDLE_KEYS: &[&str] = &["max_in_flight", "overflow", "max_waiting"];
+/// The keys of `[server]`, which an endpoint's table takes too.
+const SERVE_KEYS: &[&str] = &[
     "max_in_flight",
-    "overflow",
-    "max_waiting",
-    "endpoints",
-];
-/// The keys of `[server]`.
-const SERVER_KEYS: &[&str] = &[
-    "max_in_flight",
+    "max_request_bytes",
     "idempotency_window_ms",
     "idempotency_max_entries",
 ];
@@ -77,6 +94,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("event", "events"),
     ("queues", "queue"),
     ("timeout", "timeout_ms"),
+    ("deadline_ms", "timeout_ms"),
     ("request_timeout", "timeout_ms"),
     ("request_timeout_ms", "timeout_ms"),
     ("max_inflight", "max_in_flight"),
@@ -88,12 +106,21 @@ const ALIASES: &[(&str, &str)] = &[
     ("backoff_min_ms", "initial_backoff_ms"),
     ("backoff_max_ms", "max_backoff_ms"),
     ("onerror", "on_error"),
+    ("max_payload", "max_request_bytes"),
+    ("max_body_bytes", "max_request_bytes"),
+    ("max_request_size", "max_request_bytes"),
+    ("max_body_size", "max_request_bytes"),
+    ("body_limit", "max_request_bytes"),
+    ("endpoint", "endpoints"),
 ];
 
-/// Where a value came from, for errors.
+/// How a layer's values come and how its errors name a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layer {
-    File,
+    /// Typed values under key paths (`client.timeout_ms`): a file, or a
+    /// variable whose value is TOML.
+    Tree,
+    /// Text values, each named by its variable (`PLANE_CLIENT_TIMEOUT_MS`).
     Env,
 }
 
@@ -140,6 +167,81 @@ impl Urls {
     }
 }
 
+/// One endpoint's table under `[client.endpoints]`: what it sets over
+/// `[client]`. Each `None` is `[client]`'s value, whichever layer set that,
+/// so a variable for `[client]` reaches every endpoint that does not set
+/// the key itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ClientEndpoint {
+    /// `timeout_ms`: the deadline of the endpoint's calls.
+    pub timeout: Option<Duration>,
+    /// `max_request_bytes`: the largest request body its calls may send.
+    pub max_request_bytes: Option<usize>,
+    /// `on_error`.
+    pub on_error: Option<OnError>,
+    /// `max_attempts`.
+    pub max_attempts: Option<u32>,
+    /// `initial_backoff_ms`.
+    pub initial_backoff: Option<Duration>,
+    /// `max_backoff_ms`.
+    pub max_backoff: Option<Duration>,
+    /// `multiplier`.
+    pub multiplier: Option<f64>,
+    /// `max_elapsed_ms`.
+    pub max_elapsed: Option<Duration>,
+}
+
+impl ClientEndpoint {
+    /// Whether any retry or on-error key is set.
+    fn sets_policy(&self) -> bool {
+        self.on_error.is_some()
+            || self.max_attempts.is_some()
+            || self.initial_backoff.is_some()
+            || self.max_backoff.is_some()
+            || self.multiplier.is_some()
+            || self.max_elapsed.is_some()
+    }
+
+    /// `policy` with the retry and on-error keys set here over it.
+    fn over(&self, mut policy: CallPolicy) -> CallPolicy {
+        let r = &mut policy.retry;
+        if let Some(v) = self.on_error {
+            policy.on_error = v;
+        }
+        if let Some(v) = self.max_attempts {
+            r.max_attempts = v;
+        }
+        if let Some(v) = self.initial_backoff {
+            r.initial_backoff = v;
+        }
+        if let Some(v) = self.max_backoff {
+            r.max_backoff = v;
+        }
+        if let Some(v) = self.multiplier {
+            r.multiplier = v;
+        }
+        if let Some(v) = self.max_elapsed {
+            r.max_elapsed = Some(v);
+        }
+        policy
+    }
+
+    /// Every key `other` sets, over this one's.
+    fn merge(&mut self, other: &ClientEndpoint) {
+        *self = ClientEndpoint {
+            timeout: other.timeout.or(self.timeout),
+            max_request_bytes: other.max_request_bytes.or(self.max_request_bytes),
+            on_error: other.on_error.or(self.on_error),
+            max_attempts: other.max_attempts.or(self.max_attempts),
+            initial_backoff: other.initial_backoff.or(self.initial_backoff),
+            max_backoff: other.max_backoff.or(self.max_backoff),
+            multiplier: other.multiplier.or(self.multiplier),
+            max_elapsed: other.max_elapsed.or(self.max_elapsed),
+        };
+    }
+}
+
 /// How calls are made, by default and per endpoint.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -147,10 +249,14 @@ pub struct ClientConfig {
     /// Each call's deadline (each attempt's, with retries); the handle's
     /// default (30 s) when `None`.
     pub timeout: Option<Duration>,
+    /// The largest request body a call may send; only the backend's limit
+    /// when `None`.
+    pub max_request_bytes: Option<usize>,
     /// Retries and what to do on error.
     pub policy: CallPolicy,
-    /// Per-endpoint policies, each starting from `policy`.
-    pub endpoints: BTreeMap<String, CallPolicy>,
+    /// Per-endpoint tables, each over the settings above (see
+    /// [`policy_for`](ClientConfig::policy_for) and the other `…_for`).
+    pub endpoints: BTreeMap<String, ClientEndpoint>,
     /// Calls in flight at once; no bound when `None`.
     pub max_in_flight: Option<usize>,
     /// What happens to a call beyond `max_in_flight` (the count inside is
@@ -173,12 +279,50 @@ impl ClientConfig {
             },
         })
     }
+
+    /// The retry and on-error policy of `endpoint`'s calls: `policy` with
+    /// what the endpoint's table sets over it.
+    pub fn policy_for(&self, endpoint: &str) -> CallPolicy {
+        match self.endpoints.get(endpoint) {
+            Some(e) => e.over(self.policy.clone()),
+            None => self.policy.clone(),
+        }
+    }
+
+    /// The deadline of `endpoint`'s calls: its table's, else `timeout`.
+    pub fn timeout_for(&self, endpoint: &str) -> Option<Duration> {
+        self.endpoints
+            .get(endpoint)
+            .and_then(|e| e.timeout)
+            .or(self.timeout)
+    }
+
+    /// The largest request body of `endpoint`'s calls: its table's, else
+    /// `max_request_bytes`.
+    pub fn max_request_bytes_for(&self, endpoint: &str) -> Option<usize> {
+        self.endpoints
+            .get(endpoint)
+            .and_then(|e| e.max_request_bytes)
+            .or(self.max_request_bytes)
+    }
+
+    /// The keys of `[client]` that endpoints share, as `set` gives them.
+    fn set(&mut self, set: &ClientEndpoint) {
+        self.policy = set.over(self.policy.clone());
+        if set.timeout.is_some() {
+            self.timeout = set.timeout;
+        }
+        if set.max_request_bytes.is_some() {
+            self.max_request_bytes = set.max_request_bytes;
+        }
+    }
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             timeout: None,
+            max_request_bytes: None,
             policy: CallPolicy::default(),
             endpoints: BTreeMap::new(),
             max_in_flight: None,
@@ -188,18 +332,67 @@ impl Default for ClientConfig {
     }
 }
 
+/// One endpoint's table under `[server.endpoints]`: what it sets over
+/// `[server]`; each `None` is `[server]`'s value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerEndpoint {
+    /// `max_in_flight`.
+    pub max_in_flight: Option<usize>,
+    /// `max_request_bytes`.
+    pub max_request_bytes: Option<usize>,
+    /// `idempotency_window_ms`.
+    pub idempotency_window: Option<Duration>,
+    /// `idempotency_max_entries`.
+    pub idempotency_max_entries: Option<usize>,
+}
+
+impl ServerEndpoint {
+    /// `options` with what is set here over it.
+    fn over(&self, mut options: ServeOptions) -> ServeOptions {
+        if let Some(v) = self.max_in_flight {
+            options.max_in_flight = v;
+        }
+        if let Some(v) = self.max_request_bytes {
+            options.max_request_bytes = Some(v);
+        }
+        if let Some(v) = self.idempotency_window {
+            options.idempotency_window = v;
+        }
+        if let Some(v) = self.idempotency_max_entries {
+            options.idempotency_max_entries = v;
+        }
+        options
+    }
+
+    /// Every key `other` sets, over this one's.
+    fn merge(&mut self, other: &ServerEndpoint) {
+        *self = ServerEndpoint {
+            max_in_flight: other.max_in_flight.or(self.max_in_flight),
+            max_request_bytes: other.max_request_bytes.or(self.max_request_bytes),
+            idempotency_window: other.idempotency_window.or(self.idempotency_window),
+            idempotency_max_entries: other
+                .idempotency_max_entries
+                .or(self.idempotency_max_entries),
+        };
+    }
+}
+
 /// How endpoints are served.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ServerConfig {
-    /// Options of every [`Requests::serve`].
+    /// Options of every [`Requests::serve`], unless its endpoint has a table.
     pub options: ServeOptions,
+    /// Per-endpoint tables, each over `options` (see
+    /// [`Config::serve_options_for`]).
+    pub endpoints: BTreeMap<String, ServerEndpoint>,
 }
 
 /// The whole configuration. Build it with [`Config::load`] (file and
-/// environment), [`Config::from_toml`] or field by field; code that sets
-/// something afterwards overrides both.
-#[derive(Debug, Clone, Default)]
+/// environment), [`Config::from_toml`], [`Config::from_yaml`] or field by
+/// field; code that sets something afterwards overrides all of them.
+#[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Config {
     /// The planes' URLs.
@@ -240,7 +433,7 @@ impl Config {
         Ok(config)
     }
 
-    /// Read a TOML file.
+    /// Read a file: YAML if its name ends in `.yaml` or `.yml`, else TOML.
     ///
     /// # Errors
     /// `InvalidConfig` for a file that cannot be read or parsed, or an
@@ -252,7 +445,16 @@ impl Config {
                 format!("cannot read the config file {}: {e}", path.display()),
             )
         })?;
-        Config::from_toml(&text, &path.display().to_string())
+        let origin = path.display().to_string();
+        let yaml = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+        if yaml {
+            Config::from_yaml(&text, &origin)
+        } else {
+            Config::from_toml(&text, &origin)
+        }
     }
 
     /// Parse TOML text; `origin` names it in errors (a path, `inline`).
@@ -267,12 +469,65 @@ impl Config {
                 format!("{origin}: not valid TOML: {}", e.message()),
             )
         })?;
-        let mut config = Config::default();
-        let mut at = Reader {
-            origin,
-            layer: Layer::File,
+        Config::from_tree(&table, origin)
+    }
+
+    /// Parse YAML text with the keys and values of the TOML file (a
+    /// mapping where TOML has a table); `origin` names it in errors.
+    ///
+    /// ```
+    /// # fn main() -> plane::Result<()> {
+    /// let config = plane::config::Config::from_yaml(
+    ///     "client:\n  timeout_ms: 2000\n  endpoints:\n    payments.charge:\n      on_error: end\n",
+    ///     "inline",
+    /// )?;
+    /// assert_eq!(
+    ///     config.client.timeout_for("search"),
+    ///     Some(std::time::Duration::from_millis(2000))
+    /// );
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// `InvalidConfig` for text that is no YAML, more than one document, a
+    /// key with no value (YAML's null, which TOML has not), or an unknown
+    /// or invalid key.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self> {
+        let docs = yaml_rust2::YamlLoader::load_from_str(text).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("{origin}: not valid YAML: {e}"),
+            )
+        })?;
+        let table = match docs.as_slice() {
+            [] => toml::Table::new(),
+            [doc] => match yaml_to_toml(doc, "", origin)? {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidConfig,
+                        format!("{origin}: the document must be a mapping of keys"),
+                    ))
+                }
+            },
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("{origin}: holds {} YAML documents, not one", docs.len()),
+                ))
+            }
         };
-        for (key, value) in &table {
+        Config::from_tree(&table, origin)
+    }
+
+    /// The one walker of a file's tree, whichever syntax it came in.
+    fn from_tree(table: &toml::Table, origin: &str) -> Result<Self> {
+        let mut config = Config::default();
+        let at = Reader {
+            origin,
+            layer: Layer::Tree,
+        };
+        for (key, value) in table {
             match key.as_str() {
                 "client" => at.client(value, &mut config.client)?,
                 "server" => at.server(value, &mut config.server)?,
@@ -307,6 +562,20 @@ impl Config {
                 continue;
             }
             let key = rest.to_ascii_lowercase();
+            if key == "client_endpoints" || key == "server_endpoints" {
+                let tables = endpoint_tables(&name, &value)?;
+                let origin = format!("environment (`{name}`)");
+                let at = Reader {
+                    origin: &origin,
+                    layer: Layer::Tree,
+                };
+                if key == "client_endpoints" {
+                    at.client_endpoints(&tables, &mut self.client)?;
+                } else {
+                    at.server_endpoints(&tables, &mut self.server)?;
+                }
+                continue;
+            }
             if let Some(url_key) = key.strip_suffix("_url").or((key == "url").then_some("url")) {
                 match self.urls.slot(url_key) {
                     Some(slot) => {
@@ -343,8 +612,10 @@ impl Config {
     }
 
     /// `requests` with this configuration's client policies: its timeout,
-    /// default and per-endpoint policies and in-flight limit. Set more on
-    /// the handle it returns to override them in code.
+    /// request limit and retry policy, each endpoint's table over them, and
+    /// the in-flight limit. Set more on the handle it returns to override
+    /// them in code (`with_endpoint_timeout` and the like for an endpoint
+    /// with a table, since an endpoint's setting beats the handle's).
     ///
     /// # Errors
     /// `InvalidConfig` for an in-flight limit of 0.
@@ -354,8 +625,21 @@ impl Config {
         if c.timeout.is_some() {
             r = r.with_timeout(c.timeout);
         }
-        for (endpoint, policy) in &c.endpoints {
-            r = r.with_endpoint_policy(endpoint.clone(), policy.clone());
+        if c.max_request_bytes.is_some() {
+            r = r.with_max_request_bytes(c.max_request_bytes);
+        }
+        // An endpoint gets its own setting only for what its table names,
+        // so code that later sets the handle's reaches the rest.
+        for (endpoint, e) in &c.endpoints {
+            if e.sets_policy() {
+                r = r.with_endpoint_policy(endpoint.clone(), c.policy_for(endpoint));
+            }
+            if e.timeout.is_some() {
+                r = r.with_endpoint_timeout(endpoint.clone(), e.timeout);
+            }
+            if e.max_request_bytes.is_some() {
+                r = r.with_endpoint_max_request_bytes(endpoint.clone(), e.max_request_bytes);
+            }
         }
         if let Some(limit) = c.in_flight_limit() {
             r = r.with_in_flight_limit(limit)?;
@@ -363,19 +647,36 @@ impl Config {
         Ok(r)
     }
 
-    /// The options to serve endpoints with.
+    /// The options to serve endpoints with (`[server]`), for an endpoint
+    /// without a table of its own.
     pub fn serve_options(&self) -> ServeOptions {
         self.server.options.clone()
     }
 
+    /// The options to serve `endpoint` with: `[server]`, and the
+    /// endpoint's table over it.
+    ///
+    /// ```
+    /// # fn main() -> plane::Result<()> {
+    /// let config = plane::config::Config::from_toml(
+    ///     "[server]\nmax_in_flight = 1024\n[server.endpoints.\"images.upload\"]\nmax_in_flight = 8\n",
+    ///     "inline",
+    /// )?;
+    /// assert_eq!(config.serve_options_for("images.upload").max_in_flight, 8);
+    /// assert_eq!(config.serve_options_for("search").max_in_flight, 1024);
+    /// # Ok(()) }
+    /// ```
+    pub fn serve_options_for(&self, endpoint: &str) -> ServeOptions {
+        let options = self.serve_options();
+        match self.server.endpoints.get(endpoint) {
+            Some(e) => e.over(options),
+            None => options,
+        }
+    }
+
+    /// What no single key can be checked for alone.
     fn check(&self, origin: &str) -> Result<()> {
         let c = &self.client;
-        if c.max_in_flight == Some(0) {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                format!("{origin}: client.max_in_flight must be at least 1"),
-            ));
-        }
         let waits = !matches!(c.overflow, Overflow::Reject) || c.max_waiting > 0;
         if waits && c.max_in_flight.is_none() {
             return Err(Error::new(
@@ -385,14 +686,72 @@ impl Config {
                 ),
             ));
         }
-        if self.server.options.max_in_flight == 0 {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                format!("{origin}: server.max_in_flight must be at least 1"),
-            ));
-        }
         Ok(())
     }
+}
+
+/// The value of `PLANE_CLIENT_ENDPOINTS` or `PLANE_SERVER_ENDPOINTS`, as
+/// the tree of `[client.endpoints]` or `[server.endpoints]`.
+fn endpoint_tables(name: &str, value: &str) -> Result<toml::Value> {
+    value
+        .parse::<toml::Table>()
+        .map(toml::Value::Table)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "environment: `{name}` is not valid TOML ({}); it holds endpoint tables such as `\"payments.charge\" = {{ timeout_ms = 500 }}`",
+                    e.message().trim_end()
+                ),
+            )
+        })
+}
+
+/// A YAML node as the TOML value the walker reads; `path` names it in
+/// errors.
+fn yaml_to_toml(node: &yaml_rust2::Yaml, path: &str, origin: &str) -> Result<toml::Value> {
+    use yaml_rust2::Yaml;
+    let invalid = |what: &str| {
+        Error::new(
+            ErrorKind::InvalidConfig,
+            format!("{origin}: `{path}` {what}"),
+        )
+    };
+    Ok(match node {
+        Yaml::String(s) => toml::Value::String(s.clone()),
+        Yaml::Integer(i) => toml::Value::Integer(*i),
+        Yaml::Boolean(b) => toml::Value::Boolean(*b),
+        Yaml::Real(_) => match node.as_f64() {
+            Some(f) => toml::Value::Float(f),
+            None => return Err(invalid("is not a number")),
+        },
+        Yaml::Array(items) => toml::Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| yaml_to_toml(item, &format!("{path}[{i}]"), origin))
+                .collect::<Result<_>>()?,
+        ),
+        Yaml::Hash(map) => {
+            let mut table = toml::Table::new();
+            for (key, value) in map {
+                let Yaml::String(key) = key else {
+                    return Err(invalid(&format!("has a key that is not a string: {key:?}")));
+                };
+                // Paths as the TOML walker writes them, so that an error
+                // names a YAML key the way it names a TOML one.
+                let child = match path {
+                    "" => key.clone(),
+                    "client.endpoints" | "server.endpoints" => format!("{path}.\"{key}\""),
+                    _ => format!("{path}.{key}"),
+                };
+                table.insert(key.clone(), yaml_to_toml(value, &child, origin)?);
+            }
+            toml::Value::Table(table)
+        }
+        Yaml::Null => return Err(invalid("has no value")),
+        Yaml::Alias(_) | Yaml::BadValue => return Err(invalid("is not a value plane reads")),
+    })
 }
 
 /// Every environment variable plane reads, for "did you mean".
@@ -407,14 +766,14 @@ fn env_names() -> Vec<String> {
             }
         })
         .collect();
-    for k in POLICY_KEYS.iter().chain(CLIENT_KEYS) {
-        if *k != "endpoints" {
-            v.push(format!("PLANE_CLIENT_{}", k.to_ascii_uppercase()));
-        }
+    for k in CALL_KEYS.iter().chain(HANDLE_KEYS) {
+        v.push(format!("PLANE_CLIENT_{}", k.to_ascii_uppercase()));
     }
-    for k in SERVER_KEYS {
+    v.push(CLIENT_ENDPOINTS_ENV.to_owned());
+    for k in SERVE_KEYS {
         v.push(format!("PLANE_SERVER_{}", k.to_ascii_uppercase()));
     }
+    v.push(SERVER_ENDPOINTS_ENV.to_owned());
     v.push(CONFIG_ENV.to_owned());
     v
 }
@@ -427,11 +786,11 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     /// What `path` (`client.timeout_ms`) is called in this layer: the key
-    /// in a file, the variable (`PLANE_CLIENT_TIMEOUT_MS`) in the
+    /// in a tree, the variable (`PLANE_CLIENT_TIMEOUT_MS`) in the
     /// environment.
     fn name(&self, path: &str) -> String {
         match self.layer {
-            Layer::File => path.to_owned(),
+            Layer::Tree => path.to_owned(),
             Layer::Env => format!("PLANE_{}", path.replace('.', "_").to_ascii_uppercase()),
         }
     }
@@ -455,20 +814,20 @@ impl Reader<'_> {
             .map(|(_, ours)| *ours)
             .filter(|ours| known.contains(ours))
             .or_else(|| closest(key, known.iter().copied()))
-            // In a file the key as written in its table; in the
+            // In a tree the key as written in its table; in the
             // environment the whole variable.
             .map(|h| match self.layer {
-                Layer::File => h.to_owned(),
+                Layer::Tree => h.to_owned(),
                 Layer::Env => self.name(&parent.map_or(h.to_owned(), |p| format!("{p}.{h}"))),
             });
         let what = match self.layer {
-            Layer::File => "key",
+            Layer::Tree => "key",
             Layer::Env => "variable",
         };
         let mut msg = format!("{}: unknown {what} `{}`", self.origin, self.name(path));
         match (hint, self.layer) {
             (Some(h), _) => msg.push_str(&format!("; did you mean `{h}`?")),
-            (None, Layer::File) => msg.push_str(&format!("; known keys: {}", known.join(", "))),
+            (None, Layer::Tree) => msg.push_str(&format!("; known keys: {}", known.join(", "))),
             (None, Layer::Env) => {
                 msg.push_str(&format!("; plane reads {}", env_names().join(", ")))
             }
@@ -520,23 +879,36 @@ impl Reader<'_> {
         usize::try_from(self.number(key, v)?).map_err(|_| self.invalid(key, "is too large"))
     }
 
+    /// A count or size where 0 would refuse everything: never what was
+    /// meant, so refused here rather than at the first call.
+    fn positive(&self, key: &str, v: &toml::Value) -> Result<usize> {
+        match self.usize(key, v)? {
+            0 => Err(self.invalid(key, "must be at least 1")),
+            n => Ok(n),
+        }
+    }
+
     fn table<'v>(&self, key: &str, v: &'v toml::Value) -> Result<&'v toml::Table> {
         v.as_table()
             .ok_or_else(|| self.invalid(key, "must be a table"))
     }
 
-    /// One retry or on-error key into `policy`; `false` if `key` is none.
-    fn policy_key(
+    /// One key of [`CALL_KEYS`] into `set`; `false` if `key` is none.
+    fn call_key(
         &self,
         path: &str,
         key: &str,
         v: &toml::Value,
-        policy: &mut CallPolicy,
+        set: &mut ClientEndpoint,
     ) -> Result<bool> {
-        let r = &mut policy.retry;
         match key {
+            // A zero deadline would fail every call at once.
+            "timeout_ms" => {
+                set.timeout = Some(Duration::from_millis(self.positive(path, v)? as u64))
+            }
+            "max_request_bytes" => set.max_request_bytes = Some(self.positive(path, v)?),
             "on_error" => {
-                policy.on_error = match self.string(path, v)?.as_str() {
+                set.on_error = Some(match self.string(path, v)?.as_str() {
                     "retry" => OnError::Retry,
                     "end" => OnError::End,
                     "continue" | "best_effort" => OnError::Continue,
@@ -546,59 +918,74 @@ impl Reader<'_> {
                             &format!("is `retry`, `end` or `continue`, not `{other}`"),
                         ))
                     }
-                }
+                })
             }
             "max_attempts" => {
                 let n = self.number(path, v)?;
-                r.max_attempts =
-                    u32::try_from(n.max(1)).map_err(|_| self.invalid(path, "is too large"))?;
+                set.max_attempts =
+                    Some(u32::try_from(n.max(1)).map_err(|_| self.invalid(path, "is too large"))?);
             }
-            "initial_backoff_ms" => r.initial_backoff = self.millis(path, v)?,
-            "max_backoff_ms" => r.max_backoff = self.millis(path, v)?,
+            "initial_backoff_ms" => set.initial_backoff = Some(self.millis(path, v)?),
+            "max_backoff_ms" => set.max_backoff = Some(self.millis(path, v)?),
             "multiplier" => {
                 let m = self.float(path, v)?;
                 if m < 1.0 {
                     return Err(self.invalid(path, "must be at least 1"));
                 }
-                r.multiplier = m;
+                set.multiplier = Some(m);
             }
-            "max_elapsed_ms" => r.max_elapsed = Some(self.millis(path, v)?),
+            "max_elapsed_ms" => set.max_elapsed = Some(self.millis(path, v)?),
             _ => return Ok(false),
         }
         Ok(true)
     }
 
-    fn client(&mut self, v: &toml::Value, c: &mut ClientConfig) -> Result<()> {
-        let table = self.table("client", v)?;
-        // The default policy first, so every endpoint's starts from it
-        // whatever order the file gives them in.
-        for (key, value) in table.iter().filter(|(k, _)| *k != "endpoints") {
-            self.client_key(key, value, c)?;
-        }
-        if let Some(endpoints) = table.get("endpoints") {
-            for (endpoint, value) in self.table("client.endpoints", endpoints)? {
-                let path = format!("client.endpoints.\"{endpoint}\"");
-                let mut policy = c.policy.clone();
-                for (key, value) in self.table(&path, value)? {
-                    let p = format!("{path}.{key}");
-                    if !self.policy_key(&p, key, value, &mut policy)? {
-                        return Err(self.unknown(&p, POLICY_KEYS));
-                    }
-                }
-                c.endpoints.insert(endpoint.clone(), policy);
+    fn client(&self, v: &toml::Value, c: &mut ClientConfig) -> Result<()> {
+        for (key, value) in self.table("client", v)? {
+            if key == "endpoints" {
+                self.client_endpoints(value, c)?;
+            } else {
+                self.client_key(key, value, c)?;
             }
+        }
+        Ok(())
+    }
+
+    /// `[client.endpoints]` (or the variable holding it): each endpoint's
+    /// keys over what earlier layers set for it, key by key.
+    fn client_endpoints(&self, v: &toml::Value, c: &mut ClientConfig) -> Result<()> {
+        for (endpoint, value) in self.table("client.endpoints", v)? {
+            let path = format!("client.endpoints.\"{endpoint}\"");
+            let mut set = ClientEndpoint::default();
+            for (key, value) in self.table(&path, value)? {
+                let p = format!("{path}.{key}");
+                if self.call_key(&p, key, value, &mut set)? {
+                    continue;
+                }
+                if HANDLE_KEYS.contains(&key.as_str()) {
+                    return Err(self.invalid(
+                        &p,
+                        "is not per endpoint: the in-flight limit is the handle's, \
+                         shared by every endpoint; set it in [client] (a server \
+                         endpoint's table takes max_in_flight)",
+                    ));
+                }
+                return Err(self.unknown(&p, CALL_KEYS));
+            }
+            c.endpoints.entry(endpoint.clone()).or_default().merge(&set);
         }
         Ok(())
     }
 
     fn client_key(&self, key: &str, v: &toml::Value, c: &mut ClientConfig) -> Result<()> {
         let path = format!("client.{key}");
-        if self.policy_key(&path, key, v, &mut c.policy)? {
+        let mut set = ClientEndpoint::default();
+        if self.call_key(&path, key, v, &mut set)? {
+            c.set(&set);
             return Ok(());
         }
         match key {
-            "timeout_ms" => c.timeout = Some(self.millis(&path, v)?),
-            "max_in_flight" => c.max_in_flight = Some(self.usize(&path, v)?),
+            "max_in_flight" => c.max_in_flight = Some(self.positive(&path, v)?),
             "max_waiting" => c.max_waiting = self.usize(&path, v)?,
             "overflow" => {
                 c.overflow = match self.string(&path, v)?.as_str() {
@@ -614,29 +1001,73 @@ impl Reader<'_> {
                 };
             }
             _ => {
-                let known: Vec<&str> = CLIENT_KEYS.iter().chain(POLICY_KEYS).copied().collect();
+                let known: Vec<&str> = CALL_KEYS
+                    .iter()
+                    .chain(HANDLE_KEYS)
+                    .chain(&["endpoints"])
+                    .copied()
+                    .collect();
                 return Err(self.unknown(&path, &known));
             }
         }
         Ok(())
     }
 
-    fn server(&mut self, v: &toml::Value, s: &mut ServerConfig) -> Result<()> {
+    /// One key of [`SERVE_KEYS`] into `set`; `false` if `key` is none.
+    fn serve_key(
+        &self,
+        path: &str,
+        key: &str,
+        v: &toml::Value,
+        set: &mut ServerEndpoint,
+    ) -> Result<bool> {
+        match key {
+            "max_in_flight" => set.max_in_flight = Some(self.positive(path, v)?),
+            "max_request_bytes" => set.max_request_bytes = Some(self.positive(path, v)?),
+            "idempotency_window_ms" => set.idempotency_window = Some(self.millis(path, v)?),
+            "idempotency_max_entries" => set.idempotency_max_entries = Some(self.usize(path, v)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn server(&self, v: &toml::Value, s: &mut ServerConfig) -> Result<()> {
         for (key, value) in self.table("server", v)? {
-            self.server_key(key, value, s)?;
+            if key == "endpoints" {
+                self.server_endpoints(value, s)?;
+            } else {
+                self.server_key(key, value, s)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `[server.endpoints]` (or the variable holding it), as
+    /// [`client_endpoints`](Reader::client_endpoints).
+    fn server_endpoints(&self, v: &toml::Value, s: &mut ServerConfig) -> Result<()> {
+        for (endpoint, value) in self.table("server.endpoints", v)? {
+            let path = format!("server.endpoints.\"{endpoint}\"");
+            let mut set = ServerEndpoint::default();
+            for (key, value) in self.table(&path, value)? {
+                let p = format!("{path}.{key}");
+                if !self.serve_key(&p, key, value, &mut set)? {
+                    return Err(self.unknown(&p, SERVE_KEYS));
+                }
+            }
+            s.endpoints.entry(endpoint.clone()).or_default().merge(&set);
         }
         Ok(())
     }
 
     fn server_key(&self, key: &str, v: &toml::Value, s: &mut ServerConfig) -> Result<()> {
         let path = format!("server.{key}");
-        let o = &mut s.options;
-        match key {
-            "max_in_flight" => o.max_in_flight = self.usize(&path, v)?,
-            "idempotency_window_ms" => o.idempotency_window = self.millis(&path, v)?,
-            "idempotency_max_entries" => o.idempotency_max_entries = self.usize(&path, v)?,
-            _ => return Err(self.unknown(&path, SERVER_KEYS)),
+        let mut set = ServerEndpoint::default();
+        if self.serve_key(&path, key, v, &mut set)? {
+            s.options = set.over(std::mem::take(&mut s.options));
+            return Ok(());
         }
-        Ok(())
+        let mut known = SERVE_KEYS.to_vec();
+        known.push("endpoints");
+        Err(self.unknown(&path, &known))
     }
 }

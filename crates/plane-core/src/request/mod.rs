@@ -57,7 +57,7 @@ pub use crate::ids::{InstanceId, RequestId};
 use crate::message::{names, Body, Headers, Message};
 use crate::metrics::{self, Labels};
 use crate::policy::{CallPolicy, InFlightLimit, Limiter, OnError};
-use crate::subject::validate_name;
+use crate::subject::validate_endpoint;
 use crate::trace::TraceContext;
 use client::CallMeta;
 
@@ -267,18 +267,27 @@ impl<T: RequestBackend> DynRequestBackend for T {
     }
 }
 
-/// Call policies of a handle: the default and per-endpoint overrides.
+/// How a handle makes calls: the default policy and request limit, and
+/// what individual endpoints set over them. The handle's default timeout
+/// lives beside it, in [`Requests`].
 #[derive(Debug, Clone, Default)]
 struct Policies {
     default: CallPolicy,
     endpoints: HashMap<String, CallPolicy>,
+    /// Per-endpoint deadlines; `None` in the map is "no deadline".
+    timeouts: HashMap<String, Option<Duration>>,
+    max_request_bytes: Option<usize>,
+    /// Per-endpoint request limits; `None` in the map is "only the
+    /// backend's".
+    endpoint_max_request_bytes: HashMap<String, Option<usize>>,
 }
 
 /// The request plane handle applications hold. Cheap to clone.
 ///
 /// A handle carries its client policies (see [`crate::policy`]): a
-/// [`CallPolicy`] (retries, on-error) with per-endpoint overrides, and an
-/// optional [`InFlightLimit`] that clones share.
+/// [`CallPolicy`] (retries, on-error), a timeout and a request size limit,
+/// each with per-endpoint overrides, and an optional [`InFlightLimit`] that
+/// clones share.
 #[derive(Clone)]
 pub struct Requests {
     backend: Arc<dyn DynRequestBackend>,
@@ -322,11 +331,92 @@ impl Requests {
         }
     }
 
-    /// A handle whose calls default to `timeout` (30 s unless set). With
+    /// A handle whose calls default to `timeout` (30 s unless set), except
+    /// for endpoints with their own
+    /// ([`with_endpoint_timeout`](Requests::with_endpoint_timeout)). With
     /// retries, the timeout applies to each attempt.
     pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.default_timeout = timeout;
         self
+    }
+
+    /// A handle whose calls to `endpoint` default to `timeout` instead of
+    /// the handle's (`None`: no deadline). A [`Call`] with its own timeout
+    /// keeps it.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # let requests = plane_mem::Hub::new().requests(&Default::default());
+    /// let requests = requests
+    ///     .with_timeout(Some(Duration::from_secs(5)))
+    ///     .with_endpoint_timeout("payments.charge", Some(Duration::from_millis(500)));
+    /// assert_eq!(requests.timeout_for("payments.charge"), Some(Duration::from_millis(500)));
+    /// assert_eq!(requests.timeout_for("search"), Some(Duration::from_secs(5)));
+    /// ```
+    pub fn with_endpoint_timeout(
+        mut self,
+        endpoint: impl Into<String>,
+        timeout: Option<Duration>,
+    ) -> Self {
+        Arc::make_mut(&mut self.policies)
+            .timeouts
+            .insert(endpoint.into(), timeout);
+        self
+    }
+
+    /// The deadline a call to `endpoint` gets when it sets none: the
+    /// endpoint's, else the handle's.
+    pub fn timeout_for(&self, endpoint: &str) -> Option<Duration> {
+        self.policies
+            .timeouts
+            .get(endpoint)
+            .copied()
+            .unwrap_or(self.default_timeout)
+    }
+
+    /// A handle whose calls fail with `PayloadTooLarge`, before anything
+    /// is sent, when the request's body is larger than `max` bytes
+    /// (`None`: only the backend's
+    /// [`max_payload`](RequestCapabilities::max_payload) bounds it, the
+    /// default), except for endpoints with their own
+    /// ([`with_endpoint_max_request_bytes`](Requests::with_endpoint_max_request_bytes)).
+    pub fn with_max_request_bytes(mut self, max: Option<usize>) -> Self {
+        Arc::make_mut(&mut self.policies).max_request_bytes = max;
+        self
+    }
+
+    /// A handle whose calls to `endpoint` are held to `max` request body
+    /// bytes instead of the handle's limit (`None`: only the backend's).
+    /// The backend's `max_payload` bounds every call whatever this says.
+    ///
+    /// ```
+    /// # let requests = plane_mem::Hub::new().requests(&Default::default());
+    /// let requests = requests
+    ///     .with_max_request_bytes(Some(64 * 1024))
+    ///     .with_endpoint_max_request_bytes("images.upload", Some(512 * 1024));
+    /// assert_eq!(requests.max_request_bytes_for("search"), Some(64 * 1024));
+    /// assert_eq!(requests.max_request_bytes_for("images.upload"), Some(512 * 1024));
+    /// ```
+    pub fn with_endpoint_max_request_bytes(
+        mut self,
+        endpoint: impl Into<String>,
+        max: Option<usize>,
+    ) -> Self {
+        Arc::make_mut(&mut self.policies)
+            .endpoint_max_request_bytes
+            .insert(endpoint.into(), max);
+        self
+    }
+
+    /// The largest request body a call to `endpoint` may send, as this
+    /// handle sets it (the endpoint's, else the handle's); `None` when only
+    /// the backend's `max_payload` bounds it.
+    pub fn max_request_bytes_for(&self, endpoint: &str) -> Option<usize> {
+        self.policies
+            .endpoint_max_request_bytes
+            .get(endpoint)
+            .copied()
+            .unwrap_or(self.policies.max_request_bytes)
     }
 
     /// A handle whose [`call`](Requests::call) uses `route` (round-robin
@@ -635,9 +725,9 @@ impl Requests {
     }
 
     /// Checks and headers shared by every attempt of one logical call:
-    /// validation and the payload limit (on what the caller sent), then the
-    /// default timeout, trace context and idempotency key. Returns the
-    /// call's span.
+    /// validation and the payload limits (on what the caller sent), then the
+    /// endpoint's default timeout, trace context and idempotency key.
+    /// Returns the call's span.
     fn prepare(
         &self,
         call: &mut Call,
@@ -645,7 +735,7 @@ impl Requests {
         op: &'static str,
     ) -> Result<tracing::Span> {
         let caps = self.backend.capabilities();
-        validate_name("endpoint", &call.endpoint).map_err(|e| e.with_op(op))?;
+        validate_endpoint(&call.endpoint).map_err(|e| e.with_op(op))?;
         // The limit applies to what the caller sent: plane's own control
         // headers, added below, must not make a request of exactly
         // `max_payload` fail (backends leave room for them).
@@ -661,8 +751,25 @@ impl Requests {
             .with_op(op)
             .with_backend(self.backend.name()));
         }
+        // The handle's own limit counts the body alone: the headers vary
+        // with tracing and retries, and a server's `max_request_bytes`
+        // counts the same bytes.
+        if let Some(max) = self.max_request_bytes_for(&call.endpoint) {
+            let len = call.message.body.len();
+            if len > max {
+                return Err(Error::new(
+                    ErrorKind::PayloadTooLarge,
+                    format!(
+                        "request body of {len} bytes exceeds `{}`'s limit of {max}",
+                        call.endpoint
+                    ),
+                )
+                .with_op(op)
+                .with_backend(self.backend.name()));
+            }
+        }
         if call.timeout.is_none() {
-            call.timeout = self.default_timeout;
+            call.timeout = self.timeout_for(&call.endpoint);
         }
         let trace = TraceContext::outgoing(&mut call.message.headers, true);
         // A key is only worth its bytes (and the server's cache entry) when
@@ -759,7 +866,7 @@ impl Requests {
         handler: impl Handler,
         options: ServeOptions,
     ) -> Result<Server> {
-        validate_name("endpoint", endpoint).map_err(|e| e.with_op("request.serve"))?;
+        validate_endpoint(endpoint).map_err(|e| e.with_op("request.serve"))?;
         if options.max_in_flight == 0 {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,

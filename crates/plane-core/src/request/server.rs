@@ -28,11 +28,15 @@ use crate::trace::TraceContext;
 
 /// Options for serving an endpoint.
 #[non_exhaustive]
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeOptions {
     /// Calls handled at once by this instance; further calls are refused with
     /// `Overloaded` rather than queued without bound. Default 1024.
     pub max_in_flight: usize,
+    /// The largest request body, in bytes, this instance accepts; a larger
+    /// request is refused with `PayloadTooLarge` without running the
+    /// handler. `None` (the default) leaves only the transport's limit.
+    pub max_request_bytes: Option<usize>,
     /// Instance id to serve as; random when `None`.
     pub instance: Option<InstanceId>,
     /// How long this instance remembers the answer of a unary call that
@@ -49,6 +53,7 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             max_in_flight: 1024,
+            max_request_bytes: None,
             instance: None,
             idempotency_window: Duration::from_secs(120),
             idempotency_max_entries: 1024,
@@ -60,6 +65,18 @@ impl ServeOptions {
     /// Set [`max_in_flight`](ServeOptions::max_in_flight).
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n;
+        self
+    }
+
+    /// Set [`max_request_bytes`](ServeOptions::max_request_bytes).
+    ///
+    /// ```
+    /// # use plane_core::request::ServeOptions;
+    /// let options = ServeOptions::default().max_request_bytes(64 * 1024);
+    /// assert_eq!(options.max_request_bytes, Some(64 * 1024));
+    /// ```
+    pub fn max_request_bytes(mut self, n: usize) -> Self {
+        self.max_request_bytes = Some(n);
         self
     }
 
@@ -321,6 +338,7 @@ struct Shared {
     instance: InstanceId,
     handler: Arc<dyn Handler>,
     max_in_flight: usize,
+    max_request_bytes: Option<usize>,
     max_payload: usize,
     in_flight: AtomicUsize,
     accepting: AtomicBool,
@@ -382,6 +400,7 @@ impl Dispatcher {
                 instance,
                 handler,
                 max_in_flight: options.max_in_flight,
+                max_request_bytes: options.max_request_bytes,
                 max_payload,
                 in_flight: AtomicUsize::new(0),
                 accepting: AtomicBool::new(true),
@@ -413,8 +432,10 @@ impl Dispatcher {
 
     /// Admit and run one call, replying through `sink`. Never blocks: a call
     /// that cannot be admitted is refused in-band with a typed error
-    /// (`Overloaded` when full, `NoResponders` when draining, `InvalidArgument`
-    /// for malformed control headers). Must be called within a tokio runtime.
+    /// (`PayloadTooLarge` for a body over
+    /// [`max_request_bytes`](ServeOptions::max_request_bytes), `Overloaded`
+    /// when full, `NoResponders` when draining, `InvalidArgument` for
+    /// malformed control headers). Must be called within a tokio runtime.
     ///
     /// A unary call whose idempotency key was answered within the window is
     /// answered again from the cache, without admission and without running
@@ -434,6 +455,18 @@ impl Dispatcher {
                 let _ = sink.send_error(error).await;
             });
         };
+        // First, before the cache and admission: the refusal then costs no
+        // slot, and the cache can hold no answer to a request this limit
+        // refuses, since it was never handled.
+        if let Some(max) = shared.max_request_bytes {
+            let len = incoming.message.body.len();
+            if len > max {
+                return refuse(Error::new(
+                    ErrorKind::PayloadTooLarge,
+                    format!("request body of {len} bytes exceeds this endpoint's limit of {max}"),
+                ));
+            }
+        }
         // Streams are not repeated from the cache: their answer is the whole
         // stream, and a retried stream is only ever one that got no reply.
         let idempotency = match (&shared.idempotency, incoming.stream) {
