@@ -129,10 +129,16 @@ pub async fn run(args: &[String], out: &mut (dyn Write + Send + Sync)) -> Result
         .config
         .clone()
         .or_else(|| std::env::var_os(plane::config::CONFIG_ENV).map(Into::into));
-    let config = Config::load_from(file.as_deref(), std::env::vars())?;
+    let mut config = Config::load_from(file.as_deref(), std::env::vars())?;
+    // `--url nats://h?timeout_ms=500`: the client keys are the policy's.
+    let url = args
+        .url
+        .as_deref()
+        .map(|u| config.url_keys(u))
+        .transpose()?;
     let mut cli = Cli {
         config,
-        url: args.url.clone(),
+        url,
         args,
         out,
     };

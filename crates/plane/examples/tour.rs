@@ -67,7 +67,15 @@ fn parse_args() -> std::result::Result<(Urls, Config), String> {
         .get("config")
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os(plane::config::CONFIG_ENV).map(Into::into));
-    let config = Config::load_from(file.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+    let mut config =
+        Config::load_from(file.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+    // Client keys in a flag's URL (`--requests 'nats://h?timeout_ms=500'`)
+    // are the policy's, as in the file's and the environment's URLs.
+    for name in ["url", "requests"] {
+        if let Some(url) = flags.get_mut(name) {
+            *url = config.url_keys(url).map_err(|e| e.to_string())?;
+        }
+    }
     // A plane's own URL first (flag, then environment or file), then the
     // URL for every plane in the same order, then the embedded default.
     let pick = |name: &str, plane: Plane| {

@@ -122,6 +122,8 @@ enum Layer {
     Tree,
     /// Text values, each named by its variable (`PLANE_CLIENT_TIMEOUT_MS`).
     Env,
+    /// Text values of a URL's query, each named by its key (`timeout_ms`).
+    Url,
 }
 
 /// The URLs of the planes; `url` is for every plane not named on its own.
@@ -537,6 +539,7 @@ impl Config {
                 },
             }
         }
+        config.fold_url_keys(origin)?;
         config.check(origin)?;
         Ok(config)
     }
@@ -600,6 +603,7 @@ impl Config {
                 ));
             }
         }
+        self.fold_url_keys("environment")?;
         self.check("environment")
     }
 
@@ -672,6 +676,74 @@ impl Config {
             Some(e) => e.over(options),
             None => options,
         }
+    }
+
+    /// Take the `[client]` keys out of the request URL and the shared `url`
+    /// (`nats://h?timeout_ms=500&max_attempts=3`) as set by the layer the
+    /// URL came from, so each plane's backend gets a URL of its own keys.
+    fn fold_url_keys(&mut self, origin: &str) -> Result<()> {
+        for key in ["url", "requests"] {
+            let Some(url) = self.urls.slot(key).and_then(|u| u.take()) else {
+                continue;
+            };
+            let url = self.take_url_keys(&url, &format!("{origin}, the `{key}` url"));
+            *self.urls.slot(key).expect("a url key") = Some(url?);
+        }
+        Ok(())
+    }
+
+    /// `url` without its `[client]` query keys (`timeout_ms`,
+    /// `max_attempts`, `max_in_flight`, … as docs/config.md lists), which
+    /// are set on this configuration's client policy: for a URL given in
+    /// code (a command-line flag) rather than through the file or the
+    /// environment, whose URLs are read this way already. The rest of the
+    /// URL is left byte for byte as it was.
+    ///
+    /// ```
+    /// # fn main() -> plane::Result<()> {
+    /// let mut config = plane::config::Config::default();
+    /// let url = config.url_keys("nats://h:4222?timeout_ms=250&name=gw")?;
+    /// assert_eq!(url, "nats://h:4222?name=gw");
+    /// assert_eq!(config.client.timeout, Some(std::time::Duration::from_millis(250)));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// `InvalidConfig` naming the key whose value is invalid.
+    pub fn url_keys(&mut self, url: &str) -> Result<String> {
+        let url = self.take_url_keys(url, "url")?;
+        self.check("url")?;
+        Ok(url)
+    }
+
+    fn take_url_keys(&mut self, url: &str, origin: &str) -> Result<String> {
+        let (before, fragment) = match url.find('#') {
+            Some(i) => url.split_at(i),
+            None => (url, ""),
+        };
+        let Some((base, query)) = before.split_once('?') else {
+            return Ok(url.to_owned());
+        };
+        let at = Reader {
+            origin,
+            layer: Layer::Url,
+        };
+        let mut rest = Vec::new();
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if CALL_KEYS.contains(&key) || HANDLE_KEYS.contains(&key) {
+                at.client_key(
+                    key,
+                    &toml::Value::String(value.to_owned()),
+                    &mut self.client,
+                )?;
+            } else {
+                rest.push(pair);
+            }
+        }
+        let query = rest.join("&");
+        let sep = if query.is_empty() { "" } else { "?" };
+        Ok(format!("{base}{sep}{query}{fragment}"))
     }
 
     /// What no single key can be checked for alone.
@@ -792,6 +864,7 @@ impl Reader<'_> {
         match self.layer {
             Layer::Tree => path.to_owned(),
             Layer::Env => format!("PLANE_{}", path.replace('.', "_").to_ascii_uppercase()),
+            Layer::Url => path.rsplit('.').next().unwrap_or(path).to_owned(),
         }
     }
 
@@ -817,17 +890,19 @@ impl Reader<'_> {
             // In a tree the key as written in its table; in the
             // environment the whole variable.
             .map(|h| match self.layer {
-                Layer::Tree => h.to_owned(),
+                Layer::Tree | Layer::Url => h.to_owned(),
                 Layer::Env => self.name(&parent.map_or(h.to_owned(), |p| format!("{p}.{h}"))),
             });
         let what = match self.layer {
-            Layer::Tree => "key",
+            Layer::Tree | Layer::Url => "key",
             Layer::Env => "variable",
         };
         let mut msg = format!("{}: unknown {what} `{}`", self.origin, self.name(path));
         match (hint, self.layer) {
             (Some(h), _) => msg.push_str(&format!("; did you mean `{h}`?")),
-            (None, Layer::Tree) => msg.push_str(&format!("; known keys: {}", known.join(", "))),
+            (None, Layer::Tree | Layer::Url) => {
+                msg.push_str(&format!("; known keys: {}", known.join(", ")))
+            }
             (None, Layer::Env) => {
                 msg.push_str(&format!("; plane reads {}", env_names().join(", ")))
             }
@@ -854,7 +929,7 @@ impl Reader<'_> {
     fn number(&self, key: &str, v: &toml::Value) -> Result<u64> {
         let n = match (v, self.layer) {
             (toml::Value::Integer(i), _) => u64::try_from(*i).ok(),
-            (toml::Value::String(s), Layer::Env) => s.trim().parse().ok(),
+            (toml::Value::String(s), Layer::Env | Layer::Url) => s.trim().parse().ok(),
             _ => None,
         };
         n.ok_or_else(|| self.invalid(key, "must be a whole number ≥ 0"))
@@ -864,7 +939,7 @@ impl Reader<'_> {
         let n = match (v, self.layer) {
             (toml::Value::Float(f), _) => Some(*f),
             (toml::Value::Integer(i), _) => Some(*i as f64),
-            (toml::Value::String(s), Layer::Env) => s.trim().parse().ok(),
+            (toml::Value::String(s), Layer::Env | Layer::Url) => s.trim().parse().ok(),
             _ => None,
         };
         n.filter(|f| f.is_finite())

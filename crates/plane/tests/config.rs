@@ -743,3 +743,63 @@ fn the_documented_examples_load() {
     );
     assert_eq!(yaml.serve_options_for("images.upload").max_in_flight, 8);
 }
+
+#[tokio::test]
+async fn client_keys_in_a_url_are_the_policy_of_its_layer() {
+    let file = File::new(
+        r#"requests = "mem://keys?timeout_ms=250&max_attempts=2&on_error=retry"
+url = "mem://every?max_in_flight=8"
+"#,
+    );
+    let c = Config::load_from(Some(&file.0), env(&[])).expect("valid");
+    // The backend gets a URL of its own keys only: mem takes none.
+    assert_eq!(c.url_for(Plane::Request), "mem://keys");
+    assert_eq!(c.url_for(Plane::Events), "mem://every");
+    assert_eq!(c.client.timeout, Some(Duration::from_millis(250)));
+    assert_eq!(c.client.policy.on_error, OnError::Retry);
+    assert_eq!(c.client.policy.retry.max_attempts, 2);
+    assert_eq!(c.client.max_in_flight, Some(8));
+    let requests = plane::registry()
+        .requests(c.url_for(Plane::Request))
+        .await
+        .expect("the stripped url connects");
+    c.apply(requests).expect("policies apply");
+
+    // The environment's [client] is over the file's URL keys, and its own
+    // URL's keys are the environment's.
+    let c = Config::load_from(Some(&file.0), env(&[("PLANE_CLIENT_TIMEOUT_MS", "400")]))
+        .expect("valid");
+    assert_eq!(c.client.timeout, Some(Duration::from_millis(400)));
+    let c = Config::load_from(
+        Some(&file.0),
+        env(&[("PLANE_REQUESTS_URL", "mem://env?timeout_ms=100")]),
+    )
+    .expect("valid");
+    assert_eq!(c.client.timeout, Some(Duration::from_millis(100)));
+    assert_eq!(c.url_for(Plane::Request), "mem://env");
+
+    // A URL given in code: the rest of it is kept byte for byte.
+    let mut c = Config::default();
+    let url = c
+        .url_keys("nats://h:4222?name=a%20b&timeout_ms=5&servers=x:1#frag")
+        .expect("valid");
+    assert_eq!(url, "nats://h:4222?name=a%20b&servers=x:1#frag");
+    assert_eq!(c.client.timeout, Some(Duration::from_millis(5)));
+
+    // A bad value is refused naming the key and where it was.
+    let bad = File::new(r#"requests = "mem://k?timeout_ms=soon""#);
+    let e = Config::load_from(Some(&bad.0), env(&[])).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+    assert!(
+        e.message().contains("`timeout_ms`") && e.message().contains("`requests` url"),
+        "{e}"
+    );
+    let e = Config::default()
+        .url_keys("mem://k?overflow=queue")
+        .unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::InvalidConfig,
+        "overflow needs max_in_flight: {e}"
+    );
+}
