@@ -1,4 +1,5 @@
-//! ZeroMQ: plane-zmq against the zmq crate used directly — one DEALER
+//! ZeroMQ: plane-zmq against libzmq used directly (through plane-zmq-sys,
+//! the same binding plane-zmq uses, so one libzmq) — one DEALER
 //! (shared by every call, replies matched by id) talking to one ROUTER, both
 //! driven by tokio through `ZMQ_FD` as plane-zmq drives its sockets.
 
@@ -12,6 +13,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
 use futures_util::future::BoxFuture;
+use plane_zmq_sys as zmq;
 
 use crate::drive::{self, Pair, Params, PubSub, PubSubFactory, Streamed, Unary, SMALL};
 use crate::plane_ops;
@@ -38,9 +40,7 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
     // Wait at the high-water mark rather than drop, like plane.
     router.set_router_mandatory(true)?;
     router.bind("tcp://127.0.0.1:0")?;
-    let address = router
-        .get_last_endpoint()?
-        .map_err(|_| "the router's address is not UTF-8")?;
+    let address = router.get_last_endpoint()?;
     let dealer = context.socket(zmq::DEALER)?;
     dealer.set_sndhwm(HWM)?;
     dealer.set_rcvhwm(HWM)?;
@@ -86,9 +86,7 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
     let publisher = context.socket(zmq::PUB)?;
     publisher.set_sndhwm(EVENTS_HWM)?;
     publisher.bind("tcp://127.0.0.1:0")?;
-    let address = publisher
-        .get_last_endpoint()?
-        .map_err(|_| "the publisher's address is not UTF-8")?;
+    let address = publisher.get_last_endpoint()?;
     let pubsub = Pair {
         plane: plane_ops::plane_pubsub(&events, "zmq"),
         raw: Some(raw_pubsub(
@@ -176,8 +174,8 @@ impl Socket {
     /// Whether the socket can do `what` now. Reading `ZMQ_EVENTS` also makes
     /// libzmq process its pending commands (a peer's read freeing room under
     /// the high-water mark), which is what re-arms `ZMQ_FD`.
-    fn ready(&self, what: zmq::PollEvents) -> Result<bool> {
-        Ok(self.socket().get_events()?.contains(what))
+    fn ready(&self, what: i32) -> Result<bool> {
+        Ok(self.socket().get_events()? & what != 0)
     }
 
     /// Wait until libzmq signals a possible state change. `ZMQ_FD` is

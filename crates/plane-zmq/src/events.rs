@@ -93,6 +93,7 @@ use plane_core::subject;
 use plane_core::wire::{self, Limits};
 use plane_core::{Error, ErrorKind, Result};
 use plane_peer::events::{decode_event, event_envelope, AbortOnDrop, BufferedSubscription};
+use plane_zmq_sys as zmq;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -139,6 +140,8 @@ struct Node {
     task: tokio::task::JoinHandle<()>,
     limits: Limits,
     capabilities: EventsCapabilities,
+    /// The allow-list's ZAP handler, if CURVE has one.
+    _zap: Option<crate::curve::Zap>,
 }
 
 impl Drop for Node {
@@ -176,6 +179,8 @@ impl ZmqEvents {
     pub async fn connect(config: ZmqConfig, discovery: Discovery) -> Result<Self> {
         config.validate()?;
         let context = zmq::Context::new();
+        // Before the XPUB binds, so no handshake goes unchecked.
+        let zap = crate::curve::start_zap(&context, config.curve.as_ref())?;
         let s = socket(&context, zmq::XPUB, &config)?;
         s.set_xpub_verbose(true)
             .map_err(|e| zmq_error("cannot set a zmq socket option", e))?;
@@ -187,8 +192,8 @@ impl ZmqEvents {
         s.bind(&bind)
             .map_err(|e| zmq_error(&format!("cannot bind {bind}"), e))?;
         let bound = match s.get_last_endpoint() {
-            Ok(Ok(a)) => a,
-            _ => bind,
+            Ok(a) => a,
+            Err(_) => bind,
         };
         let address = advertised(&bound, config.events_advertise.as_deref());
         let id = InstanceId::random();
@@ -218,6 +223,7 @@ impl ZmqEvents {
             task,
             limits,
             capabilities,
+            _zap: zap,
         });
         let registration = discovery
             .register(Instance::new(EVENTS_ENDPOINT, id, address))
@@ -415,6 +421,9 @@ impl EventsBackend for ZmqEvents {
             }
         }
         set(s.set_subscribe(&hello))?;
+        // Watched while joining, to say why a publisher stayed silent when a
+        // handshake failed (CURVE keys that do not fit).
+        let monitor = crate::curve::HandshakeMonitor::new(&node.context, &s)?;
         let socket = AsyncSocket::new(&node.context, s)?;
         // Watch before connecting, so no publisher appearing meanwhile is
         // missed; the watch starts with every current publisher.
@@ -433,7 +442,11 @@ impl EventsBackend for ZmqEvents {
         for instance in node.discovery.list(EVENTS_ENDPOINT).await? {
             sub.connect(&instance);
         }
-        sub.join(node.config.connect_timeout).await?;
+        let joined = sub.join(node.config.connect_timeout, &monitor).await;
+        // Stopped before the reading end goes (see `HandshakeMonitor`).
+        let _ = sub.socket.with(zmq::Socket::monitor_stop);
+        drop(monitor);
+        joined?;
         let task = tokio::spawn(sub.run(watch));
         Ok(Box::new(BufferedSubscription::new(
             buffer,
@@ -540,16 +553,27 @@ impl Subscriber {
 
     /// Wait until every publisher connected so far confirmed the
     /// subscription, or `timeout` passed.
-    async fn join(&mut self, timeout: std::time::Duration) -> Result<()> {
+    async fn join(
+        &mut self,
+        timeout: std::time::Duration,
+        monitor: &crate::curve::HandshakeMonitor,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             self.drain()?;
             if self.waiting.is_empty() {
                 return Ok(());
             }
+            // Keep the monitor's queue short (see `HandshakeMonitor`).
+            monitor.drain();
             tokio::select! {
                 _ = self.socket.changed() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
                 _ = tokio::time::sleep_until(deadline) => {
+                    if let Some(e) = monitor.failure() {
+                        // Events have no error path: say it in the log.
+                        tracing::warn!(error = %e, "events subscription cannot reach a publisher");
+                    }
                     tracing::debug!(
                         publishers = ?self.waiting.values().collect::<Vec<_>>(),
                         "events publishers did not confirm a subscription in time"
@@ -612,7 +636,7 @@ mod tests {
         xpub.set_xpub_verbose(true).unwrap();
         xpub.set_rcvtimeo(5000).unwrap();
         xpub.bind("tcp://127.0.0.1:0").unwrap();
-        let address = xpub.get_last_endpoint().unwrap().unwrap();
+        let address = xpub.get_last_endpoint().unwrap();
         let recv = || xpub.recv_bytes(0).expect("a (un)subscription in time");
 
         let closing = ctx.socket(zmq::SUB).unwrap();

@@ -15,8 +15,11 @@
 //! worker groups (each publisher picks one member) and per-publisher order,
 //! no durable streams. See [`events`].
 //!
-//! libzmq is built from source by `zmq-sys` (a C++ compiler is needed, no
-//! system package). Unix only (the socket is driven through its `ZMQ_FD`).
+//! libzmq is built from source by plane's own binding, `plane-zmq-sys`, with
+//! CURVE on (libsodium built from source too; a C/C++ compiler and `make`
+//! are needed, no system package). Unix only (the socket is driven through
+//! its `ZMQ_FD`). Connections are in clear text unless CURVE keys are
+//! configured: see the Security section below.
 //!
 #![doc = include_str!("../../../docs/zmq.md")]
 //!
@@ -41,6 +44,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+mod curve;
 mod error;
 pub mod events;
 pub mod request;
@@ -53,7 +57,7 @@ use plane_core::{Events, Result};
 use plane_peer as peer;
 use url::Url;
 
-pub use config::ZmqConfig;
+pub use config::{curve_keypair, CurveConfig, ZmqConfig};
 pub use events::ZmqEvents;
 pub use request::{ZmqLinks, ZmqRequests};
 

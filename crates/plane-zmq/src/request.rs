@@ -44,9 +44,11 @@ use plane_peer::{
     self as peer, ends_call, CallLink, Control, Endpoints, LinkSettings, PeerRequests, Pool,
     ReplyWriter, RequestLinks, ServedCall,
 };
+use plane_zmq_sys as zmq;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::curve::{self, Monitored, Role, Zap};
 use crate::error::zmq_error;
 use crate::socket::{AsyncSocket, Sent};
 use crate::ZmqConfig;
@@ -74,6 +76,8 @@ pub struct ZmqLinks {
     endpoints: Endpoints,
     dealers: Pool<String, DealerHandle>,
     limits: Limits,
+    /// The allow-list's ZAP handler, if CURVE has one.
+    _zap: Option<Zap>,
 }
 
 impl std::fmt::Debug for ZmqLinks {
@@ -113,6 +117,12 @@ pub(crate) fn socket(
     set(s.set_maxmsgsize(
         i64::try_from(config.max_payload + wire::MAX_HEADER_BYTES).unwrap_or(i64::MAX),
     ))?;
+    // The binding sockets are CURVE servers, the connecting ones clients.
+    let role = match kind {
+        zmq::ROUTER | zmq::XPUB | zmq::PUB => Role::Serve,
+        _ => Role::Connect,
+    };
+    curve::apply(&s, config.curve.as_ref(), role)?;
     Ok(s)
 }
 
@@ -123,8 +133,11 @@ impl RequestLinks for ZmqLinks {
     fn bind(config: ZmqConfig, endpoints: Endpoints) -> Result<Self> {
         let context = zmq::Context::new();
         let limits = peer::limits(config.max_payload);
+        // Before the ROUTER binds, so no handshake goes unchecked.
+        let zap = curve::start_zap(&context, config.curve.as_ref())?;
         let router = start_router(&context, &config, endpoints.clone(), limits)?;
         Ok(ZmqLinks {
+            _zap: zap,
             context,
             router: Mutex::new(router),
             endpoints,
@@ -254,9 +267,11 @@ impl ZmqLinks {
         // noticed (the send would block) instead of filling a queue.
         s.set_immediate(true)
             .map_err(|e| zmq_error("cannot set a zmq socket option", e))?;
-        s.connect(address)
+        // Watched before connecting, so a failed handshake (keys that do
+        // not fit) ends a call as `Unauthorized`, not as a timeout.
+        let s = Monitored::new(&self.context, s)?;
+        s.with(|s| s.connect(address))
             .map_err(|e| zmq_error(&format!("cannot connect to {address}"), e))?;
-        let s = AsyncSocket::new(&self.context, s)?;
         let (tx, rx) = mpsc::channel(SOCKET_QUEUE);
         tokio::spawn(dealer_loop(
             s,
@@ -296,7 +311,7 @@ enum DealerCmd {
 /// Owns one DEALER: sends requests and control envelopes, and routes
 /// replies to their calls by request id.
 async fn dealer_loop(
-    socket: AsyncSocket,
+    socket: Monitored,
     mut rx: mpsc::Receiver<DealerCmd>,
     limits: Limits,
     sweep: Duration,
@@ -352,7 +367,7 @@ async fn dealer_loop(
                 Ok(None) => sent = true,
                 Ok(Some(cmd)) => {
                     if since.elapsed() >= connect_timeout {
-                        fail_start(cmd, connect_timeout);
+                        fail_start(cmd, connect_timeout, socket.failure());
                     } else {
                         pending = Some((cmd, since));
                     }
@@ -376,6 +391,8 @@ async fn dealer_loop(
             },
             _ = tokio::time::sleep(RETRY), if pending.is_some() => {}
             _ = tick.tick() => {
+                // Keep the monitor's queue short (see `Monitored`).
+                socket.drain();
                 // Forget calls whose caller went away without a kill.
                 calls.retain(|_, replies| !replies.is_closed());
                 if rx.is_closed() && calls.is_empty() {
@@ -423,13 +440,17 @@ fn try_dealer_send(
     }
 }
 
-fn fail_start(cmd: DealerCmd, waited: Duration) {
+/// End a call whose request found no connection in time: `Unauthorized` if
+/// the handshake failed (`handshake`), else `Connection`.
+fn fail_start(cmd: DealerCmd, waited: Duration, handshake: Option<Error>) {
     match cmd {
         DealerCmd::Start { sent, .. } => {
-            let _ = sent.send(Err(Error::new(
-                ErrorKind::Connection,
-                format!("no connection to the peer within {waited:?}"),
-            )));
+            let _ = sent.send(Err(handshake.unwrap_or_else(|| {
+                Error::new(
+                    ErrorKind::Connection,
+                    format!("no connection to the peer within {waited:?}"),
+                )
+            })));
         }
         // The server is unreachable; it kills the handler itself once it
         // notices the caller is gone, or the call ends by its deadline.
@@ -505,8 +526,8 @@ fn start_router(
     s.bind(&config.bind)
         .map_err(|e| zmq_error(&format!("cannot bind {}", config.bind), e))?;
     let address = match s.get_last_endpoint() {
-        Ok(Ok(a)) => a,
-        _ => config.bind.clone(),
+        Ok(a) => a,
+        Err(_) => config.bind.clone(),
     };
     let address = advertised(&address, config.advertise.as_deref());
     let s = AsyncSocket::new(context, s)?;

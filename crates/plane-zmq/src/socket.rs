@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 use plane_core::{Error, ErrorKind, Result};
+use plane_zmq_sys as zmq;
 use tokio::io::unix::AsyncFd;
 
 use crate::error::zmq_error;
