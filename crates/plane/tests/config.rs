@@ -803,3 +803,45 @@ url = "mem://every?max_in_flight=8"
         "overflow needs max_in_flight: {e}"
     );
 }
+
+/// The agent SDK's and the DNDM plan's NATS settings, as the example files
+/// write them, reach the NATS backend's configuration key by key.
+#[test]
+fn the_nats_example_files_configure_the_nats_backend() {
+    use plane::nats::NatsConfig;
+    let nats = |text: &str, origin: &str| {
+        let config = Config::from_toml(text, origin).unwrap();
+        let url = config.url_for(Plane::Request).parse().expect("a url");
+        (config, NatsConfig::from_url(&url).expect("a nats url"))
+    };
+    let (config, agents) = nats(
+        include_str!("../examples/config/agent-sdk.toml"),
+        "agent-sdk.toml",
+    );
+    assert_eq!(agents.reconnect_attempts, Some(60));
+    assert_eq!(agents.reconnect_wait, Duration::from_secs(2));
+    assert_eq!(agents.ping_interval, Duration::from_secs(20));
+    assert_eq!(agents.pings_outstanding, 3);
+    assert_eq!(agents.namespace.as_deref(), Some("agents.dev"));
+    assert_eq!(config.client.timeout, Some(Duration::from_secs(10)));
+    // PLANE_URL plays NATS_URL's part, over the file.
+    let mut config = config;
+    config
+        .apply_env(env(&[("PLANE_URL", "nats://nats-2:4222")]))
+        .unwrap();
+    assert_eq!(config.url_for(Plane::Events), "nats://nats-2:4222");
+
+    let (_, dndm) = nats(include_str!("../examples/config/dndm.toml"), "dndm.toml");
+    assert!(dndm.tls_required);
+    assert_eq!(
+        dndm.creds.as_deref(),
+        Some(std::path::Path::new("/run/secrets/dndm.creds"))
+    );
+    let plan =
+        "nats://user:pass@nats.dndm.internal:4222?tls=true&credentials=/run/secrets/dndm.creds";
+    let e = NatsConfig::from_url(&plan.parse().unwrap()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+    for hint in ["did you mean `tls_required`", "did you mean `creds`"] {
+        assert!(e.message().contains(hint), "{hint}: {e}");
+    }
+}
