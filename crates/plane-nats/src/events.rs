@@ -131,7 +131,7 @@ impl EventsBackend for NatsEvents {
 
     async fn publish(&self, event: Event) -> Result<()> {
         let (headers, payload) = headers_of(&event);
-        let subject = self.namespace.subject(&event.subject).into_owned();
+        let subject = self.namespace.owned_subject(event.subject);
         self.client
             .publish_with_headers(subject, headers, payload)
             .await
@@ -225,7 +225,7 @@ impl EventsBackend for NatsEvents {
         if let Some(id) = &msg_id {
             headers.insert("Nats-Msg-Id", id.as_str());
         }
-        let subject = self.namespace.subject(&event.subject).into_owned();
+        let subject = self.namespace.owned_subject(event.subject);
         let ack = self
             .js
             .publish_with_headers(subject, headers, payload)

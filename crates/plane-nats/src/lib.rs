@@ -102,19 +102,32 @@ pub(crate) fn state(
 ///
 /// `Client::flush` only empties the client's buffer; a subscription made
 /// visible to *other* connections needs a round trip, and async-nats offers
-/// no ping. A request the server itself answers is one: it answers only
-/// after it handled the commands before it, in order. The JetStream API's
-/// `INFO` is such a request (and without JetStream the "no responders" answer
-/// is one too). A request to an unserved subject would not do: a subscriber
-/// of `>` (this very subscription, say) receives it, so nobody answers.
+/// no ping. A message to a fresh inbox of this client's own is one: it comes
+/// back only after the server handled the commands before it, in order. It
+/// needs no permission beyond the inboxes requests need anyway, and no
+/// JetStream. (A request to an unserved subject would not do: a subscriber
+/// of `>`, this very subscription say, receives it, and nobody answers.)
 pub(crate) async fn sync(client: &async_nats::Client) -> Result<()> {
-    let probe = client.request("$JS.API.INFO", bytes::Bytes::new());
-    match tokio::time::timeout(std::time::Duration::from_secs(10), probe).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => Ok(()),
-        Ok(Err(e)) => {
-            Err(Error::new(ErrorKind::Connection, "nats round trip failed").with_source(e))
-        }
+    let probe = client.new_inbox();
+    let mut echo = client
+        .subscribe(probe.clone())
+        .await
+        .map_err(crate::error::subscribe)?;
+    client
+        .publish(probe, bytes::Bytes::new())
+        .await
+        .map_err(crate::error::publish)?;
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        futures_util::StreamExt::next(&mut echo),
+    )
+    .await
+    {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(Error::new(
+            ErrorKind::Connection,
+            "nats round trip failed: the connection closed",
+        )),
         Err(_) => Err(Error::new(ErrorKind::Timeout, "nats round trip timed out")),
     }
 }

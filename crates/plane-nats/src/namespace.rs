@@ -61,6 +61,16 @@ impl Namespace {
         }
     }
 
+    /// [`subject`](Self::subject) of a subject the caller owns: moved, not
+    /// copied, when there is no namespace (the publish path).
+    pub(crate) fn owned_subject(&self, subject: String) -> String {
+        if self.subjects.is_empty() {
+            subject
+        } else {
+            format!("{}{subject}", self.subjects)
+        }
+    }
+
     /// A subject the server delivered, as the application named it.
     pub(crate) fn local_subject<'a>(&self, subject: &'a str) -> &'a str {
         subject.strip_prefix(&self.subjects).unwrap_or(subject)
