@@ -12,7 +12,7 @@
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use plane_core::wire::{self, Envelope, DelimitedDecoder, WireError};
+use plane_core::wire::{self, DelimitedDecoder, Envelope, WireError};
 
 fuzz_target!(|data: &[u8]| {
     let bytes = Bytes::copy_from_slice(data);

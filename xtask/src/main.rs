@@ -8,6 +8,9 @@
 //!   (`crates/plane-bench`, release build), writing `target/bench/report.json`,
 //!   `docs/bench.md` and `docs/bench.svg` (`--only` measures some backends and writes
 //!   nothing).
+//! - `fuzz [--time SECS] [--runs N] [TARGET]...`: the libFuzzer targets of
+//!   `fuzz/` on the stable toolchain, each bounded, failing on a crash
+//!   (`fuzz/README.md`).
 //!
 //! Kept to the standard library plus serde_json so that it compiles quickly.
 
@@ -37,8 +40,9 @@ fn main() -> ExitCode {
         Some("conformance") => conformance(&args[1..]),
         Some("matrix") => render_matrix(),
         Some("bench") => bench(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         _ => Err(format!(
-            "usage: cargo xtask <test | conformance [--backend NAME]... | matrix | bench [--quick] [--only BACKEND]...>\nbackends: {}",
+            "usage: cargo xtask <test | conformance [--backend NAME]... | matrix | bench [--quick] [--only BACKEND]... | fuzz [--time SECS] [--runs N] [TARGET]...>\nbackends: {}",
             BACKENDS.iter().map(|b| b.0).collect::<Vec<_>>().join(", ")
         )),
     };
@@ -127,6 +131,104 @@ fn bench(args: &[String]) -> Result<(), String> {
         };
     }
     run(c)
+}
+
+/// `fuzz [--time SECS] [--runs N] [TARGET]...`: build `fuzz/` (a workspace
+/// of its own) with libFuzzer's coverage instrumentation on the stable
+/// toolchain, then run each target (all by default) for at most `--time`
+/// seconds (60 by default) and, if given, `--runs` inputs. Fails on a crash,
+/// which libFuzzer saves under `fuzz/artifacts/TARGET/`. The build goes to
+/// `$PLANE_FUZZ_TARGET_DIR`, else `target/fuzz`, so its flags never
+/// invalidate the workspace's own build. See `fuzz/README.md`.
+fn fuzz(args: &[String]) -> Result<(), String> {
+    const TARGETS: &[&str] = &["decode", "nats_headers", "http_mapping", "peer_envelopes"];
+    // What cargo-fuzz passes, less its nightly-only `-Zsanitizer=address`.
+    // `--target` below keeps the flags off build scripts and proc macros.
+    const RUSTFLAGS: &[&str] = &[
+        "--cfg fuzzing",
+        "-Cpasses=sancov-module",
+        "-Cllvm-args=-sanitizer-coverage-level=4",
+        "-Cllvm-args=-sanitizer-coverage-inline-8bit-counters",
+        "-Cllvm-args=-sanitizer-coverage-pc-table",
+        "-Cllvm-args=-sanitizer-coverage-trace-compares",
+        "-Cdebug-assertions",
+        "-Coverflow-checks",
+    ];
+    let (mut time, mut runs, mut targets) = (60u64, None::<u64>, Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut number = |flag: &str| {
+            it.next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| format!("{flag} needs a whole number"))
+        };
+        match a.as_str() {
+            "--time" => time = number("--time")?,
+            "--runs" => runs = Some(number("--runs")?),
+            t if TARGETS.contains(&t) => targets.push(t),
+            other => {
+                return Err(format!(
+                    "unknown argument `{other}`; usage: fuzz [--time SECS] [--runs N] [TARGET]...; targets: {}",
+                    TARGETS.join(", ")
+                ))
+            }
+        }
+    }
+    if targets.is_empty() {
+        targets = TARGETS.to_vec();
+    }
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = Command::new(&rustc)
+        .arg("-vV")
+        .output()
+        .map_err(|e| format!("cannot run {rustc}: {e}"))?;
+    let host = String::from_utf8_lossy(&version.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .ok_or("rustc -vV names no host")?;
+    let dir = std::env::var_os("PLANE_FUZZ_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("fuzz"));
+    let fuzz_dir = root().join("fuzz");
+    let mut c = cargo();
+    c.current_dir(&fuzz_dir)
+        .env("RUSTFLAGS", RUSTFLAGS.join(" "))
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            &host,
+            "--target-dir",
+        ])
+        .arg(&dir);
+    for t in &targets {
+        c.args(["--bin", t]);
+    }
+    run(c)?;
+    for t in targets {
+        let corpus = fuzz_dir.join("corpus").join(t);
+        let artifacts = fuzz_dir.join("artifacts").join(t);
+        for d in [&corpus, &artifacts] {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        let mut c = Command::new(dir.join(&host).join("release").join(t));
+        c.arg(&corpus)
+            .arg(format!("-max_total_time={time}"))
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
+            .arg("-print_final_stats=1");
+        if let Some(n) = runs {
+            c.arg(format!("-runs={n}"));
+        }
+        run(c).map_err(|e| {
+            format!(
+                "fuzz target {t}: {e}; a crash is under {}",
+                artifacts.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn conformance(args: &[String]) -> Result<(), String> {

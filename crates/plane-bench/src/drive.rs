@@ -14,6 +14,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 
+use crate::alloc::Allocs;
 use crate::report::{Better, Row};
 use crate::Result;
 
@@ -31,7 +32,8 @@ pub type Get = Arc<dyn Fn(String) -> BoxFuture<'static, Result<u64>> + Send + Sy
 /// Iteration counts of one run.
 #[derive(Debug, Clone, Copy)]
 pub struct Params {
-    /// Interleaved rounds per scenario (each round runs plane and raw once).
+    /// Interleaved rounds per scenario (each round runs plane and raw once);
+    /// every ratio is the median of the per-round ratios.
     pub rounds: u32,
     /// Calls before measuring latency, per side.
     pub warmup: u32,
@@ -41,18 +43,28 @@ pub struct Params {
     pub paced_calls: u32,
     /// Calls per unary throughput round.
     pub throughput_calls: u32,
+    /// Calls, one at a time, per allocation-counting round.
+    pub alloc_calls: u32,
+    /// Events, one at a time, per allocation-counting round.
+    pub alloc_events: u32,
     /// Streamed calls per round.
     pub stream_calls: u32,
     /// Chunks per streamed call.
     pub stream_chunks: u32,
-    /// Messages per pub/sub round for 64 B, 1 KiB, 64 KiB.
-    pub pubsub_msgs: [u64; 3],
+    /// Interleaved pub/sub rounds per payload size.
+    pub pubsub_rounds: u32,
+    /// Publishing before a pub/sub round's measured window.
+    pub pubsub_warmup: Duration,
+    /// A pub/sub round's measured window.
+    pub pubsub_window: Duration,
     /// Acked publishes per durable round.
     pub durable_publishes: u32,
     /// Object size in bytes.
     pub object_bytes: usize,
     /// Put/get rounds.
     pub object_rounds: u32,
+    /// Length of the paced service-level run, per side.
+    pub slo_duration: Duration,
 }
 
 impl Params {
@@ -64,12 +76,17 @@ impl Params {
             latency_calls: 400,
             paced_calls: 100,
             throughput_calls: 2_000,
+            alloc_calls: 200,
+            alloc_events: 100,
             stream_calls: 2,
             stream_chunks: 2_000,
-            pubsub_msgs: [10_000, 5_000, 500],
+            pubsub_rounds: 1,
+            pubsub_warmup: Duration::from_millis(100),
+            pubsub_window: Duration::from_millis(250),
             durable_publishes: 1_000,
             object_bytes: 8 << 20,
             object_rounds: 1,
+            slo_duration: Duration::from_secs(1),
         }
     }
 
@@ -81,12 +98,17 @@ impl Params {
             latency_calls: 4_000,
             paced_calls: 500,
             throughput_calls: 20_000,
+            alloc_calls: 2_000,
+            alloc_events: 1_000,
             stream_calls: 5,
             stream_chunks: 20_000,
-            pubsub_msgs: [100_000, 50_000, 4_000],
+            pubsub_rounds: 5,
+            pubsub_warmup: Duration::from_millis(300),
+            pubsub_window: Duration::from_secs(1),
             durable_publishes: 10_000,
             object_bytes: 64 << 20,
-            object_rounds: 3,
+            object_rounds: 5,
+            slo_duration: Duration::from_secs(10),
         }
     }
 }
@@ -170,6 +192,9 @@ fn quantile_rows(
     Ok(metrics
         .iter()
         .map(|(metric, q)| {
+            let per_round = |v: &[Histogram<u64>]| -> Vec<f64> {
+                v.iter().map(|h| h.value_at_quantile(*q) as f64).collect()
+            };
             Row::new(
                 backend,
                 "unary_latency",
@@ -179,6 +204,10 @@ fn quantile_rows(
                 plane.value_at_quantile(*q) as f64,
                 raw.as_ref().map(|h| h.value_at_quantile(*q) as f64),
             )
+            .with_spread(ratios(
+                &per_round(&per_side.plane),
+                &per_round(&per_side.raw),
+            ))
         })
         .collect())
 }
@@ -269,6 +298,16 @@ fn rate(rounds: &[Sample]) -> Option<f64> {
     Some(count / secs.max(1e-9))
 }
 
+/// plane / raw of each round (rounds pair up in order), where raw is not 0.
+pub fn ratios(plane: &[f64], raw: &[f64]) -> Vec<f64> {
+    plane
+        .iter()
+        .zip(raw)
+        .filter(|(_, r)| **r > 0.0)
+        .map(|(p, r)| p / r)
+        .collect()
+}
+
 /// Microseconds of CPU per counted operation, where every round's CPU was
 /// read.
 fn cpu_per_op(rounds: &[Sample], which: CpuOf) -> Option<f64> {
@@ -291,6 +330,11 @@ fn rate_rows(
     (metric, cpu): (&str, &str),
     per_side: &PerSide<Vec<Sample>>,
 ) -> Vec<Row> {
+    let each = |v: &[Sample], f: &dyn Fn(&[Sample]) -> Option<f64>| -> Vec<f64> {
+        v.iter()
+            .map(|s| f(std::slice::from_ref(s)).unwrap_or(f64::NAN))
+            .collect()
+    };
     let mut rows = vec![Row::new(
         backend,
         scenario,
@@ -299,22 +343,32 @@ fn rate_rows(
         Better::Higher,
         rate(&per_side.plane).unwrap_or(0.0),
         rate(&per_side.raw),
-    )];
+    )
+    .with_spread(ratios(
+        &each(&per_side.plane, &rate),
+        &each(&per_side.raw, &rate),
+    ))];
     let cpu_metrics: [(String, CpuOf); 2] = [
         (cpu.to_owned(), |c| c.own),
         (format!("server_{cpu}"), |c| c.server),
     ];
     for (name, which) in cpu_metrics {
         if let Some(plane) = cpu_per_op(&per_side.plane, which) {
-            rows.push(Row::new(
-                backend,
-                scenario,
-                payload,
-                &name,
-                Better::Lower,
-                plane,
-                cpu_per_op(&per_side.raw, which),
-            ));
+            rows.push(
+                Row::new(
+                    backend,
+                    scenario,
+                    payload,
+                    &name,
+                    Better::Lower,
+                    plane,
+                    cpu_per_op(&per_side.raw, which),
+                )
+                .with_spread(ratios(
+                    &each(&per_side.plane, &|s| cpu_per_op(s, which)),
+                    &each(&per_side.raw, &|s| cpu_per_op(s, which)),
+                )),
+            );
         }
     }
     rows
@@ -450,34 +504,24 @@ pub async fn stream_throughput(
 /// What a subscriber counted, shared with its receiving task.
 #[derive(Debug)]
 pub struct Counter {
-    origin: Instant,
     count: AtomicU64,
-    last_ns: AtomicU64,
 }
 
 impl Counter {
     /// A counter at zero.
     pub fn new() -> Arc<Self> {
         Arc::new(Counter {
-            origin: Instant::now(),
             count: AtomicU64::new(0),
-            last_ns: AtomicU64::new(0),
         })
     }
 
     /// Count one received message.
     pub fn hit(&self) {
-        let ns = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last_ns.store(ns, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Release);
     }
 
     fn count(&self) -> u64 {
         self.count.load(Ordering::Acquire)
-    }
-
-    fn last(&self) -> Instant {
-        self.origin + Duration::from_nanos(self.last_ns.load(Ordering::Relaxed))
     }
 }
 
@@ -526,72 +570,452 @@ impl Drop for PubSub {
     }
 }
 
-/// `pubsub_throughput`: messages/s counted at the receiver for each payload
-/// size, with the messages that never arrived reported as drops.
+/// One steady-state pub/sub round: the window's sample, and everything
+/// published and received over the whole round.
+struct PubSubRound {
+    window: Sample,
+    published: u64,
+    received: u64,
+}
+
+/// Publish `payload` for `warmup + window`, yielding every 64 messages so a
+/// publisher that never waits cannot hold a worker thread; count at the
+/// receiver over the window; then stop and let the receiver catch up.
+async fn pubsub_round(ps: PubSub, payload: Bytes, p: &Params) -> Result<PubSubRound> {
+    let started = Instant::now();
+    let window_at = started + p.pubsub_warmup;
+    let end = window_at + p.pubsub_window;
+    let mut published = 0u64;
+    let mut window: Option<(u64, Instant, Cpu)> = None;
+    let mut now = started;
+    while now < end {
+        for _ in 0..64 {
+            (ps.publish)(payload.clone()).await?;
+        }
+        published += 64;
+        now = Instant::now();
+        if window.is_none() && now >= window_at {
+            window = Some((ps.counter.count(), now, Cpu::now()));
+        }
+        tokio::task::yield_now().await;
+    }
+    let (from, at, cpu) = window.ok_or("the pub/sub window never started")?;
+    let sample = Sample {
+        count: ps.counter.count().saturating_sub(from) as f64,
+        elapsed: now.saturating_duration_since(at),
+        cpu: Cpu::now().since(cpu),
+    };
+    // Until everything arrived or nothing more has for a while (the rest
+    // was dropped).
+    let mut seen = ps.counter.count();
+    let mut quiet_since = Instant::now();
+    while seen < published && quiet_since.elapsed() < Duration::from_millis(200) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let now = ps.counter.count();
+        if now != seen {
+            seen = now;
+            quiet_since = Instant::now();
+        }
+    }
+    Ok(PubSubRound {
+        window: sample,
+        published,
+        received: seen.min(published),
+    })
+}
+
+/// `pubsub_throughput`: messages/s counted at the receiver in steady state
+/// (a window after a warm-up, the publisher publishing throughout), with the
+/// fraction of what was published that arrived and the drops beside it;
+/// then, at 64 B, heap allocations per event, one event at a time.
 pub async fn pubsub_throughput(
     backend: &str,
     pair: &Pair<PubSubFactory>,
     p: &Params,
 ) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for (size, count) in PUBSUB_SIZES.into_iter().zip(p.pubsub_msgs) {
+    for size in PUBSUB_SIZES {
         let payload = Bytes::from(vec![0x5a; size]);
-        let r = interleave(pair, p.rounds, |factory| {
+        let r = interleave(pair, p.pubsub_rounds, |factory| {
             let payload = payload.clone();
-            async move {
-                let ps = factory().await?;
-                let (started, cpu) = (Instant::now(), Cpu::now());
-                for _ in 0..count {
-                    (ps.publish)(payload.clone()).await?;
-                }
-                // Wait for the receiver to catch up: until everything arrived
-                // or nothing more has for a while (the rest was dropped).
-                let mut seen = ps.counter.count();
-                let mut quiet_since = Instant::now();
-                while seen < count && quiet_since.elapsed() < Duration::from_millis(500) {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    let now = ps.counter.count();
-                    if now != seen {
-                        seen = now;
-                        quiet_since = Instant::now();
-                    }
-                }
-                // The rate is up to the last arrival; the CPU includes the
-                // quiet wait, which costs next to nothing.
-                let sample = Sample {
-                    count: seen as f64,
-                    elapsed: ps.counter.last().saturating_duration_since(started),
-                    cpu: Cpu::now().since(cpu),
-                };
-                Ok((sample, count - seen.min(count)))
-            }
+            async move { pubsub_round(factory().await?, payload, p).await }
         })
         .await?;
-        let split = |v: &Vec<(Sample, u64)>| -> (Vec<Sample>, f64) {
-            (
-                v.iter().map(|x| x.0).collect(),
-                v.iter().map(|x| x.1 as f64).sum(),
-            )
+        let windows = |v: &[PubSubRound]| v.iter().map(|x| x.window).collect::<Vec<_>>();
+        let delivered = |v: &[PubSubRound]| -> Vec<f64> {
+            v.iter()
+                .map(|x| x.received as f64 / (x.published as f64).max(1.0))
+                .collect()
         };
-        let (plane, plane_drops) = split(&r.plane);
-        let (raw, raw_drops) = split(&r.raw);
+        let total = |v: &[PubSubRound]| -> f64 {
+            let published: u64 = v.iter().map(|x| x.published).sum();
+            let received: u64 = v.iter().map(|x| x.received).sum();
+            received as f64 / (published as f64).max(1.0)
+        };
+        let drops = |v: &[PubSubRound]| -> f64 {
+            v.iter().map(|x| (x.published - x.received) as f64).sum()
+        };
         let has_raw = !r.raw.is_empty();
         rows.extend(rate_rows(
             backend,
             "pubsub_throughput",
             Some(size),
             ("msgs_per_s", "cpu_us_per_msg"),
-            &PerSide { plane, raw },
+            &PerSide {
+                plane: windows(&r.plane),
+                raw: windows(&r.raw),
+            },
         ));
+        rows.push(
+            Row::new(
+                backend,
+                "pubsub_throughput",
+                Some(size),
+                "delivered_fraction",
+                Better::Higher,
+                total(&r.plane),
+                has_raw.then(|| total(&r.raw)),
+            )
+            .with_spread(ratios(&delivered(&r.plane), &delivered(&r.raw))),
+        );
         rows.push(Row::new(
             backend,
             "pubsub_throughput",
             Some(size),
             "drops",
             Better::Lower,
-            plane_drops,
-            has_raw.then_some(raw_drops),
+            drops(&r.plane),
+            has_raw.then(|| drops(&r.raw)),
         ));
+    }
+    rows.extend(event_allocs(backend, pair, p).await?);
+    Ok(rows)
+}
+
+/// Heap allocations per 64 B event, both ends included (the whole
+/// process): one event published at a time, the next once it arrived.
+async fn event_allocs(backend: &str, pair: &Pair<PubSubFactory>, p: &Params) -> Result<Vec<Row>> {
+    let payload = Bytes::from(vec![0x5a; SMALL]);
+    let r = interleave(pair, p.rounds, |factory| {
+        let payload = payload.clone();
+        async move {
+            let ps = factory().await?;
+            let one = |payload: Bytes| {
+                let ps = &ps;
+                async move {
+                    let before = ps.counter.count();
+                    (ps.publish)(payload).await?;
+                    let deadline = Instant::now() + Duration::from_secs(1);
+                    while ps.counter.count() == before && Instant::now() < deadline {
+                        tokio::task::yield_now().await;
+                    }
+                    Ok::<_, crate::Error>(())
+                }
+            };
+            for _ in 0..p.alloc_events / 4 + 10 {
+                one(payload.clone()).await?;
+            }
+            let (received, start) = (ps.counter.count(), Allocs::now());
+            for _ in 0..p.alloc_events {
+                one(payload.clone()).await?;
+            }
+            let used = Allocs::now().since(start);
+            let got = ps.counter.count().saturating_sub(received).max(1) as f64;
+            Ok((used.count as f64 / got, used.bytes as f64 / got))
+        }
+    })
+    .await?;
+    Ok(alloc_rows(
+        backend,
+        "pubsub_throughput",
+        ("allocs_per_msg", "alloc_bytes_per_msg"),
+        &r,
+    ))
+}
+
+/// Allocation rows from per-round (allocations, bytes) per operation; the
+/// values are medians over the rounds.
+fn alloc_rows(
+    backend: &str,
+    scenario: &str,
+    (count, bytes): (&str, &str),
+    r: &PerSide<Vec<(f64, f64)>>,
+) -> Vec<Row> {
+    let has_raw = !r.raw.is_empty();
+    let pick = |v: &[(f64, f64)], second: bool| -> Vec<f64> {
+        v.iter().map(|x| if second { x.1 } else { x.0 }).collect()
+    };
+    [(count, false), (bytes, true)]
+        .into_iter()
+        .map(|(metric, second)| {
+            let (plane, raw) = (pick(&r.plane, second), pick(&r.raw, second));
+            Row::new(
+                backend,
+                scenario,
+                Some(SMALL),
+                metric,
+                Better::Lower,
+                median(&plane),
+                has_raw.then(|| median(&raw)),
+            )
+            .with_spread(ratios(&plane, &raw))
+        })
+        .collect()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Heap allocations per unary 64 B call, one call at a time after a
+/// warm-up, both ends included where both run in this process (on nats the
+/// broker's are not).
+pub async fn unary_allocs(
+    backend: &str,
+    scenario: &str,
+    pair: &Pair<Unary>,
+    p: &Params,
+) -> Result<Vec<Row>> {
+    let r = interleave(pair, p.rounds, |op| async move {
+        for _ in 0..p.alloc_calls / 4 + 10 {
+            op().await?;
+        }
+        let start = Allocs::now();
+        for _ in 0..p.alloc_calls {
+            op().await?;
+        }
+        let used = Allocs::now().since(start);
+        let n = f64::from(p.alloc_calls);
+        Ok((used.count as f64 / n, used.bytes as f64 / n))
+    })
+    .await?;
+    Ok(alloc_rows(
+        backend,
+        scenario,
+        ("allocs_per_call", "alloc_bytes_per_call"),
+        &r,
+    ))
+}
+
+/// `unary_await`: calls/s with [`IN_FLIGHT`] in flight to a handler that
+/// awaits once before replying (on both sides), and its allocations.
+pub async fn unary_await(backend: &str, pair: &Pair<Unary>, p: &Params) -> Result<Vec<Row>> {
+    let r = interleave(pair, p.rounds, |op| in_flight(op, p.throughput_calls)).await?;
+    let mut rows = rate_rows(
+        backend,
+        "unary_await",
+        Some(SMALL),
+        ("calls_per_s", "cpu_us_per_call"),
+        &r,
+    );
+    rows.extend(unary_allocs(backend, "unary_await", pair, p).await?);
+    Ok(rows)
+}
+
+/// The plugin gateway's offered load.
+pub const SLO_RATE: u64 = 30_000;
+/// Calls in flight beyond which a scheduled call is not issued (counted).
+pub const SLO_CAP: u64 = 10_000;
+/// A call not answered within this is an error of kind `timeout`.
+const SLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Windows of a paced run whose ratios give the spread.
+const SLO_WINDOWS: usize = 5;
+
+/// What a paced run's calls recorded.
+struct SloState {
+    /// One histogram per window, of successful calls by scheduled time.
+    windows: Vec<Histogram<u64>>,
+    ok: Vec<u64>,
+    errors: std::collections::BTreeMap<String, u64>,
+    last_done: Option<Instant>,
+}
+
+/// One paced run's outcome.
+struct SloRun {
+    all: Histogram<u64>,
+    windows: Vec<Histogram<u64>>,
+    ok_per_window: Vec<u64>,
+    window: Duration,
+    achieved: f64,
+    errors: std::collections::BTreeMap<String, u64>,
+    not_issued: u64,
+}
+
+fn error_kind(e: &crate::Error) -> String {
+    match e.downcast_ref::<plane::Error>() {
+        Some(e) => e.kind().as_str().to_owned(),
+        None => "raw".to_owned(),
+    }
+}
+
+/// Calls issued open-loop at [`SLO_RATE`] for `duration` by a generator
+/// thread (so issuing does not wait for the runtime), each call's latency
+/// counted from its scheduled time, so a call issued late because of queueing
+/// counts its wait.
+async fn slo_run(op: Unary, duration: Duration) -> Result<SloRun> {
+    let total = SLO_RATE * duration.as_secs_f64() as u64;
+    let total = total.max(SLO_RATE / 10);
+    let state = Arc::new(std::sync::Mutex::new(SloState {
+        windows: (0..SLO_WINDOWS)
+            .map(|_| histogram())
+            .collect::<Result<_>>()?,
+        ok: vec![0; SLO_WINDOWS],
+        errors: Default::default(),
+        last_done: None,
+    }));
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let handle = tokio::runtime::Handle::current();
+    let start = Instant::now() + Duration::from_millis(20);
+    let generator = {
+        let (state, in_flight) = (state.clone(), in_flight.clone());
+        std::thread::spawn(move || {
+            let mut not_issued = 0u64;
+            for i in 0..total {
+                let scheduled = start + Duration::from_nanos(i * 1_000_000_000 / SLO_RATE);
+                let now = Instant::now();
+                if scheduled > now {
+                    std::thread::sleep(scheduled - now);
+                }
+                if in_flight.load(Ordering::Relaxed) >= SLO_CAP {
+                    not_issued += 1;
+                    continue;
+                }
+                in_flight.fetch_add(1, Ordering::Relaxed);
+                let call = op();
+                let (state, in_flight) = (state.clone(), in_flight.clone());
+                let w = (i as usize * SLO_WINDOWS / total as usize).min(SLO_WINDOWS - 1);
+                handle.spawn(async move {
+                    let outcome = tokio::time::timeout(SLO_TIMEOUT, call).await;
+                    let latency = micros(scheduled.elapsed());
+                    {
+                        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                        match outcome {
+                            Ok(Ok(())) => {
+                                let _ = s.windows[w].record(latency);
+                                s.ok[w] += 1;
+                            }
+                            Ok(Err(e)) => *s.errors.entry(error_kind(&e)).or_default() += 1,
+                            Err(_) => *s.errors.entry("timeout".to_owned()).or_default() += 1,
+                        }
+                        s.last_done = Some(Instant::now());
+                    }
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            not_issued
+        })
+    };
+    let not_issued = loop {
+        if generator.is_finished() {
+            break generator
+                .join()
+                .map_err(|_| "the paced generator panicked")?;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let drain = Instant::now() + SLO_TIMEOUT + Duration::from_secs(1);
+    while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drain {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+    let unfinished = in_flight.load(Ordering::Relaxed);
+    if unfinished > 0 {
+        *s.errors.entry("unfinished".to_owned()).or_default() += unfinished;
+    }
+    let ok: u64 = s.ok.iter().sum();
+    let secs = s
+        .last_done
+        .map_or(duration, |t| t.saturating_duration_since(start))
+        .as_secs_f64()
+        .max(1e-9);
+    Ok(SloRun {
+        all: merge(&s.windows)?,
+        windows: std::mem::take(&mut s.windows),
+        ok_per_window: s.ok.clone(),
+        window: Duration::from_secs_f64(total as f64 / SLO_RATE as f64 / SLO_WINDOWS as f64),
+        achieved: ok as f64 / secs,
+        errors: std::mem::take(&mut s.errors),
+        not_issued,
+    })
+}
+
+/// `paced_slo`: the plugin gateway's service level, 64 B calls paced
+/// open-loop at [`SLO_RATE`] for `p.slo_duration`, one run per side; each
+/// ratio is the whole run's, with its min and max over the run's
+/// [`SLO_WINDOWS`] windows (by scheduled time) beside it.
+pub async fn paced_slo(backend: &str, pair: &Pair<Unary>, p: &Params) -> Result<Vec<Row>> {
+    let r = interleave(pair, 1, |op| slo_run(op, p.slo_duration)).await?;
+    let plane = &r.plane[0];
+    let raw = r.raw.first();
+    let row = |metric: &str, better: Better, f: &dyn Fn(&SloRun) -> f64| {
+        Row::new(
+            backend,
+            "paced_slo",
+            Some(SMALL),
+            metric,
+            better,
+            f(plane),
+            raw.map(f),
+        )
+    };
+    let mut rows = Vec::new();
+    let per_window_rate = |run: &SloRun| -> Vec<f64> {
+        run.ok_per_window
+            .iter()
+            .map(|n| *n as f64 / run.window.as_secs_f64())
+            .collect()
+    };
+    rows.push(
+        row("achieved_per_s", Better::Higher, &|run| run.achieved).with_range(ratios(
+            &per_window_rate(plane),
+            &raw.map(per_window_rate).unwrap_or_default(),
+        )),
+    );
+    for (metric, q) in [("p50_us", 0.5), ("p99_us", 0.99), ("p99.9_us", 0.999)] {
+        let per_window = |run: &SloRun| -> Vec<f64> {
+            run.windows
+                .iter()
+                .map(|h| {
+                    if h.is_empty() {
+                        f64::NAN
+                    } else {
+                        h.value_at_quantile(q) as f64
+                    }
+                })
+                .collect()
+        };
+        rows.push(
+            row(metric, Better::Lower, &|run| {
+                run.all.value_at_quantile(q) as f64
+            })
+            .with_range(ratios(
+                &per_window(plane),
+                &raw.map(per_window).unwrap_or_default(),
+            )),
+        );
+    }
+    rows.push(row("errors", Better::Lower, &|run| {
+        run.errors.values().sum::<u64>() as f64
+    }));
+    rows.push(row("not_issued", Better::Lower, &|run| {
+        run.not_issued as f64
+    }));
+    let mut kinds: Vec<&String> = plane.errors.keys().collect();
+    for k in raw.iter().flat_map(|r| r.errors.keys()) {
+        if !kinds.contains(&k) {
+            kinds.push(k);
+        }
+    }
+    for kind in kinds {
+        rows.push(row(&format!("errors_{kind}"), Better::Lower, &|run| {
+            run.errors.get(kind).copied().unwrap_or(0) as f64
+        }));
     }
     Ok(rows)
 }

@@ -49,7 +49,7 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
 
     let unary = Pair {
         plane: plane_ops::plane_unary(&requests),
-        raw: Some(raw_unary(sender.clone())),
+        raw: Some(raw_unary(sender.clone(), Bytes::from(vec![0x5a; SMALL]))),
     };
     step(
         rows,
@@ -63,6 +63,23 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
         drive::unary_throughput("http", &unary, p),
     )
     .await?;
+    step(
+        rows,
+        "http unary_allocs",
+        drive::unary_allocs("http", "unary_latency", &unary, p),
+    )
+    .await?;
+    let awaiting = Pair {
+        plane: plane_ops::plane_unary_await(&requests),
+        raw: Some(raw_unary(sender.clone(), plane_ops::await_payload())),
+    };
+    step(
+        rows,
+        "http unary_await",
+        drive::unary_await("http", &awaiting, p),
+    )
+    .await?;
+    step(rows, "http paced_slo", drive::paced_slo("http", &unary, p)).await?;
     let streamed = Pair {
         plane: plane_ops::plane_streamed(&requests),
         raw: Some(raw_streamed(sender)),
@@ -93,7 +110,12 @@ async fn raw_server(listener: TcpListener) {
                             .unwrap_or(0),
                     )
                     .boxed_unsync(),
-                    None => Full::new(body).boxed_unsync(),
+                    None => {
+                        if body.first() == Some(&b'y') {
+                            tokio::task::yield_now().await;
+                        }
+                        Full::new(body).boxed_unsync()
+                    }
                 };
                 Ok::<_, hyper::Error>(Response::new(reply))
             });
@@ -131,8 +153,7 @@ fn post(body: Bytes) -> Result<Request<Full<Bytes>>> {
     Ok(Request::post("http://bench/echo").body(Full::new(body))?)
 }
 
-fn raw_unary(sender: SendRequest<Full<Bytes>>) -> Unary {
-    let payload = Bytes::from(vec![0x5a; SMALL]);
+fn raw_unary(sender: SendRequest<Full<Bytes>>, payload: Bytes) -> Unary {
     let sender = Arc::new(sender);
     Arc::new(move || {
         let mut sender = (*sender).clone();

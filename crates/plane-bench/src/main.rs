@@ -3,9 +3,11 @@
 //! for the method and the report format.
 //!
 //! Writes `<target>/bench/report.json`, `docs/bench.md` and `docs/bench.svg`.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+#[allow(unsafe_code)]
+mod alloc;
 mod drive;
 mod fs;
 mod http;
@@ -22,6 +24,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use drive::Params;
+
+#[global_allocator]
+static ALLOCATOR: alloc::Counting = alloc::Counting;
+
 use report::{Report, Row};
 
 /// Errors of the harness: anything that stops a scenario.
@@ -47,7 +53,10 @@ pub async fn step(
             "  {:<5} {:<18} {:<16} {:>8} plane {:>12.1}  raw {:>12}  ratio {}",
             r.backend,
             r.scenario,
-            r.metric,
+            match &r.baseline {
+                Some(b) => format!("{} vs {b}", r.metric),
+                None => r.metric.clone(),
+            },
             r.payload.map_or(String::new(), |p| p.to_string()),
             r.plane,
             r.raw.map_or("-".to_owned(), |v| format!("{v:.1}")),

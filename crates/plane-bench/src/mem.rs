@@ -29,6 +29,22 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
         drive::unary_throughput("mem", &unary, p),
     )
     .await?;
+    step(
+        rows,
+        "mem unary_allocs",
+        drive::unary_allocs("mem", "unary_latency", &unary, p),
+    )
+    .await?;
+    let awaiting = Pair {
+        plane: plane_ops::plane_unary_await(&requests),
+        raw: None,
+    };
+    step(
+        rows,
+        "mem unary_await",
+        drive::unary_await("mem", &awaiting, p),
+    )
+    .await?;
     let streamed = Pair {
         plane: plane_ops::plane_streamed(&requests),
         raw: None,

@@ -20,6 +20,8 @@ use crate::{progress, step, Result};
 
 /// Raw request subjects (plane's are under `plane.`, so they never meet).
 const ECHO: &str = "raw.echo";
+/// The control echo: raw async-nats carrying the headers plane sends.
+const CONTROL_ECHO: &str = "raw.echo.control";
 const CHUNKS: &str = "raw.chunks";
 /// The chunk size plane-nats reads objects back with.
 const READ_CHUNK: usize = 128 * 1024;
@@ -44,15 +46,32 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
     let requests = registry.requests(&url).await?;
     let _servers = plane_ops::serve(&requests).await?;
     let client = async_nats::connect(&url).await?;
+    let (request_headers, reply_headers) = plane_headers(&url, &requests).await?;
+    progress(format_args!(
+        "  control: a plane request carries {}, its reply {}",
+        describe(&request_headers),
+        describe(&reply_headers)
+    ));
     let responders = [
-        tokio::spawn(raw_echo(client.clone())),
+        tokio::spawn(raw_echo(client.clone(), ECHO, None)),
+        tokio::spawn(raw_echo(client.clone(), CONTROL_ECHO, Some(reply_headers))),
         tokio::spawn(raw_chunks(client.clone())),
     ];
     client.flush().await?;
 
+    let payload = Bytes::from(vec![0x5a; SMALL]);
     let unary = Pair {
         plane: plane_ops::plane_unary(&requests),
-        raw: Some(raw_unary(&client)),
+        raw: Some(raw_unary(&client, ECHO, None, payload.clone())),
+    };
+    let control = Pair {
+        plane: plane_ops::plane_unary(&requests),
+        raw: Some(raw_unary(
+            &client,
+            CONTROL_ECHO,
+            Some(request_headers),
+            payload,
+        )),
     };
     step(
         rows,
@@ -66,6 +85,30 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
         drive::unary_throughput("nats", &unary, p),
     )
     .await?;
+    step(
+        rows,
+        "nats unary_allocs",
+        drive::unary_allocs("nats", "unary_latency", &unary, p),
+    )
+    .await?;
+    step(rows, "nats control rows", async {
+        let mut out = drive::unary_latency("nats", &control, p).await?;
+        out.extend(drive::unary_throughput("nats", &control, p).await?);
+        out.extend(drive::unary_allocs("nats", "unary_latency", &control, p).await?);
+        Ok(out.into_iter().map(Row::against_control).collect())
+    })
+    .await?;
+    let awaiting = Pair {
+        plane: plane_ops::plane_unary_await(&requests),
+        raw: Some(raw_unary(&client, ECHO, None, plane_ops::await_payload())),
+    };
+    step(
+        rows,
+        "nats unary_await",
+        drive::unary_await("nats", &awaiting, p),
+    )
+    .await?;
+    step(rows, "nats paced_slo", drive::paced_slo("nats", &unary, p)).await?;
     let streamed = Pair {
         plane: plane_ops::plane_streamed(&requests),
         raw: Some(raw_streamed(&client)),
@@ -153,14 +196,82 @@ fn server_pid(id: &str) -> Option<u32> {
     (pid != 0 && std::fs::metadata(format!("/proc/{pid}/stat")).is_ok()).then_some(pid)
 }
 
-/// Echo every request back to its reply subject.
-async fn raw_echo(client: async_nats::Client) {
-    let Ok(mut sub) = client.queue_subscribe(ECHO, "raw".to_owned()).await else {
+/// The headers of one plane request and of its final reply, as they cross
+/// the wire (seen by a second client subscribed to everything), so the
+/// control row carries the same names with values of the same sizes.
+async fn plane_headers(
+    url: &str,
+    requests: &plane::Requests,
+) -> Result<(async_nats::HeaderMap, async_nats::HeaderMap)> {
+    use plane::message::names::{FRAME, ID};
+    let spy = async_nats::connect(url).await?;
+    let mut all = spy.subscribe(">").await?;
+    spy.flush().await?;
+    requests
+        .call("echo", Bytes::from(vec![0x5a; SMALL]))
+        .await?;
+    let (mut request, mut reply) = (None, None);
+    while request.is_none() || reply.is_none() {
+        let msg = tokio::time::timeout(Duration::from_secs(5), all.next())
+            .await
+            .map_err(|_| "no plane request and reply seen on the wire")?
+            .ok_or("the spy subscription ended")?;
+        let Some(h) = msg.headers else { continue };
+        if request.is_none() && msg.reply.is_some() && h.get(ID).is_some() {
+            request = Some(h);
+        } else if reply.is_none() && h.get(FRAME).is_some_and(|f| f.as_str() == "last") {
+            reply = Some(h);
+        }
+    }
+    let _ = all.unsubscribe().await;
+    Ok((
+        request.ok_or("no plane request seen")?,
+        reply.ok_or("no plane reply seen")?,
+    ))
+}
+
+/// `name (value bytes), …` of a header map.
+fn describe(h: &async_nats::HeaderMap) -> String {
+    let mut out: Vec<String> = h
+        .iter()
+        .map(|(n, v)| {
+            let len: usize = v.iter().map(|v| v.as_str().len()).sum();
+            format!("{n} ({len} B)")
+        })
+        .collect();
+    out.sort();
+    if out.is_empty() {
+        "no headers".to_owned()
+    } else {
+        out.join(", ")
+    }
+}
+
+/// Echo every request on `subject` back to its reply subject, with
+/// `headers` where given; a request starting with `y` is answered after
+/// awaiting once (`yield_now`).
+async fn raw_echo(
+    client: async_nats::Client,
+    subject: &'static str,
+    headers: Option<async_nats::HeaderMap>,
+) {
+    let Ok(mut sub) = client.queue_subscribe(subject, "raw".to_owned()).await else {
         return;
     };
     while let Some(msg) = sub.next().await {
         if let Some(reply) = msg.reply {
-            if client.publish(reply, msg.payload).await.is_err() {
+            if msg.payload.first() == Some(&b'y') {
+                tokio::task::yield_now().await;
+            }
+            let sent = match &headers {
+                Some(h) => {
+                    client
+                        .publish_with_headers(reply, h.clone(), msg.payload)
+                        .await
+                }
+                None => client.publish(reply, msg.payload).await,
+            };
+            if sent.is_err() {
                 return;
             }
         }
@@ -190,14 +301,22 @@ async fn raw_chunks(client: async_nats::Client) {
     }
 }
 
-fn raw_unary(client: &async_nats::Client) -> Unary {
+fn raw_unary(
+    client: &async_nats::Client,
+    subject: &'static str,
+    headers: Option<async_nats::HeaderMap>,
+    payload: Bytes,
+) -> Unary {
     let client = client.clone();
-    let payload = Bytes::from(vec![0x5a; SMALL]);
     Arc::new(move || {
         let client = client.clone();
         let payload = payload.clone();
+        let headers = headers.clone();
         Box::pin(async move {
-            client.request(ECHO, payload).await?;
+            match headers {
+                Some(h) => client.request_with_headers(subject, h, payload).await?,
+                None => client.request(subject, payload).await?,
+            };
             Ok(())
         })
     })

@@ -12,9 +12,10 @@ use plane::{Events, Requests};
 use crate::drive::{Get, PubSub, PubSubFactory, Put, Streamed, Unary, SMALL};
 use crate::Result;
 
-/// Serve `echo` (a unary echo) and `chunks` (see [`chunk_handler`]); the
+/// Serve `echo` (a unary echo), `echo_await` (an echo that awaits once,
+/// `yield_now`, before replying) and `chunks` (see [`chunk_handler`]); the
 /// servers stop when the returned handles are dropped.
-pub async fn serve(requests: &Requests) -> Result<[Server; 2]> {
+pub async fn serve(requests: &Requests) -> Result<[Server; 3]> {
     Ok([
         requests
             .serve(
@@ -22,8 +23,39 @@ pub async fn serve(requests: &Requests) -> Result<[Server; 2]> {
                 unary_fn(|req: Request| async move { Ok(req.message.body) }),
             )
             .await?,
+        requests
+            .serve(
+                "echo_await",
+                unary_fn(|req: Request| async move {
+                    tokio::task::yield_now().await;
+                    Ok(req.message.body)
+                }),
+            )
+            .await?,
         requests.serve("chunks", chunk_handler()).await?,
     ])
+}
+
+/// The 64 B request of the `unary_await` scenario: the raw servers await
+/// once (`yield_now`) before echoing a request that starts with `y`.
+pub fn await_payload() -> Bytes {
+    let mut p = vec![0x5a; SMALL];
+    p[0] = b'y';
+    Bytes::from(p)
+}
+
+/// One 64 B call to `echo_await`.
+pub fn plane_unary_await(requests: &Requests) -> Unary {
+    let requests = requests.clone();
+    let payload = await_payload();
+    Arc::new(move || {
+        let requests = requests.clone();
+        let payload = payload.clone();
+        Box::pin(async move {
+            requests.call("echo_await", payload).await?;
+            Ok(())
+        })
+    })
 }
 
 /// Streams the number of 64 B chunks the request body names, then ends.

@@ -43,7 +43,10 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
 
     let unary = Pair {
         plane: plane_ops::plane_unary(&requests),
-        raw: Some(raw_unary(connection.clone())),
+        raw: Some(raw_unary(
+            connection.clone(),
+            Bytes::from(vec![0x5a; SMALL]),
+        )),
     };
     step(
         rows,
@@ -57,6 +60,23 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
         drive::unary_throughput("quic", &unary, p),
     )
     .await?;
+    step(
+        rows,
+        "quic unary_allocs",
+        drive::unary_allocs("quic", "unary_latency", &unary, p),
+    )
+    .await?;
+    let awaiting = Pair {
+        plane: plane_ops::plane_unary_await(&requests),
+        raw: Some(raw_unary(connection.clone(), plane_ops::await_payload())),
+    };
+    step(
+        rows,
+        "quic unary_await",
+        drive::unary_await("quic", &awaiting, p),
+    )
+    .await?;
+    step(rows, "quic paced_slo", drive::paced_slo("quic", &unary, p)).await?;
     let streamed = Pair {
         plane: plane_ops::plane_streamed(&requests),
         raw: Some(raw_streamed(connection.clone())),
@@ -225,14 +245,18 @@ async fn raw_call(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
                 return;
             }
         }
-    } else if send.write_all(&request).await.is_err() {
-        return;
+    } else {
+        if request.first() == Some(&b'y') {
+            tokio::task::yield_now().await;
+        }
+        if send.write_all(&request).await.is_err() {
+            return;
+        }
     }
     let _ = send.finish();
 }
 
-fn raw_unary(connection: quinn::Connection) -> Unary {
-    let payload = Bytes::from(vec![0x5a; SMALL]);
+fn raw_unary(connection: quinn::Connection, payload: Bytes) -> Unary {
     Arc::new(move || {
         let connection = connection.clone();
         let payload = payload.clone();

@@ -38,6 +38,20 @@ pub struct Row {
     pub ratio: Option<f64>,
     /// Which direction is good.
     pub better: Better,
+    /// `"control"` where `raw` is a control row (the raw client doing what
+    /// plane's mapping does, e.g. carrying plane's headers); absent for the
+    /// bare raw client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+    /// Smallest per-run ratio, where the ratio is the median of several runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_min: Option<f64>,
+    /// Largest per-run ratio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_max: Option<f64>,
+    /// How many runs the ratio is the median of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runs: Option<usize>,
 }
 
 impl Row {
@@ -60,13 +74,65 @@ impl Row {
             raw,
             ratio: raw.filter(|r| *r > 0.0).map(|r| plane / r),
             better,
+            baseline: None,
+            ratio_min: None,
+            ratio_max: None,
+            runs: None,
+        }
+    }
+
+    /// The ratio as the median of per-run ratios, with their min and max.
+    /// Fewer than two runs leave the pooled ratio as it is.
+    pub fn with_spread(mut self, mut ratios: Vec<f64>) -> Self {
+        ratios.retain(|r| r.is_finite());
+        if ratios.len() < 2 || self.raw.is_none() {
+            return self;
+        }
+        ratios.sort_by(f64::total_cmp);
+        let n = ratios.len();
+        let median = if n % 2 == 1 {
+            ratios[n / 2]
+        } else {
+            (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
+        };
+        self.ratio = Some(median);
+        self.ratio_min = Some(ratios[0]);
+        self.ratio_max = Some(ratios[n - 1]);
+        self.runs = Some(n);
+        self
+    }
+
+    /// Keep the pooled ratio, with the min and max of `ratios` (sub-runs of
+    /// one run, such as the windows of a paced run) beside it.
+    pub fn with_range(mut self, mut ratios: Vec<f64>) -> Self {
+        ratios.retain(|r| r.is_finite());
+        if ratios.len() < 2 || self.ratio.is_none() {
+            return self;
+        }
+        ratios.sort_by(f64::total_cmp);
+        self.ratio_min = ratios.first().copied();
+        self.ratio_max = ratios.last().copied();
+        self.runs = Some(ratios.len());
+        self
+    }
+
+    /// Mark `raw` as the control row.
+    pub fn against_control(mut self) -> Self {
+        self.baseline = Some("control".to_owned());
+        self
+    }
+
+    fn metric_label(&self) -> String {
+        match &self.baseline {
+            Some(b) => format!("{} (vs {b})", self.metric),
+            None => self.metric.clone(),
         }
     }
 
     fn label(&self) -> String {
         match self.payload {
-            Some(p) => format!("{} {} ({})", self.scenario, self.metric, size(p)),
-            None => format!("{} {}", self.scenario, self.metric),
+            Some(p) => format!("{} {} ({})", self.scenario, self.metric_label(), size(p)),
+            None => format!("{} {}", self.scenario, self.metric_label()),
         }
     }
 }
@@ -152,6 +218,7 @@ impl Report {
     ) -> Option<&Row> {
         self.results.iter().find(|r| {
             r.backend == backend
+                && r.baseline.is_none()
                 && r.scenario == scenario
                 && r.metric == metric
                 && (payload.is_none() || r.payload == payload)
@@ -214,6 +281,26 @@ impl Report {
                 format!("{b}: pub/sub 64 KiB plane/raw ≥ 0.95"),
                 ratio(b, "pubsub_throughput", "msgs_per_s", Some(64 * 1024)),
                 &|v| v >= 0.95,
+            );
+        }
+        for b in ["nats", "quic", "zmq", "tcp", "http"] {
+            let plane = |m: &str| self.find(b, "paced_slo", m, None).map(|r| r.plane);
+            let (achieved, errors, skipped) = (
+                plane("achieved_per_s"),
+                plane("errors"),
+                plane("not_issued"),
+            );
+            let ok_rest = achieved.is_some_and(|a| a >= 0.99 * 30_000.0)
+                && errors == Some(0.0)
+                && skipped == Some(0.0);
+            check(
+                format!(
+                    "{b}: plugin gateway service level, plane p99 (µs) ≤ 8000 at 30k calls/s offered \
+                     (achieved ≥ 99%, no errors, none left unissued{})",
+                    achieved.map_or(String::new(), |a| format!("; achieved {a:.0}/s"))
+                ),
+                plane("p99_us"),
+                &|v| v <= 8000.0 && ok_rest,
             );
         }
         let nats_p50 = self
@@ -280,11 +367,11 @@ impl Report {
                     md,
                     "| {} | {} | {} | {} | {} | {} | {} |",
                     r.scenario,
-                    r.metric,
+                    r.metric_label(),
                     r.payload.map_or("—".to_owned(), size),
                     num(r.plane),
                     r.raw.map_or("—".to_owned(), num),
-                    r.ratio.map_or("—".to_owned(), |v| format!("{v:.3}")),
+                    ratio_cell(r),
                     match r.better {
                         Better::Lower => "lower",
                         Better::Higher => "higher",
@@ -303,7 +390,9 @@ impl Report {
         let bars: Vec<(&Row, f64)> = self
             .results
             .iter()
-            .filter(|r| r.metric != "drops")
+            .filter(|r| {
+                r.metric != "drops" && r.metric != "not_issued" && !r.metric.starts_with("errors")
+            })
             .filter_map(|r| r.ratio.map(|v| (r, v)))
             .collect();
         let backends: Vec<&str> = {
@@ -405,9 +494,20 @@ fn xml(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// The ratio, with its min–max over the runs where it is a median.
+fn ratio_cell(r: &Row) -> String {
+    match (r.ratio, r.ratio_min, r.ratio_max) {
+        (Some(v), Some(lo), Some(hi)) => format!("{v:.3} ({lo:.3}–{hi:.3})"),
+        (Some(v), _, _) => format!("{v:.3}"),
+        _ => "—".to_owned(),
+    }
+}
+
 fn num(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
+    } else if v > 0.0 && v < 0.01 {
+        format!("{v:.4}")
     } else {
         format!("{v:.2}")
     }
@@ -427,9 +527,52 @@ const NOTES: &str = r#"
 - **Streams** are one call at a time, each streaming 64 B chunks; the raw side writes
   length-prefixed chunks on the same transport (a NATS inbox, one QUIC bi-stream, one
   DEALER/ROUTER pair) and an end marker.
-- **Pub/sub** publishes as fast as the publisher accepts and counts at the receiver
-  (a fresh subscriber and subject per round); `drops` are messages published but never
-  received (slow-consumer drops, summed over rounds).
+- **Ratios and their spread.** Every round runs plane and raw once, alternating which
+  goes first. `plane` and `raw` pool all rounds (latency quantiles from one histogram
+  of every call, rates as total count over total time); `ratio` is the **median of the
+  per-round ratios**, shown with their min–max (`ratio_min`, `ratio_max` and `runs` in
+  `report.json`), so it need not equal plane / raw exactly. The full run has 6 rounds
+  per scenario (5 for pub/sub and objects); `--quick` has 1 or 2 and its spread says
+  little. `paced_slo` is one run per side: its ratio is the whole run's, its min–max that of five
+  equal windows of it (by scheduled time).
+- **Pub/sub** is measured in steady state: a fresh subscriber and subject per round,
+  the publisher publishing as fast as it accepts (yielding to the runtime every 64
+  messages) for a warm-up (300 ms) and then a window (1 s; `--quick` 100 ms and
+  250 ms); `msgs_per_s` is what the receiver counted in the window over its length.
+  `delivered_fraction` is what arrived of all that was published in the round (after
+  the publisher stops, the receiver is given until 200 ms pass without an arrival), so
+  a publisher that drops is not rewarded; `drops` are messages published but never
+  received, summed over rounds.
+- **Allocations** (`allocs_per_call`, `alloc_bytes_per_call`, `allocs_per_msg`,
+  `alloc_bytes_per_msg`) come from a counting global allocator in the bench binary
+  (every allocation and reallocation of the process, any thread, with the bytes asked
+  for): one call (or one 64 B event, published once the previous one arrived) at a
+  time, after a warm-up, over 2,000 calls or 1,000 events per round (`--quick`: 200
+  and 100), divided; the value is the median over rounds. Both ends are counted where
+  both run in this process (mem, quic, zmq, tcp, http); on nats only the clients (the
+  broker is another process). Background work in the same window (keep-alives,
+  heartbeats) is counted too, which is why the figures are not whole numbers.
+- **Control rows** (`vs control`, `"baseline": "control"` in `report.json`): on nats,
+  raw async-nats carrying the headers plane sends. The bench reads them off the wire
+  (a second client subscribed to `>` while plane makes one call) and has the raw
+  caller send the request's headers and the raw echo reply with the reply's, same
+  names and same value sizes; the progress output lists them. plane / raw minus
+  plane / control is what the header mapping costs; plane / control is plane's own
+  runtime.
+- **`unary_await`** is `unary_throughput` against a handler that awaits once
+  (`tokio::task::yield_now`) before replying, in plane's handler and in every raw
+  echo server alike, so the path of a handler that does not finish at its first poll
+  stays measured.
+- **`paced_slo`** is the plugin gateway's service level: 64 B calls paced open-loop at
+  30,000/s for 10 s (`--quick`: 1 s) by a generator thread, each spawned onto the
+  runtime at its scheduled time whether or not earlier calls have finished (at most
+  10,000 in flight; a call due beyond that is not issued and counted in `not_issued`),
+  each with a 5 s timeout. Latency is counted from the call's **scheduled** time, so
+  queueing behind slow calls is counted (no coordinated omission); the generator's
+  own lateness (thread sleep granularity, tens of µs) is counted too.
+  `achieved_per_s` is successful calls over the time from the first scheduled call to
+  the last completion; `errors` by kind (`errors_<kind>`: plane's error kind, `raw`
+  for a raw client's error, `timeout`, `unfinished`).
 - **Objects** store then read back one object, streaming the read.
 - **CPU** (`cpu_us_per_call`, `_per_chunk`, `_per_msg`, `_per_publish`, `_per_mb`) is
   the CPU time, user plus system, that the whole bench process used during a rate

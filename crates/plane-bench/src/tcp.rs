@@ -40,7 +40,7 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
 
     let unary = Pair {
         plane: plane_ops::plane_unary(&requests),
-        raw: Some(raw_unary(pool.clone())),
+        raw: Some(raw_unary(pool.clone(), Bytes::from(vec![0x5a; SMALL]))),
     };
     step(
         rows,
@@ -54,6 +54,23 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
         drive::unary_throughput("tcp", &unary, p),
     )
     .await?;
+    step(
+        rows,
+        "tcp unary_allocs",
+        drive::unary_allocs("tcp", "unary_latency", &unary, p),
+    )
+    .await?;
+    let awaiting = Pair {
+        plane: plane_ops::plane_unary_await(&requests),
+        raw: Some(raw_unary(pool.clone(), plane_ops::await_payload())),
+    };
+    step(
+        rows,
+        "tcp unary_await",
+        drive::unary_await("tcp", &awaiting, p),
+    )
+    .await?;
+    step(rows, "tcp paced_slo", drive::paced_slo("tcp", &unary, p)).await?;
     let streamed = Pair {
         plane: plane_ops::plane_streamed(&requests),
         raw: Some(raw_streamed(pool)),
@@ -160,6 +177,9 @@ async fn raw_server(listener: TcpListener) {
                     all.extend_from_slice(&0u32.to_be_bytes());
                     s.write_all(&all).await.is_ok()
                 } else {
+                    if request.first() == Some(&b'y') {
+                        tokio::task::yield_now().await;
+                    }
                     write_frame(&mut s, &request).await.is_ok()
                 };
                 if !ok {
@@ -170,8 +190,7 @@ async fn raw_server(listener: TcpListener) {
     }
 }
 
-fn raw_unary(pool: Pool) -> Unary {
-    let payload = Bytes::from(vec![0x5a; SMALL]);
+fn raw_unary(pool: Pool, payload: Bytes) -> Unary {
     Arc::new(move || {
         let pool = pool.clone();
         let payload = payload.clone();

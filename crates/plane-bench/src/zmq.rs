@@ -51,7 +51,7 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
 
     let unary = Pair {
         plane: plane_ops::plane_unary(&requests),
-        raw: Some(raw_unary(calls.clone())),
+        raw: Some(raw_unary(calls.clone(), Bytes::from(vec![0x5a; SMALL]))),
     };
     step(
         rows,
@@ -65,6 +65,23 @@ pub async fn run(rows: &mut Vec<Row>, p: &Params) -> Result<()> {
         drive::unary_throughput("zmq", &unary, p),
     )
     .await?;
+    step(
+        rows,
+        "zmq unary_allocs",
+        drive::unary_allocs("zmq", "unary_latency", &unary, p),
+    )
+    .await?;
+    let awaiting = Pair {
+        plane: plane_ops::plane_unary_await(&requests),
+        raw: Some(raw_unary(calls.clone(), plane_ops::await_payload())),
+    };
+    step(
+        rows,
+        "zmq unary_await",
+        drive::unary_await("zmq", &awaiting, p),
+    )
+    .await?;
+    step(rows, "zmq paced_slo", drive::paced_slo("zmq", &unary, p)).await?;
     let streamed = Pair {
         plane: plane_ops::plane_streamed(&requests),
         raw: Some(raw_streamed(calls)),
@@ -221,7 +238,12 @@ async fn raw_server(socket: Socket) {
                         e => e,
                     }
                 }
-                None => socket.send(&[peer, id, body]).await,
+                None => {
+                    if body.first() == Some(&b'y') {
+                        tokio::task::yield_now().await;
+                    }
+                    socket.send(&[peer, id, body]).await
+                }
             };
             if sent.is_err() {
                 return;
@@ -303,8 +325,7 @@ async fn raw_client(socket: Socket, mut calls: mpsc::Receiver<Call>) {
     }
 }
 
-fn raw_unary(calls: mpsc::Sender<Call>) -> Unary {
-    let payload = Bytes::from(vec![0x5a; SMALL]);
+fn raw_unary(calls: mpsc::Sender<Call>, payload: Bytes) -> Unary {
     Arc::new(move || {
         let calls = calls.clone();
         let payload = payload.clone();

@@ -39,6 +39,8 @@
 
 pub mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod public;
 pub mod request;
 pub mod server;

@@ -44,7 +44,7 @@ pub const STOP_PATH: &str = "/.plane/v1/stop/";
 const CALL_BUFFER: usize = 64;
 
 /// Request headers that belong to HTTP itself, not to the call.
-const HTTP_HEADERS: &[&str] = &[
+pub(crate) const HTTP_HEADERS: &[&str] = &[
     "host",
     "content-length",
     "transfer-encoding",
@@ -92,8 +92,8 @@ pub(crate) fn stop(site: &Site, token: &str) -> Response<ResponseBody> {
 }
 
 /// Whether the client asked for server-sent events.
-fn wants_events(req: &Request<Incoming>) -> bool {
-    req.headers()
+pub(crate) fn wants_events(headers: &hyper::HeaderMap) -> bool {
+    headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -103,9 +103,9 @@ fn wants_events(req: &Request<Incoming>) -> bool {
 
 /// The call's headers: the request's, less HTTP's own; `plane-*` headers
 /// other than the deadline are refused (they are plane's control fields).
-fn call_headers(req: &Request<Incoming>) -> Result<Headers, Error> {
+pub(crate) fn call_headers(request: &hyper::HeaderMap) -> Result<Headers, Error> {
     let mut headers = Headers::new();
-    for name in req.headers().keys() {
+    for name in request.keys() {
         let name = name.as_str();
         if HTTP_HEADERS.contains(&name) {
             continue;
@@ -120,14 +120,16 @@ fn call_headers(req: &Request<Incoming>) -> Result<Headers, Error> {
             ));
         }
         let mut value = String::new();
-        for v in req.headers().get_all(name) {
+        // Joined as HTTP combines repeated field lines (RFC 9110 5.3), empty
+        // ones included, so each line's value keeps its place in the list.
+        for (i, v) in request.get_all(name).iter().enumerate() {
             let v = v.to_str().map_err(|_| {
                 Error::new(
                     ErrorKind::InvalidArgument,
                     format!("header `{name}` is not visible ASCII"),
                 )
             })?;
-            if !value.is_empty() {
+            if i > 0 {
                 value.push_str(", ");
             }
             value.push_str(v);
@@ -145,7 +147,7 @@ fn call_headers(req: &Request<Incoming>) -> Result<Headers, Error> {
 
 /// The endpoint a public path names: the path without its leading `/`,
 /// percent-decoded.
-fn endpoint_of(path: &str) -> Result<String, Error> {
+pub(crate) fn endpoint_of(path: &str) -> Result<String, Error> {
     let raw = path.trim_start_matches('/');
     let endpoint = percent_decode(raw)?;
     if endpoint.is_empty() {
@@ -262,8 +264,8 @@ pub(crate) async fn call(site: &Site, req: Request<Incoming>) -> Response<Respon
 
 async fn started(site: &Site, req: Request<Incoming>) -> Result<Response<ResponseBody>, Error> {
     let endpoint = endpoint_of(req.uri().path())?;
-    let stream = wants_events(&req);
-    let headers = call_headers(&req)?;
+    let stream = wants_events(req.headers());
+    let headers = call_headers(req.headers())?;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -347,7 +349,7 @@ fn unary_response(m: Message) -> Response<ResponseBody> {
 
 /// The reply's headers that HTTP can carry (a name or value HTTP refuses is
 /// left out, as are those HTTP computes itself).
-fn copy_headers(from: &Headers, to: &mut hyper::HeaderMap) {
+pub(crate) fn copy_headers(from: &Headers, to: &mut hyper::HeaderMap) {
     for (name, value) in from.iter() {
         if HTTP_HEADERS.contains(&name) {
             continue;
@@ -520,5 +522,24 @@ impl Drop for EventsBody {
             lock(&self.site_stoppable).remove(&self.token);
             self.call.kill();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_header_lines_keep_their_place_even_when_empty() {
+        // Found by the `http_mapping` fuzz target: two empty `z` lines were
+        // joined to "" (one empty value) instead of ", " (two).
+        let mut map = hyper::HeaderMap::new();
+        for v in ["", "", "b"] {
+            map.append("z", hyper::header::HeaderValue::from_static(v));
+        }
+        map.append("y", hyper::header::HeaderValue::from_static("one"));
+        let headers = call_headers(&map).expect("headers");
+        assert_eq!(headers.get("z"), Some(", , b"));
+        assert_eq!(headers.get("y"), Some("one"));
     }
 }

@@ -815,13 +815,14 @@ impl EventsBackend for MemEvents {
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Box<dyn SubscriptionTransport>> {
+        let buffer = EventBuffer::for_options(&options);
         let mut hub = lock(&self.hub.state);
         hub.next_id += 1;
         let shared = Arc::new(SubShared {
             id: hub.next_id,
             pattern: options.pattern,
             group: options.group,
-            buffer: EventBuffer::new(options.capacity),
+            buffer,
         });
         match &shared.group {
             None => hub.broadcast.push(shared.clone()),

@@ -71,6 +71,19 @@ pub struct NatsConfig {
     /// replaced (`pings_outstanding`). Default 2. A silent server is thus
     /// noticed after `(pings_outstanding + 1) × ping_interval`.
     pub pings_outstanding: u32,
+    /// Copies JetStream keeps of every stream, kv bucket, object bucket and
+    /// queue plane creates (`replicas`, 1 to 5, or `auto`). `None` is
+    /// `auto`: 3 on a JetStream cluster of three or more servers, else 1
+    /// (see [`NatsConfig::replicas_on`]). A count above 1 needs a cluster:
+    /// asked of a standalone server it is `InvalidConfig` at connect. Only
+    /// applies when plane creates the stream; one that exists keeps its own.
+    pub replicas: Option<usize>,
+    /// Wait for a JetStream answer: a durable publish's acknowledgement and
+    /// every stream, bucket and queue request (`jetstream_timeout_ms`).
+    /// Default 5 s. A publish whose stream leader died unanswered waits this
+    /// long before it is `Timeout`, so on a cluster it bounds how long a
+    /// publisher stalls on a node failure beyond the election itself.
+    pub jetstream_timeout: Duration,
 }
 
 impl std::fmt::Debug for NatsConfig {
@@ -98,9 +111,21 @@ impl std::fmt::Debug for NatsConfig {
             .field("reconnect_wait", &self.reconnect_wait)
             .field("ping_interval", &self.ping_interval)
             .field("pings_outstanding", &self.pings_outstanding)
+            .field("replicas", &self.replicas)
+            .field("jetstream_timeout", &self.jetstream_timeout)
             .finish()
     }
 }
+
+/// Messages the async-nats client queues per subscription before it drops
+/// (its default is 65,536, which at 64 KiB messages is 4 GiB per
+/// subscription). Every plane reader drains its subscription without waiting
+/// on the application (the events forwarder into the subscriber's buffer,
+/// bounded in events and bytes; the reply router; the servers' dispatch), so
+/// this queue only holds what arrives while a reader task waits for a
+/// thread: 4096 messages, 256 MiB at 64 KiB and far less at the sizes events
+/// and calls usually have.
+pub(crate) const SUBSCRIPTION_CAPACITY: usize = 4096;
 
 impl Default for NatsConfig {
     fn default() -> Self {
@@ -124,6 +149,8 @@ impl Default for NatsConfig {
             reconnect_wait: Duration::from_secs(1),
             ping_interval: Duration::from_secs(60),
             pings_outstanding: 2,
+            replicas: None,
+            jetstream_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -160,6 +187,22 @@ fn secret(q: &mut QueryParams, key: &str, inline: Option<String>) -> Result<Opti
         };
     }
     Ok(given)
+}
+
+/// The most replicas JetStream keeps of a stream.
+const MAX_REPLICAS: usize = 5;
+
+/// `replicas=auto` on the server `info` describes, with `given` servers in
+/// the URL (see [`NatsConfig::replicas_on`]).
+pub(crate) fn auto_replicas(info: &async_nats::ServerInfo, given: usize) -> usize {
+    if info.cluster.is_none() {
+        return 1;
+    }
+    if info.connect_urls.len().max(given) >= 3 {
+        3
+    } else {
+        1
+    }
 }
 
 /// What async-nats allows unanswered before it drops a connection; fixed in
@@ -229,7 +272,9 @@ impl NatsConfig {
             .alias("ping_interval", "ping_interval_ms")
             .alias("timeout", "connect_timeout_ms")
             .alias("subject_prefix", "namespace")
-            .alias("client_name", "name");
+            .alias("client_name", "name")
+            .alias("num_replicas", "replicas")
+            .alias("replication_factor", "replicas");
         if let Some(more) = q.take_str("servers") {
             servers.extend(more.split(',').filter(|s| !s.is_empty()).map(str::to_owned));
         }
@@ -272,6 +317,15 @@ impl NatsConfig {
                 .take_millis("ping_interval_ms")?
                 .unwrap_or(d.ping_interval),
             pings_outstanding: q.take("pings_outstanding")?.unwrap_or(d.pings_outstanding),
+            replicas: match q.take_str("replicas").as_deref() {
+                None | Some("auto") => None,
+                Some(n) => Some(n.parse::<usize>().map_err(|_| {
+                    invalid(format!("replicas must be 1 to 5 or `auto`, got `{n}`"))
+                })?),
+            },
+            jetstream_timeout: q
+                .take_millis("jetstream_timeout_ms")?
+                .unwrap_or(d.jetstream_timeout),
         };
         q.finish()?;
         config.validate()?;
@@ -307,9 +361,10 @@ impl NatsConfig {
             || self.reconnect_wait.is_zero()
             || self.ping_interval.is_zero()
             || self.pings_outstanding == 0
+            || self.jetstream_timeout.is_zero()
         {
             return Err(invalid(
-                "heartbeat_ms, connect_timeout_ms, reconnect_wait_ms, ping_interval_ms and pings_outstanding must be positive",
+                "heartbeat_ms, connect_timeout_ms, reconnect_wait_ms, ping_interval_ms, pings_outstanding and jetstream_timeout_ms must be positive",
             ));
         }
         if self.prefix.contains('.') {
@@ -323,7 +378,40 @@ impl NatsConfig {
         if let Some(ns) = &self.namespace {
             crate::namespace::validate(ns)?;
         }
+        if let Some(n) = self.replicas {
+            if !(1..=MAX_REPLICAS).contains(&n) {
+                return Err(invalid(format!(
+                    "replicas must be 1 to {MAX_REPLICAS} (JetStream's limit) or `auto`, got {n}"
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// The replica count for what plane creates on the server `info`
+    /// describes (the one this client connected to).
+    ///
+    /// `auto` counts the servers the client knows of: those the server
+    /// advertises (its cluster's client URLs) or, if more, those in the
+    /// URL. Three or more give 3, so a stream survives the loss of any one
+    /// node and keeps accepting writes while a majority is up. Fewer give 1:
+    /// a two-replica stream needs both nodes for a quorum, so it would stop
+    /// when either stopped, and a standalone server cannot replicate at all.
+    ///
+    /// # Errors
+    /// `InvalidConfig` when a count above 1 is asked of a server that is
+    /// not in a cluster, naming the server: JetStream would refuse every
+    /// create later, each with a less helpful message.
+    pub fn replicas_on(&self, info: &async_nats::ServerInfo) -> Result<usize> {
+        let clustered = info.cluster.is_some();
+        match self.replicas {
+            Some(n) if n > 1 && !clustered => Err(invalid(format!(
+                "replicas={n} needs a JetStream cluster, but server `{}` is standalone; use replicas=1 or auto",
+                info.server_name
+            ))),
+            Some(n) => Ok(n),
+            None => Ok(auto_replicas(info, self.servers.len())),
+        }
     }
 
     /// The ping interval given to async-nats, which drops a connection once
@@ -363,17 +451,29 @@ impl NatsConfig {
             // The client counts its first connection as an attempt too.
             .max_reconnects(self.reconnect_attempts.map(|n| n as usize + 1))
             .ping_interval(self.client_ping_interval())
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .event_callback(move |event| {
                 let gave_up = gave_up.clone();
                 async move {
-                    if matches!(
-                        event,
-                        async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects)
-                    ) {
-                        tracing::warn!(
-                            "nats: reconnect attempts exhausted; the connection is down"
-                        );
-                        gave_up.set();
+                    match event {
+                        async_nats::Event::ClientError(async_nats::ClientError::MaxReconnects) => {
+                            tracing::warn!(
+                                "nats: reconnect attempts exhausted; the connection is down"
+                            );
+                            gave_up.set();
+                        }
+                        // The client dropped messages of a subscription
+                        // whose channel was full; say so rather than lose
+                        // them unseen (events subscribers also see the gap
+                        // in the publisher's sequence).
+                        async_nats::Event::SlowConsumer(sid) => {
+                            tracing::warn!(
+                                sid,
+                                "nats: a subscription fell {SUBSCRIPTION_CAPACITY} messages \
+                                 behind; the client dropped messages"
+                            );
+                        }
+                        _ => {}
                     }
                 }
             })
@@ -498,6 +598,10 @@ mod tests {
             "nats://h?reconnect_attempts=lots",
             "nats://h?ping_interval_ms=0",
             "nats://h?pings_outstanding=0",
+            "nats://h?replicas=0",
+            "nats://h?jetstream_timeout_ms=0",
+            "nats://h?replicas=6",
+            "nats://h?replicas=three",
         ] {
             assert_eq!(
                 parse(bad).map(|_| ()).unwrap_err().kind(),
@@ -505,6 +609,48 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn replicas_follow_the_cluster_unless_given() {
+        let standalone = async_nats::ServerInfo {
+            server_name: "solo".into(),
+            ..Default::default()
+        };
+        let cluster = |urls: usize| async_nats::ServerInfo {
+            cluster: Some("c".into()),
+            connect_urls: (0..urls).map(|i| format!("10.0.0.{i}:4222")).collect(),
+            ..Default::default()
+        };
+        let auto = parse("nats://h?replicas=auto").expect("auto");
+        assert_eq!(auto.replicas, None);
+        assert_eq!(auto.replicas_on(&standalone).unwrap(), 1);
+        assert_eq!(auto.replicas_on(&cluster(3)).unwrap(), 3);
+        assert_eq!(auto.replicas_on(&cluster(5)).unwrap(), 3);
+        // Two nodes: a two-replica stream would stop with either node.
+        assert_eq!(auto.replicas_on(&cluster(2)).unwrap(), 1);
+        // A server that advertises nobody, with the cluster named in the URL.
+        let listed = parse("nats://a:4222?servers=b:4222,c:4222").expect("three");
+        assert_eq!(listed.replicas_on(&cluster(0)).unwrap(), 3);
+        assert_eq!(listed.replicas_on(&standalone).unwrap(), 1);
+
+        let five = parse("nats://h?num_replicas=5").map(|_| ()).unwrap_err();
+        assert!(five.message().contains("did you mean `replicas`"), "{five}");
+        let given = parse("nats://h?replicas=5").expect("five");
+        assert_eq!(given.replicas_on(&cluster(5)).unwrap(), 5);
+        let e = parse("nats://h?replicas=3")
+            .unwrap()
+            .replicas_on(&standalone)
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        assert!(e.message().contains("`solo` is standalone"), "{e}");
+        assert_eq!(
+            parse("nats://h?replicas=1")
+                .unwrap()
+                .replicas_on(&standalone)
+                .unwrap(),
+            1
+        );
     }
 
     #[test]

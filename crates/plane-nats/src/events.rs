@@ -6,17 +6,18 @@
 //! receive and subscribe to plane events.
 //! The origin travels in the `plane-publisher` and `plane-seq` headers.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use async_nats::jetstream::context::GetStreamByNameErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{Client, HeaderMap};
 use futures_util::{FutureExt, StreamExt};
 use plane_core::ack::AckHandle;
 use plane_core::events::{
-    ConsumerConfig, DeliverPolicy, Delivery, DeliveryTransport, Event, EventsBackend,
+    buffer, ConsumerConfig, DeliverPolicy, Delivery, DeliveryTransport, Event, EventsBackend,
     EventsCapabilities, Origin, PublishAck, StreamConfig, SubscribeOptions, SubscriptionTransport,
 };
 use plane_core::message::names;
@@ -32,6 +33,8 @@ pub struct NatsEvents {
     client: Client,
     js: jetstream::Context,
     caps: EventsCapabilities,
+    /// Replicas of what this plane creates on the server.
+    replicas: usize,
     namespace: Namespace,
     /// Set when the connection ran out of reconnect attempts.
     gave_up: crate::GaveUp,
@@ -50,12 +53,62 @@ impl NatsEvents {
         caps.dedup = true;
         caps.replay = true;
         caps.max_payload = crate::max_payload(&client);
+        let replicas = crate::config::auto_replicas(&client.server_info(), 0);
         NatsEvents {
             js: jetstream::new(client.clone()),
             client,
             caps,
+            replicas,
             namespace: Namespace::default(),
             gave_up: crate::GaveUp::default(),
+        }
+    }
+
+    /// Create durable streams with `replicas` copies (1 to 5; more than 1 needs a
+    /// JetStream cluster). By default, the count `replicas=auto` gives on
+    /// the server the client is connected to (see
+    /// [`NatsConfig::replicas_on`](crate::NatsConfig::replicas_on)).
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Wait `timeout` for JetStream's answers (publish acknowledgements,
+    /// stream and consumer requests) instead of async-nats's 5 s.
+    pub fn with_jetstream_timeout(mut self, timeout: Duration) -> Self {
+        self.js.set_timeout(timeout);
+        self
+    }
+
+    /// Why a durable publish to `subject` went unanswered. JetStream
+    /// answers "no responders" both when no stream captures the subject and
+    /// when the stream exists but has no leader (an election after its
+    /// leader died, or too few replicas up for a quorum). The meta leader
+    /// knows which: the first is `NotFound`, the second `NoResponders`,
+    /// retryable, because the stream will answer again once it has a leader.
+    async fn unanswered_publish(&self, subject: &async_nats::Subject) -> Error {
+        let lookup = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.js.stream_by_subject(subject.as_str()),
+        )
+        .await;
+        match lookup {
+            Ok(Ok(stream)) => Error::new(
+                ErrorKind::NoResponders,
+                format!(
+                    "stream `{}` captures the subject but has no leader right now (an election, or too few of its replicas up); retry",
+                    self.namespace.local_name(&stream)
+                ),
+            ),
+            Ok(Err(e)) if e.kind() == GetStreamByNameErrorKind::NotFound => {
+                Error::new(ErrorKind::NotFound, "no stream captures the subject")
+            }
+            // Not even the meta leader answers: the cluster itself is
+            // between leaders, so the stream's existence is unknown.
+            Ok(Err(_)) | Err(_) => Error::new(
+                ErrorKind::NoResponders,
+                "JetStream did not answer the publish nor the stream lookup (the cluster has no meta leader right now); retry",
+            ),
         }
     }
 
@@ -158,10 +211,17 @@ impl EventsBackend for NatsEvents {
         let (tx, rx) = mpsc::channel(options.capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let counter = dropped.clone();
+        // The channel bounds the count; `held` bounds the bytes, charged as
+        // the shared `EventBuffer` charges them (`buffer::cost`).
+        let held = Arc::new(AtomicUsize::new(0));
+        let charged = held.clone();
+        let max_bytes = options.max_bytes;
         let namespace = self.namespace.clone();
-        // Forward into a buffer of the subscriber's capacity, counting what
-        // does not fit, so a slow subscriber loses events visibly and its
-        // memory stays bounded.
+        // Forward into a buffer of the subscriber's capacity and byte bound,
+        // counting what does not fit, so a slow subscriber loses events
+        // visibly and its memory stays bounded. The client's own channel per
+        // subscription stays small (`SUBSCRIPTION_CAPACITY`), since this
+        // task drains it without waiting.
         tokio::spawn(async move {
             loop {
                 let first = tokio::select! {
@@ -179,18 +239,31 @@ impl EventsBackend for NatsEvents {
                         msg.headers.as_ref(),
                         msg.payload,
                     );
-                    match tx.try_send(event) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            counter.fetch_add(1, Ordering::Relaxed);
+                    let cost = event.as_ref().map_or(0, buffer::cost);
+                    // Charged before it is sent, so the reader never takes
+                    // back more than was charged. Only this task adds, so
+                    // the check cannot admit past the bound. An event larger
+                    // than the bound on its own passes when nothing else is
+                    // held, as in `EventBuffer`.
+                    let before = charged.fetch_add(cost, Ordering::AcqRel);
+                    if before > 0 && before.saturating_add(cost) > max_bytes {
+                        charged.fetch_sub(cost, Ordering::AcqRel);
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        match tx.try_send(event) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                charged.fetch_sub(cost, Ordering::AcqRel);
+                                counter.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => return,
                         }
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
                     }
                     next = sub.next().now_or_never().flatten();
                 }
             }
         });
-        Ok(Box::new(Subscription { rx, dropped }))
+        Ok(Box::new(Subscription { rx, dropped, held }))
     }
 
     async fn create_stream(&self, config: StreamConfig) -> Result<()> {
@@ -205,6 +278,7 @@ impl EventsBackend for NatsEvents {
                 max_age: config.max_age.unwrap_or_default(),
                 duplicate_window: config.duplicate_window,
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await
@@ -225,21 +299,26 @@ impl EventsBackend for NatsEvents {
         if let Some(id) = &msg_id {
             headers.insert("Nats-Msg-Id", id.as_str());
         }
-        let subject = self.namespace.owned_subject(event.subject);
-        let ack = self
+        // Kept (a reference count, not a copy) to tell a missing stream from
+        // a leaderless one if JetStream does not answer.
+        let subject = async_nats::Subject::from(self.namespace.owned_subject(event.subject));
+        let outcome = self
             .js
-            .publish_with_headers(subject, headers, payload)
+            .publish_with_headers(subject.clone(), headers, payload)
             .await
             .map_err(crate::error::js_publish)?
-            .await
-            .map_err(|e| {
+            .await;
+        let ack = match outcome {
+            Ok(ack) => ack,
+            Err(e) => {
                 let e = crate::error::js_publish(e);
-                if e.kind() == ErrorKind::NotFound {
-                    Error::new(ErrorKind::NotFound, "no stream captures the subject")
+                return Err(if e.kind() == ErrorKind::NotFound {
+                    self.unanswered_publish(&subject).await
                 } else {
                     e
-                }
-            })?;
+                });
+            }
+        };
         Ok(PublishAck {
             stream: self.namespace.local_name(&ack.stream).to_owned(),
             sequence: ack.sequence,
@@ -434,6 +513,8 @@ fn delivery_of(msg: jetstream::Message, how: &Pumped) -> Result<Delivery> {
 struct Subscription {
     rx: mpsc::Receiver<Result<Event>>,
     dropped: Arc<AtomicU64>,
+    /// The summed `buffer::cost` of the events in `rx`.
+    held: Arc<AtomicUsize>,
 }
 
 impl SubscriptionTransport for Subscription {
@@ -445,7 +526,11 @@ impl SubscriptionTransport for Subscription {
                 format!("{dropped} events dropped: the subscriber fell behind"),
             ))));
         }
-        self.rx.poll_recv(cx)
+        let next = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(Ok(event))) = &next {
+            self.held.fetch_sub(buffer::cost(event), Ordering::AcqRel);
+        }
+        next
     }
 
     fn close(&mut self) {

@@ -35,6 +35,8 @@ const MARKER_TTL: Duration = Duration::from_secs(1);
 pub struct NatsKv {
     js: jetstream::Context,
     caps: KvCapabilities,
+    /// Replicas of what this plane creates on the server.
+    replicas: usize,
     namespace: Namespace,
     gave_up: crate::GaveUp,
 }
@@ -50,12 +52,30 @@ impl NatsKv {
         caps.key_ttl = true;
         caps.expiry_events = true;
         caps.max_value = crate::max_payload(&client);
+        let replicas = crate::config::auto_replicas(&client.server_info(), 0);
         NatsKv {
             js: jetstream::new(client),
             caps,
+            replicas,
             namespace: Namespace::default(),
             gave_up: crate::GaveUp::default(),
         }
+    }
+
+    /// Create buckets with `replicas` copies (1 to 5; more than 1 needs a
+    /// JetStream cluster). By default, the count `replicas=auto` gives on
+    /// the server the client is connected to (see
+    /// [`NatsConfig::replicas_on`](crate::NatsConfig::replicas_on)).
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Wait `timeout` for JetStream's answers (publish acknowledgements,
+    /// stream and consumer requests) instead of async-nats's 5 s.
+    pub fn with_jetstream_timeout(mut self, timeout: Duration) -> Self {
+        self.js.set_timeout(timeout);
+        self
     }
 
     /// Report `Down` once the connection behind `gave_up` stopped
@@ -112,6 +132,7 @@ impl KvBackend for NatsKv {
                 history: i64::from(config.history),
                 max_age: config.max_age.unwrap_or_default(),
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 limit_markers: Some(MARKER_TTL),
                 ..Default::default()
             })

@@ -33,6 +33,8 @@ mod ack;
 pub mod config;
 mod error;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 mod inbox;
 pub mod kv;
 pub mod mapping;
@@ -145,6 +147,9 @@ struct NatsSession {
     namespace: Namespace,
     /// The first tokens of plane's own subjects: the namespace, then `prefix`.
     prefix: String,
+    /// Replicas of the streams and buckets the planes create, resolved on
+    /// connect (`replicas=auto` needs the server's view of its cluster).
+    replicas: usize,
     gave_up: GaveUp,
 }
 
@@ -155,11 +160,13 @@ impl NatsSession {
         let client = config.connect_reporting(gave_up.clone()).await?;
         let namespace = Namespace::new(config.namespace.as_deref())?;
         let prefix = namespace.subject(&config.prefix).into_owned();
+        let replicas = config.replicas_on(&client.server_info())?;
         Ok(NatsSession {
             client,
             config,
             namespace,
             prefix,
+            replicas,
             gave_up,
         })
     }
@@ -183,6 +190,8 @@ impl SessionBackend for NatsSession {
         Box::pin(async move {
             Ok(Events::new(
                 NatsEvents::new(self.client.clone())
+                    .with_replicas(self.replicas)
+                    .with_jetstream_timeout(self.config.jetstream_timeout)
                     .in_namespace(self.namespace.clone())
                     .reporting(self.gave_up.clone()),
             ))
@@ -193,6 +202,8 @@ impl SessionBackend for NatsSession {
         Box::pin(async move {
             Ok(Kv::new(
                 NatsKv::new(self.client.clone())
+                    .with_replicas(self.replicas)
+                    .with_jetstream_timeout(self.config.jetstream_timeout)
                     .in_namespace(self.namespace.clone())
                     .reporting(self.gave_up.clone()),
             ))
@@ -203,6 +214,8 @@ impl SessionBackend for NatsSession {
         Box::pin(async move {
             Ok(Objects::new(
                 NatsObjects::new(self.client.clone())
+                    .with_replicas(self.replicas)
+                    .with_jetstream_timeout(self.config.jetstream_timeout)
                     .in_namespace(self.namespace.clone())
                     .reporting(self.gave_up.clone()),
             ))
@@ -213,6 +226,8 @@ impl SessionBackend for NatsSession {
         Box::pin(async move {
             Ok(Queues::new(
                 NatsQueues::new(self.client.clone(), &self.prefix)
+                    .with_replicas(self.replicas)
+                    .with_jetstream_timeout(self.config.jetstream_timeout)
                     .in_namespace(self.namespace.clone())
                     .reporting(self.gave_up.clone()),
             ))

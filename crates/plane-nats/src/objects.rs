@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, object_store, stream};
 use async_nats::{Client, HeaderMap};
@@ -36,6 +36,8 @@ const READ_CHUNK: usize = 128 * 1024;
 pub struct NatsObjects {
     js: jetstream::Context,
     caps: ObjectsCapabilities,
+    /// Replicas of what this plane creates on the server.
+    replicas: usize,
     namespace: Namespace,
     gave_up: crate::GaveUp,
 }
@@ -46,12 +48,30 @@ impl NatsObjects {
         let mut caps = ObjectsCapabilities::default();
         caps.metadata = true;
         caps.list = true;
+        let replicas = crate::config::auto_replicas(&client.server_info(), 0);
         NatsObjects {
             js: jetstream::new(client),
             caps,
+            replicas,
             namespace: Namespace::default(),
             gave_up: crate::GaveUp::default(),
         }
+    }
+
+    /// Create object buckets with `replicas` copies (1 to 5; more than 1 needs a
+    /// JetStream cluster). By default, the count `replicas=auto` gives on
+    /// the server the client is connected to (see
+    /// [`NatsConfig::replicas_on`](crate::NatsConfig::replicas_on)).
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Wait `timeout` for JetStream's answers (publish acknowledgements,
+    /// stream and consumer requests) instead of async-nats's 5 s.
+    pub fn with_jetstream_timeout(mut self, timeout: Duration) -> Self {
+        self.js.set_timeout(timeout);
+        self
     }
 
     /// Report `Down` once the connection behind `gave_up` stopped
@@ -101,6 +121,7 @@ impl ObjectsBackend for NatsObjects {
             .create_object_store(object_store::Config {
                 bucket: self.namespace.name(name).into_owned(),
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await

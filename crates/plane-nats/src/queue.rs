@@ -38,6 +38,8 @@ const META_ACK_WAIT: &str = "plane-queue-ack-wait-ms";
 pub struct NatsQueues {
     js: jetstream::Context,
     prefix: String,
+    /// Replicas of what this plane creates on the server.
+    replicas: usize,
     namespace: Namespace,
     caps: QueueCapabilities,
     /// Set when the connection ran out of reconnect attempts.
@@ -56,13 +58,31 @@ impl NatsQueues {
         caps.purge = true;
         caps.depth = true;
         caps.max_payload = crate::max_payload(&client);
+        let replicas = crate::config::auto_replicas(&client.server_info(), 0);
         NatsQueues {
             js: jetstream::new(client),
             prefix: prefix.to_owned(),
+            replicas,
             namespace: Namespace::default(),
             caps,
             gave_up: crate::GaveUp::default(),
         }
+    }
+
+    /// Create queues with `replicas` copies (1 to 5; more than 1 needs a
+    /// JetStream cluster). By default, the count `replicas=auto` gives on
+    /// the server the client is connected to (see
+    /// [`NatsConfig::replicas_on`](crate::NatsConfig::replicas_on)).
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Wait `timeout` for JetStream's answers (publish acknowledgements,
+    /// stream and consumer requests) instead of async-nats's 5 s.
+    pub fn with_jetstream_timeout(mut self, timeout: Duration) -> Self {
+        self.js.set_timeout(timeout);
+        self
     }
 
     /// Name the queues' streams inside `namespace` (their subjects already
@@ -188,6 +208,7 @@ impl QueuesBackend for NatsQueues {
                 subjects: vec![self.subject(&config.name)],
                 retention,
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 metadata,
                 ..Default::default()
             })

@@ -458,7 +458,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The call in a NATS message, and whether the caller expects a stream.
-fn parse_call(msg: &async_nats::Message) -> Result<(Incoming, bool)> {
+pub(crate) fn parse_call(msg: &async_nats::Message) -> Result<(Incoming, bool)> {
     let headers = msg.headers.as_ref();
     let id = match mapping::get(headers, ID) {
         None => RequestId::new_v7(),
@@ -844,7 +844,7 @@ impl Drop for Gather {
     }
 }
 
-fn typed_error(headers: Option<&HeaderMap>) -> Error {
+pub(crate) fn typed_error(headers: Option<&HeaderMap>) -> Error {
     let kind = mapping::get(headers, ERROR_CODE)
         .and_then(|c| c.parse::<u16>().ok())
         .map(ErrorKind::from_code)

@@ -182,3 +182,167 @@ impl NatsServer {
         }
     }
 }
+
+/// A JetStream cluster of `nats-server` containers on a docker network of
+/// its own, each server's client port mapped to the host. Removed (servers
+/// and network) on drop.
+///
+/// Servers are named `n0`, `n1`, … (what JetStream reports as a stream's
+/// leader) and advertise their host address to clients, so a client that
+/// learns the cluster from a server's `INFO` can reach every member.
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl std::fmt::Debug for NatsCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.nodes).finish()
+    }
+}
+
+impl NatsCluster {
+    /// Start `size` servers (at least 1) and wait until JetStream has a
+    /// meta leader, so streams can be created at once.
+    pub async fn start(size: usize) -> Result<Self, String> {
+        ensure_image()?;
+        let size = size.max(1);
+        // Unique per cluster, so parallel tests never join each other's.
+        let tag = format!(
+            "plane-nats-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        let ports = (0..size)
+            .map(|_| free_port())
+            .collect::<Result<Vec<_>, _>>()?;
+        let routes = (0..size)
+            .map(|i| format!("nats://{tag}-n{i}:6222"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut starting = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let cmd = vec![
+                "-js".to_owned(),
+                "-sd".to_owned(),
+                "/data".to_owned(),
+                "-n".to_owned(),
+                format!("n{i}"),
+                "--cluster_name".to_owned(),
+                "plane".to_owned(),
+                "--cluster".to_owned(),
+                "nats://0.0.0.0:6222".to_owned(),
+                "--routes".to_owned(),
+                routes.clone(),
+                "--client_advertise".to_owned(),
+                format!("127.0.0.1:{port}"),
+            ];
+            let request = GenericImage::new(IMAGE, VERSION)
+                .with_exposed_port(4222.tcp())
+                .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
+                .with_mapped_port(*port, 4222.tcp())
+                .with_network(tag.clone())
+                .with_container_name(format!("{tag}-n{i}"))
+                .with_cmd(cmd)
+                .with_startup_timeout(Duration::from_secs(60));
+            starting.push(request.start());
+        }
+        let mut nodes = Vec::new();
+        for (started, port) in futures_util::future::join_all(starting)
+            .await
+            .into_iter()
+            .zip(ports)
+        {
+            let container =
+                started.map_err(|e| format!("starting a nats cluster node failed: {e}"))?;
+            nodes.push(NatsServer { container, port });
+        }
+        let cluster = NatsCluster { nodes };
+        for node in &cluster.nodes {
+            node.wait_ready(Duration::from_secs(30)).await?;
+        }
+        cluster
+            .wait_for_meta_leader(Duration::from_secs(60))
+            .await?;
+        Ok(cluster)
+    }
+
+    /// The servers, in name order (`n0` first).
+    pub fn nodes(&self) -> &[NatsServer] {
+        &self.nodes
+    }
+
+    /// `nats://` URL naming every server: the first as the host, the rest
+    /// in `servers`.
+    pub fn url(&self) -> String {
+        let rest: Vec<String> = self.nodes[1..]
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        if rest.is_empty() {
+            self.nodes[0].url()
+        } else {
+            format!("{}?servers={}", self.nodes[0].url(), rest.join(","))
+        }
+    }
+
+    /// Index of the server JetStream calls `name` (`n2` is 2).
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        name.strip_prefix('n')
+            .and_then(|i| i.parse::<usize>().ok())
+            .filter(|i| *i < self.nodes.len())
+    }
+
+    /// Kill server `i` with SIGKILL: no shutdown, no flush, as a crash.
+    pub async fn kill(&self, i: usize) -> Result<(), String> {
+        let id = self.nodes[i].id().to_owned();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("docker")
+                .args(["kill", "--signal", "KILL", &id])
+                .output()
+        })
+        .await
+        .map_err(|e| format!("docker kill did not finish: {e}"))?
+        .map_err(|e| format!("cannot run docker kill: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "docker kill failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Start server `i` again (after [`kill`](Self::kill)) with its disk
+    /// and address, and wait until it answers.
+    pub async fn start_node(&self, i: usize) -> Result<(), String> {
+        self.nodes[i]
+            .container
+            .start()
+            .await
+            .map_err(|e| format!("starting nats node n{i} again failed: {e}"))?;
+        self.nodes[i].wait_ready(Duration::from_secs(30)).await
+    }
+
+    /// Wait until JetStream answers account requests, which it does only
+    /// once the cluster has elected its meta leader.
+    async fn wait_for_meta_leader(&self, limit: Duration) -> Result<(), String> {
+        let started = Instant::now();
+        let client = async_nats::connect(self.nodes[0].url())
+            .await
+            .map_err(|e| format!("cannot connect to the cluster: {e}"))?;
+        let js = async_nats::jetstream::new(client);
+        loop {
+            match js.query_account().await {
+                Ok(_) => return Ok(()),
+                Err(e) if started.elapsed() > limit => {
+                    return Err(format!("no JetStream meta leader after {limit:?}: {e}"))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+}

@@ -35,8 +35,20 @@ pub struct ZmqConfig {
     pub hwm: i32,
     /// High-water mark of the events plane's sockets, in events: how many
     /// events a publisher queues per subscribing socket (and a subscription
-    /// socket holds) before ZeroMQ drops. Higher than [`hwm`](Self::hwm) so
-    /// that a burst is not lost while libzmq's I/O thread catches up.
+    /// socket holds) before ZeroMQ drops. Default 10,000.
+    ///
+    /// libzmq counts messages only (there is no byte high-water mark), so
+    /// this bounds memory only together with the event size: per
+    /// subscription the worst case is about twice `events_hwm` events (the
+    /// publisher's queue and the subscriber's), 1.2 GiB at 64 KiB events,
+    /// on top of the subscription's own buffer, which is bounded in bytes
+    /// ([`SubscribeOptions::max_bytes`]). It stays high because what a full
+    /// high-water mark drops is lost silently: at 1000 the conformance
+    /// case of four publishers bursting 250 events each into one
+    /// subscriber lost events. Deployments with large events lower it
+    /// (`events_hwm` in the URL).
+    ///
+    /// [`SubscribeOptions::max_bytes`]: plane_core::events::SubscribeOptions::max_bytes
     pub events_hwm: i32,
     /// Interval of the server's per-call heartbeats.
     pub heartbeat: Duration,

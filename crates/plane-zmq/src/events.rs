@@ -45,9 +45,11 @@
 //! # Overload
 //!
 //! The subscription's reader task drains its socket into a bounded buffer of
-//! the subscription's capacity and never waits; when the buffer is full the
+//! the subscription's capacity and byte bound (`SubscribeOptions::capacity`
+//! and `max_bytes`) and never waits; when the buffer is full the
 //! event is dropped and counted, and the subscriber reads one `Overloaded`
-//! item at the gap. A publisher never waits for subscribers. Events are also
+//! item at the gap. The sockets' own queues are counted in events only
+//! ([`ZmqConfig::events_hwm`]; libzmq has no byte bound). A publisher never waits for subscribers. Events are also
 //! lost, without that report, if a subscribing *process* stops reading its
 //! sockets altogether until the publisher's high-water mark
 //! ([`ZmqConfig::events_hwm`]) fills: ZeroMQ drops without telling anyone,
@@ -428,7 +430,7 @@ impl EventsBackend for ZmqEvents {
         // Watch before connecting, so no publisher appearing meanwhile is
         // missed; the watch starts with every current publisher.
         let watch = node.discovery.watch(EVENTS_ENDPOINT).await?;
-        let buffer = EventBuffer::new(options.capacity);
+        let buffer = EventBuffer::for_options(&options);
         let mut sub = Subscriber {
             socket,
             pattern: options.pattern,

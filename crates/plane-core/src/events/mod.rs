@@ -71,17 +71,40 @@ pub struct SubscribeOptions {
     /// Worker group: each event goes to one member of the group.
     pub group: Option<String>,
     /// Events buffered for this subscriber before newer ones are dropped (and
-    /// the drop is reported). Default 4096.
+    /// the drop is reported). Default [`DEFAULT_CAPACITY`](Self::DEFAULT_CAPACITY).
     pub capacity: usize,
+    /// Bytes buffered for this subscriber before newer events are dropped
+    /// (and the drop is reported, as for `capacity`): each event is charged
+    /// [`buffer::cost`] (payload plus [`buffer::EVENT_OVERHEAD`]). Whichever
+    /// of `capacity` and `max_bytes` is reached first bounds the buffer. An
+    /// event larger than `max_bytes` on its own is delivered when nothing
+    /// else is buffered, and dropped and reported otherwise. Default
+    /// [`DEFAULT_MAX_BYTES`](Self::DEFAULT_MAX_BYTES).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+}
+
+fn default_max_bytes() -> usize {
+    SubscribeOptions::DEFAULT_MAX_BYTES
 }
 
 impl SubscribeOptions {
+    /// The default [`capacity`](Self::capacity): 4096 events.
+    pub const DEFAULT_CAPACITY: usize = 4096;
+
+    /// The default [`max_bytes`](Self::max_bytes): 64 MiB. Chosen so that
+    /// the count bound still decides for ordinary events (4096 events of up
+    /// to 16 KiB fit), while a subscriber of large events holds at most
+    /// 64 MiB (1024 events of 64 KiB) instead of 4096 times their size.
+    pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
+
     /// Subscribe to `pattern` as a broadcast subscriber.
     pub fn new(pattern: impl Into<String>) -> Self {
         SubscribeOptions {
             pattern: pattern.into(),
             group: None,
-            capacity: 4096,
+            capacity: Self::DEFAULT_CAPACITY,
+            max_bytes: Self::DEFAULT_MAX_BYTES,
         }
     }
 
@@ -91,9 +114,22 @@ impl SubscribeOptions {
         self
     }
 
-    /// Set the buffer capacity.
+    /// Set the buffer capacity, in events.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
+        self
+    }
+
+    /// Set the buffer's byte bound (see [`max_bytes`](Self::max_bytes)).
+    ///
+    /// ```
+    /// # use plane_core::events::SubscribeOptions;
+    /// // Hold at most 8 MiB of events for this subscriber.
+    /// let options = SubscribeOptions::new("telemetry.>").max_bytes(8 << 20);
+    /// assert_eq!(options.max_bytes, 8 << 20);
+    /// ```
+    pub fn max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
         self
     }
 }
@@ -760,7 +796,8 @@ impl Events {
         self.subscribe_with(SubscribeOptions::new(pattern)).await
     }
 
-    /// Subscribe at most once with options (worker group, capacity).
+    /// Subscribe at most once with options (worker group, capacity, byte
+    /// bound).
     pub async fn subscribe_with(&self, options: SubscribeOptions) -> Result<Subscription> {
         let op = "events.subscribe";
         validate_pattern(&options.pattern).map_err(|e| e.with_op(op))?;
@@ -778,6 +815,11 @@ impl Events {
         if options.capacity == 0 {
             return Err(
                 Error::new(ErrorKind::InvalidConfig, "capacity must be at least 1").with_op(op),
+            );
+        }
+        if options.max_bytes == 0 {
+            return Err(
+                Error::new(ErrorKind::InvalidConfig, "max_bytes must be at least 1").with_op(op),
             );
         }
         let t = self

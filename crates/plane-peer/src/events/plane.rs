@@ -149,7 +149,7 @@ impl<L: RequestLinks> EventsBackend for PeerEvents<L> {
         let discovery = requests.directory().discovery().clone();
         // Watch before listing, so no publisher appearing meanwhile is missed.
         let watch = discovery.watch(EVENTS_ENDPOINT).await?;
-        let buffer = EventBuffer::new(options.capacity);
+        let buffer = EventBuffer::for_options(&options);
         let interest = Interest {
             pattern: options.pattern,
             group: options.group,
