@@ -75,7 +75,8 @@ pub struct NatsConfig {
     /// queue plane creates (`replicas`, 1 to 5, or `auto`). `None` is
     /// `auto`: 3 on a JetStream cluster of three or more servers, else 1
     /// (see [`NatsConfig::replicas_on`]). A count above 1 needs a cluster:
-    /// asked of a standalone server it is `InvalidConfig` at connect. Only
+    /// asked of a standalone server it is `InvalidConfig` when a session
+    /// connects (`Registry::connect` and the per-plane shortcuts). Only
     /// applies when plane creates the stream; one that exists keeps its own.
     pub replicas: Option<usize>,
     /// Wait for a JetStream answer: a durable publish's acknowledgement and
