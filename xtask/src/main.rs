@@ -11,6 +11,10 @@
 //! - `fuzz [--time SECS] [--runs N] [TARGET]...`: the libFuzzer targets of
 //!   `fuzz/` on the stable toolchain, each bounded, failing on a crash
 //!   (`fuzz/README.md`).
+//! - `chaos [--runs N] [--fault KIND]... [--hold SECS]`: fault runs against a
+//!   three-node NATS cluster in docker, each history checked
+//!   (`crates/plane-chaos`, docs/reliability.md); 20 runs of every fault
+//!   kind by default, writing `target/chaos/`.
 //!
 //! Kept to the standard library plus serde_json so that it compiles quickly.
 
@@ -41,8 +45,9 @@ fn main() -> ExitCode {
         Some("matrix") => render_matrix(),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("chaos") => chaos(&args[1..]),
         _ => Err(format!(
-            "usage: cargo xtask <test | conformance [--backend NAME]... | matrix | bench [--quick] [--only BACKEND]... | fuzz [--time SECS] [--runs N] [TARGET]...>\nbackends: {}",
+            "usage: cargo xtask <test | conformance [--backend NAME]... | matrix | bench [--quick] [--only BACKEND]... | fuzz [--time SECS] [--runs N] [TARGET]... | chaos [--runs N] [--fault KIND]... [--hold SECS]>\nbackends: {}",
             BACKENDS.iter().map(|b| b.0).collect::<Vec<_>>().join(", ")
         )),
     };
@@ -130,6 +135,17 @@ fn bench(args: &[String]) -> Result<(), String> {
             other => return Err(format!("unknown argument `{other}`")),
         };
     }
+    run(c)
+}
+
+/// `chaos`: build the fault runner (a dev build, sharing the tests'
+/// artifacts) and run it; its arguments pass through, checked by it. The
+/// histories and `summary.md` go to `target/chaos/`.
+fn chaos(args: &[String]) -> Result<(), String> {
+    let mut c = cargo();
+    c.args(["run", "-p", "plane-chaos", "--", "run", "--out"])
+        .arg(target_dir().join("chaos"))
+        .args(args);
     run(c)
 }
 

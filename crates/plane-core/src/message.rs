@@ -36,7 +36,9 @@ pub mod names {
     /// Brokerless events: the concrete subject of an event.
     pub const SUBJECT: &str = "plane-subject";
     /// Brokerless events: how many events the sender dropped for this
-    /// subscriber right before this one (its queue for the subscriber was full).
+    /// subscriber right before this one (its queue for the subscriber was
+    /// full). Alone, without [`SUBJECT`], it is a drop notice: drops that no
+    /// event followed.
     pub const DROPPED: &str = "plane-dropped";
     /// Brokerless events: the subject pattern of a subscription request.
     pub const SUBSCRIBE: &str = "plane-subscribe";

@@ -353,7 +353,7 @@ impl QueueBackend for NatsQueue {
             match batch.next().await {
                 None => Ok(None),
                 Some(Ok(msg)) => self.job_of(msg).map(Some),
-                Some(Err(e)) => Err(crate::error::js("queue receive", e)),
+                Some(Err(e)) => Err(crate::error::pull("queue receive", e)),
             }
         };
         // Bounded even if the server's expiry notice is lost in a reconnect.

@@ -29,6 +29,13 @@ pub fn build_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docker/nats/build.sh")
 }
 
+/// The workspace's `docker/nats/cluster.conf`: the settings every
+/// [`NatsCluster`] node runs with (JetStream syncs each write before
+/// acknowledging it).
+pub fn cluster_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docker/nats/cluster.conf")
+}
+
 /// Build the image unless it exists. Idempotent; concurrent callers (in this
 /// process or others) are serialised by the script's lock file.
 pub fn ensure_image() -> Result<(), String> {
@@ -189,9 +196,14 @@ impl NatsServer {
 ///
 /// Servers are named `n0`, `n1`, … (what JetStream reports as a stream's
 /// leader) and advertise their host address to clients, so a client that
-/// learns the cluster from a server's `INFO` can reach every member.
+/// learns the cluster from a server's `INFO` can reach every member. Each
+/// runs with [`cluster_config`]. The fault methods ([`kill`](Self::kill),
+/// [`pause`](Self::pause), [`disconnect`](Self::disconnect) and their
+/// inverses) act on one node through docker.
 pub struct NatsCluster {
     nodes: Vec<NatsServer>,
+    /// The docker network the nodes route over.
+    network: String,
 }
 
 impl std::fmt::Debug for NatsCluster {
@@ -206,6 +218,9 @@ impl NatsCluster {
     pub async fn start(size: usize) -> Result<Self, String> {
         ensure_image()?;
         let size = size.max(1);
+        let config = cluster_config()
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", cluster_config().display()))?;
         // Unique per cluster, so parallel tests never join each other's.
         let tag = format!(
             "plane-nats-{}-{}",
@@ -225,6 +240,8 @@ impl NatsCluster {
         let mut starting = Vec::new();
         for (i, port) in ports.iter().enumerate() {
             let cmd = vec![
+                "-c".to_owned(),
+                "/etc/plane/cluster.conf".to_owned(),
                 "-js".to_owned(),
                 "-sd".to_owned(),
                 "/data".to_owned(),
@@ -245,6 +262,10 @@ impl NatsCluster {
                 .with_mapped_port(*port, 4222.tcp())
                 .with_network(tag.clone())
                 .with_container_name(format!("{tag}-n{i}"))
+                .with_mount(Mount::bind_mount(
+                    config.display().to_string(),
+                    "/etc/plane/cluster.conf",
+                ))
                 .with_cmd(cmd)
                 .with_startup_timeout(Duration::from_secs(60));
             starting.push(request.start());
@@ -259,14 +280,26 @@ impl NatsCluster {
                 started.map_err(|e| format!("starting a nats cluster node failed: {e}"))?;
             nodes.push(NatsServer { container, port });
         }
-        let cluster = NatsCluster { nodes };
-        for node in &cluster.nodes {
-            node.wait_ready(Duration::from_secs(30)).await?;
-        }
-        cluster
-            .wait_for_meta_leader(Duration::from_secs(60))
-            .await?;
+        let cluster = NatsCluster {
+            nodes,
+            network: tag,
+        };
+        cluster.wait_healthy(Duration::from_secs(60)).await?;
         Ok(cluster)
+    }
+
+    /// Wait until every node answers the handshake and JetStream has a
+    /// meta leader (after a fault is healed, before the next one).
+    pub async fn wait_healthy(&self, limit: Duration) -> Result<(), String> {
+        for node in &self.nodes {
+            node.wait_ready(limit).await?;
+        }
+        self.wait_for_meta_leader(limit).await
+    }
+
+    /// The docker network the nodes route over.
+    pub fn network(&self) -> &str {
+        &self.network
     }
 
     /// The servers, in name order (`n0` first).
@@ -297,23 +330,31 @@ impl NatsCluster {
 
     /// Kill server `i` with SIGKILL: no shutdown, no flush, as a crash.
     pub async fn kill(&self, i: usize) -> Result<(), String> {
-        let id = self.nodes[i].id().to_owned();
-        let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new("docker")
-                .args(["kill", "--signal", "KILL", &id])
-                .output()
-        })
-        .await
-        .map_err(|e| format!("docker kill did not finish: {e}"))?
-        .map_err(|e| format!("cannot run docker kill: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "docker kill failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+        docker(["kill", "--signal", "KILL", self.nodes[i].id()]).await
+    }
+
+    /// Stop server `i` with SIGSTOP: it keeps its connections open and
+    /// answers nothing, as a process stalled by the machine.
+    pub async fn pause(&self, i: usize) -> Result<(), String> {
+        docker(["kill", "--signal", "STOP", self.nodes[i].id()]).await
+    }
+
+    /// Let server `i` run again after [`pause`](Self::pause) (SIGCONT).
+    pub async fn resume(&self, i: usize) -> Result<(), String> {
+        docker(["kill", "--signal", "CONT", self.nodes[i].id()]).await
+    }
+
+    /// Cut server `i` off the cluster network: its routes to the other
+    /// nodes and its clients' connections go silent (its host port with
+    /// them); the process keeps running.
+    pub async fn disconnect(&self, i: usize) -> Result<(), String> {
+        docker(["network", "disconnect", &self.network, self.nodes[i].id()]).await
+    }
+
+    /// Heal [`disconnect`](Self::disconnect): the node rejoins the network
+    /// under its name, and its host port works again.
+    pub async fn reconnect(&self, i: usize) -> Result<(), String> {
+        docker(["network", "connect", &self.network, self.nodes[i].id()]).await
     }
 
     /// Start server `i` again (after [`kill`](Self::kill)) with its disk
@@ -344,5 +385,25 @@ impl NatsCluster {
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
+    }
+}
+
+/// Run `docker ARGS` off the async runtime; its stderr is the error.
+async fn docker<const N: usize>(args: [&str; N]) -> Result<(), String> {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let shown = args.join(" ");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("docker").args(&args).output()
+    })
+    .await
+    .map_err(|e| format!("docker {shown} did not finish: {e}"))?
+    .map_err(|e| format!("cannot run docker {shown}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "docker {shown} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }

@@ -102,6 +102,62 @@ async fn replicas_on_a_standalone_server_are_refused_at_connect() {
         .expect("stream on a standalone server");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_swap_conflicts_on_a_cluster_are_revision_mismatches() {
+    // Found by the chaos runs: a replicated bucket refuses a stale revision
+    // with a server error code of its own (10164), which came out `Other`.
+    let cluster = NatsCluster::start(3).await.expect("cluster");
+    let kv = registry().kv(&cluster.url()).await.expect("kv");
+    let bucket = kv
+        .create_bucket(BucketConfig::new("counters"))
+        .await
+        .expect("bucket");
+    let first = bucket.put("n", "0").await.expect("put");
+    bucket.update("n", "1", first).await.expect("update");
+    // The revision `first` is stale now: a conflict, and nothing changes.
+    let e = bucket.update("n", "2", first).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RevisionMismatch, "{e}");
+    assert_eq!(
+        &bucket.get("n").await.expect("get").expect("entry").value[..],
+        b"1"
+    );
+    // Racing writers: every refusal is a conflict, and the counter equals
+    // the increments acknowledged.
+    let mut writers = Vec::new();
+    for _ in 0..2 {
+        let bucket = kv.open_bucket("counters").await.expect("open");
+        writers.push(tokio::spawn(async move {
+            let (mut acked, mut refusals) = (0u64, Vec::new());
+            for _ in 0..50 {
+                let entry = bucket.get("n").await.expect("get").expect("entry");
+                let n: u64 = std::str::from_utf8(&entry.value).unwrap().parse().unwrap();
+                match bucket
+                    .update("n", (n + 1).to_string(), entry.revision)
+                    .await
+                {
+                    Ok(_) => acked += 1,
+                    Err(e) => refusals.push(e.kind()),
+                }
+            }
+            (acked, refusals)
+        }));
+    }
+    let mut acked = 0;
+    for w in writers {
+        let (a, refusals) = w.await.expect("writer");
+        acked += a;
+        assert!(
+            refusals.iter().all(|k| *k == ErrorKind::RevisionMismatch),
+            "{refusals:?}"
+        );
+    }
+    let value = bucket.get("n").await.expect("get").expect("entry").value;
+    assert_eq!(
+        std::str::from_utf8(&value).unwrap(),
+        (1 + acked).to_string()
+    );
+}
+
 /// One durable publish and what became of it.
 #[derive(Debug)]
 struct Outcome {

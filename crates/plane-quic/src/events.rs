@@ -36,7 +36,9 @@
 //! into the stream by one task per subscriber. A full queue (the subscriber
 //! or the network is slower than the publisher) drops the event and counts
 //! it; the count travels with the next event that gets through, in
-//! [`names::DROPPED`]. On the
+//! [`names::DROPPED`], or in a drop notice of its own once the queue has
+//! drained with no event after the drops (`plane_peer::events::drop_notice`).
+//! On the
 //! subscriber's side, a reader task per publisher drains the stream into the
 //! subscription's bounded buffer, dropping and counting when it is full.
 //! Either way the subscriber reads one `Overloaded` item at the gap.

@@ -22,3 +22,13 @@ async fn events_reach_subscribers_of_other_handles_and_of_later_publishers() {
     let hub = format!("mem://quic-events-{:016x}", rand::random::<u64>());
     plane_conformance::peer::events_between_handles(|| handle(&hub)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_loses_nothing_unreported() {
+    let hub = format!("mem://quic-events-{:016x}", rand::random::<u64>());
+    plane_conformance::peer::a_burst_loses_nothing_unreported(
+        handle(&hub).await,
+        handle(&hub).await,
+    )
+    .await;
+}

@@ -55,17 +55,28 @@ async fn garbage_refused_and_restart_recovers() {
     plane_conformance::peer::calls_recover_after_restart(&requests).await;
 }
 
+async fn events_handle(hub: &str) -> Events {
+    let registry = plane_mem::registry();
+    let config = config(hub);
+    let discovery = plane_peer::discovery_of::<plane_tcp::Tcp>(&config, &registry)
+        .await
+        .expect("discovery");
+    Events::new(TcpEvents::connect(config, discovery).await.expect("events"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_subscribers_of_other_handles_and_of_later_publishers() {
     let hub = hub();
-    plane_conformance::peer::events_between_handles(|| async {
-        let registry = plane_mem::registry();
-        let config = config(&hub);
-        let discovery = plane_peer::discovery_of::<plane_tcp::Tcp>(&config, &registry)
-            .await
-            .expect("discovery");
-        Events::new(TcpEvents::connect(config, discovery).await.expect("events"))
-    })
+    plane_conformance::peer::events_between_handles(|| events_handle(&hub)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_loses_nothing_unreported() {
+    let hub = hub();
+    plane_conformance::peer::a_burst_loses_nothing_unreported(
+        events_handle(&hub).await,
+        events_handle(&hub).await,
+    )
     .await;
 }
 

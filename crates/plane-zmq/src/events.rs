@@ -538,7 +538,13 @@ impl Subscriber {
             .map_err(plane_peer::malformed)
             .and_then(decode_event);
         let (event, dropped) = match decoded {
-            Ok(d) => d,
+            Ok((Some(event), dropped)) => (event, dropped),
+            // zmq publishers send no drop notices today (libzmq drops
+            // without telling them); one is counted all the same.
+            Ok((None, dropped)) => {
+                self.buffer.dropped(dropped);
+                return;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "malformed event ignored");
                 return;

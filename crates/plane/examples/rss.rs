@@ -1,9 +1,13 @@
-//! Peak memory of a subscriber that stops reading while its own process
-//! publishes: `N` events of `S` bytes to one subscription that is not read
-//! until publishing is over, then read to the end.
+//! Peak memory of a subscriber while its own process publishes `N` events
+//! of `S` bytes to it as fast as it can: with `--reader stopped` (the
+//! default) the subscription is not read until publishing is over, then
+//! read to the end; with `--reader flood` it is read all along, as fast as
+//! the subscriber can, so the figure is what the buffers hold under a
+//! flood.
 //!
 //! ```text
-//! cargo run --example rss                                  # mem, zmq, quic; a table
+//! cargo run --example rss                                  # mem, zmq, quic, tcp; a table
+//! cargo run --example rss -- --reader flood --size 64
 //! cargo run --example rss -- --nats nats://127.0.0.1:4222  # and nats
 //! cargo run --example rss -- --events 20000 --size 65536 --max-bytes 1000000000000
 //! cargo run --example rss -- --one URL                     # one run (what the table runs)
@@ -28,7 +32,14 @@ use futures_util::StreamExt;
 use plane::events::SubscribeOptions;
 use plane::ErrorKind;
 
+#[derive(Clone, Copy, PartialEq)]
+enum Reader {
+    Stopped,
+    Flood,
+}
+
 struct Args {
+    reader: Reader,
     events: usize,
     size: usize,
     capacity: usize,
@@ -39,6 +50,7 @@ struct Args {
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
+        reader: Reader::Stopped,
         events: 20_000,
         size: 64 * 1024,
         capacity: SubscribeOptions::DEFAULT_CAPACITY,
@@ -55,6 +67,13 @@ fn parse() -> Result<Args, String> {
             "--size" => a.size = number()?,
             "--capacity" => a.capacity = number()?,
             "--max-bytes" => a.max_bytes = number()?,
+            "--reader" => {
+                a.reader = match value.as_str() {
+                    "stopped" => Reader::Stopped,
+                    "flood" => Reader::Flood,
+                    other => return Err(format!("--reader is stopped or flood, not `{other}`")),
+                }
+            }
             "--nats" => a.nats = Some(value),
             "--one" => a.one = Some(value),
             other => return Err(format!("unknown argument `{other}`")),
@@ -79,8 +98,13 @@ async fn one(url: &str, a: &Args) -> plane::Result<()> {
     let options = SubscribeOptions::new(subject.clone())
         .capacity(a.capacity)
         .max_bytes(a.max_bytes);
-    let mut sub = events.subscribe_with(options).await?;
+    let sub = events.subscribe_with(options).await?;
     let baseline = status_kib("VmRSS").unwrap_or(0);
+    // Under a flood the subscription is read while the events come.
+    let (reading, sub) = match a.reader {
+        Reader::Flood => (Some(tokio::spawn(read_to_end(sub))), None),
+        Reader::Stopped => (None, Some(sub)),
+    };
     let started = Instant::now();
     for i in 0..a.events {
         // A payload of its own per event, as real events are: a shared one
@@ -92,7 +116,27 @@ async fn one(url: &str, a: &Args) -> plane::Result<()> {
     let publish = started.elapsed();
     // Let the transports' readers take in what is still on the way.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let peak = status_kib("VmHWM").unwrap_or(0);
+    let peak = || status_kib("VmHWM").unwrap_or(0);
+    let (peak, (delivered, dropped)) = match (reading, sub) {
+        (Some(reading), _) => {
+            let counts = reading.await.expect("the reader")?;
+            (peak(), counts)
+        }
+        // The peak is taken before the stopped subscriber reads, so reading
+        // adds nothing to it.
+        (None, Some(sub)) => (peak(), read_to_end(sub).await?),
+        (None, None) => unreachable!("a run either reads along or afterwards"),
+    };
+    println!(
+        "{peak} {baseline} {delivered} {dropped} {}",
+        publish.as_millis()
+    );
+    Ok(())
+}
+
+/// Read `sub` until it is quiet for 2 s: what was delivered, and what was
+/// reported dropped (`Overloaded`, whose message starts with the count).
+async fn read_to_end(mut sub: plane::events::Subscription) -> plane::Result<(u64, u64)> {
     let (mut delivered, mut dropped) = (0u64, 0u64);
     while let Ok(Some(item)) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
         match item {
@@ -108,11 +152,7 @@ async fn one(url: &str, a: &Args) -> plane::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    println!(
-        "{peak} {baseline} {delivered} {dropped} {}",
-        publish.as_millis()
-    );
-    Ok(())
+    Ok((delivered, dropped))
 }
 
 fn rand_token() -> u64 {
@@ -152,12 +192,17 @@ fn main() -> ExitCode {
             format!("zmq+tcp://127.0.0.1:0?discovery={discovery}"),
         ),
         ("quic", format!("quic://127.0.0.1:0?discovery={discovery}")),
+        ("tcp", format!("tcp://127.0.0.1:0?discovery={discovery}")),
     ];
     if let Some(nats) = &a.nats {
         runs.insert(1, ("nats", nats.clone()));
     }
+    let reader = match a.reader {
+        Reader::Stopped => "stopped",
+        Reader::Flood => "flood",
+    };
     println!(
-        "{} events of {} bytes, capacity {}, max_bytes {}",
+        "{} events of {} bytes, reader {reader}, capacity {}, max_bytes {}",
         a.events, a.size, a.capacity, a.max_bytes
     );
     println!("| backend | peak RSS (MiB) | RSS before publishing (MiB) | delivered | reported dropped | lost unreported | publish (ms) |");
@@ -170,6 +215,7 @@ fn main() -> ExitCode {
             .args(["--size", &a.size.to_string()])
             .args(["--capacity", &a.capacity.to_string()])
             .args(["--max-bytes", &a.max_bytes.to_string()])
+            .args(["--reader", reader])
             .output()
             .expect("a run");
         let text = String::from_utf8_lossy(&out.stdout);

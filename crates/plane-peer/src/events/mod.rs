@@ -9,6 +9,7 @@
 //! | what | kind | headers | body |
 //! |---|---|---|---|
 //! | event | `data` | the event's headers, plus [`names::SUBJECT`], [`names::PUBLISHER`], [`names::SEQUENCE`] and, when the sender dropped events for this subscriber just before, [`names::DROPPED`] | the event body |
+//! | drop notice ([`drop_notice`]) | `data` | [`names::DROPPED`] only: drops no event followed | empty |
 //!
 //! The request id is the subscription's (its `request` envelope's), so a
 //! transport that multiplexes links by id routes events like replies. The
@@ -43,7 +44,7 @@ use plane_core::error::{Error, ErrorKind, Result};
 use plane_core::events::buffer::EventBuffer;
 use plane_core::events::{Event, Origin, PublisherId, SubscriptionTransport};
 use plane_core::message::names;
-use plane_core::message::Message;
+use plane_core::message::{Headers, Message};
 use plane_core::wire::{Envelope, EnvelopeKind, RequestId};
 
 /// Withdraw an events publisher's discovery record, when it had one, in the
@@ -76,21 +77,40 @@ pub fn event_envelope(event: &Event, dropped: u64) -> Envelope {
         .with_body(event.message.body.clone())
 }
 
-/// The event an envelope carries, and how many events were dropped before
-/// it. The `plane-` headers of the mapping are removed.
+/// A notice that `dropped` events were lost for a subscriber and no event
+/// got through after them to carry the count (a burst ended while the
+/// subscriber's queue was full). It is an event envelope with a drop count
+/// and no subject, which a subscriber predating notices ignores as
+/// malformed rather than taking for an event.
+pub fn drop_notice(dropped: u64) -> Envelope {
+    let mut headers = Headers::new();
+    headers.insert(names::DROPPED, dropped.to_string());
+    Envelope::new(EnvelopeKind::Data, RequestId::default()).with_headers(headers)
+}
+
+/// The event an envelope carries (none in a [`drop_notice`]), and how many
+/// events were dropped before it. The `plane-` headers of the mapping are
+/// removed.
 ///
 /// # Errors
-/// `Decode` for an envelope of another kind, without a subject, or with an
-/// invalid origin or drop count.
-pub fn decode_event(env: Envelope) -> Result<(Event, u64)> {
+/// `Decode` for an envelope of another kind, without a subject (other than
+/// a drop notice), or with an invalid origin or drop count.
+pub fn decode_event(env: Envelope) -> Result<(Option<Event>, u64)> {
     let bad = |what: &str| Error::new(ErrorKind::Decode, format!("event envelope: {what}"));
     if env.kind != EnvelopeKind::Data {
         return Err(bad("not a data frame"));
     }
     let mut headers = env.headers;
-    let subject = headers
-        .remove(names::SUBJECT)
-        .ok_or_else(|| bad("no subject"))?;
+    let dropped = match headers.remove(names::DROPPED) {
+        Some(n) => n.parse().map_err(|_| bad("invalid drop count"))?,
+        None => 0,
+    };
+    let Some(subject) = headers.remove(names::SUBJECT) else {
+        return match dropped {
+            0 => Err(bad("no subject")),
+            n => Ok((None, n)),
+        };
+    };
     let publisher = headers.remove(names::PUBLISHER);
     let sequence = headers.remove(names::SEQUENCE);
     let origin = match (publisher, sequence) {
@@ -101,16 +121,12 @@ pub fn decode_event(env: Envelope) -> Result<(Event, u64)> {
         (None, None) => None,
         _ => return Err(bad("half an origin")),
     };
-    let dropped = match headers.remove(names::DROPPED) {
-        Some(n) => n.parse().map_err(|_| bad("invalid drop count"))?,
-        None => 0,
-    };
     let event = Event {
         subject,
         message: Message::new(headers, env.body),
         origin,
     };
-    Ok((event, dropped))
+    Ok((Some(event), dropped))
 }
 
 /// Aborts its task when dropped: the `guard` of a [`BufferedSubscription`]
@@ -181,8 +197,11 @@ mod tests {
         let mut e = test_event("a.b", 3);
         e.message.headers.insert("x", "1");
         let (back, dropped) = decode_event(event_envelope(&e, 2)).unwrap();
-        assert_eq!(back, e);
+        assert_eq!(back, Some(e));
         assert_eq!(dropped, 2);
+        let (none, dropped) = decode_event(drop_notice(7)).unwrap();
+        assert_eq!((none, dropped), (None, 7));
+        // Neither a subject nor a drop count: not an event.
         let env = Envelope::new(EnvelopeKind::Data, RequestId::default());
         assert_eq!(decode_event(env).unwrap_err().kind(), ErrorKind::Decode);
     }

@@ -245,7 +245,9 @@ async fn read_events<K: CallLink>(mut link: K, pattern: String, buffer: EventBuf
         match decode_event(env) {
             Ok((event, dropped)) => {
                 buffer.dropped(dropped);
-                if subject::matches(&pattern, &event.subject) {
+                // Nothing to offer from a drop notice, or for an event the
+                // publisher should not have sent.
+                if let Some(event) = event.filter(|e| subject::matches(&pattern, &e.subject)) {
                     buffer.offer(event);
                 }
             }

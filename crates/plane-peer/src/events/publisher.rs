@@ -6,7 +6,9 @@
 //! into the subscriber's link by one task per subscriber. A full queue (the
 //! subscriber or the network is slower than the publisher) drops the event
 //! and counts it; the count travels with the next event that gets through,
-//! in [`names::DROPPED`].
+//! in [`names::DROPPED`], or, when the queue drains with no event after the
+//! drops (a burst that ended while the queue was full), in a
+//! [`drop_notice`] of its own, so no drop goes unreported.
 //!
 //! Worker groups are chosen here ([`Groups`]): a group is (group name,
 //! pattern); members take turns in the order they subscribed at this
@@ -16,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use plane_core::error::Result;
@@ -26,7 +29,7 @@ use plane_core::subject;
 use plane_core::wire::{Envelope, EnvelopeKind, RequestId};
 use tokio::sync::mpsc;
 
-use super::event_envelope;
+use super::{drop_notice, event_envelope};
 
 /// Envelopes queued per subscriber at a publisher before events are dropped.
 pub const SUBSCRIBER_QUEUE: usize = 1024;
@@ -74,8 +77,9 @@ struct Slot {
     subscription: RequestId,
     pattern: String,
     tx: mpsc::Sender<Envelope>,
-    /// Events dropped for this subscriber since the last one sent.
-    dropped: u64,
+    /// Events dropped for this subscriber and not yet reported, shared
+    /// with its writer, which reports what is left once the queue drains.
+    dropped: Arc<AtomicU64>,
 }
 
 impl Slot {
@@ -89,19 +93,19 @@ impl Slot {
         // Checked before encoding: the table's lock makes this the only
         // sender, so room seen here is still there for `try_send`.
         if self.tx.capacity() > 0 {
-            let mut env = event_envelope(event, self.dropped);
+            let dropped = self.dropped.swap(0, Ordering::AcqRel);
+            let mut env = event_envelope(event, dropped);
             env.id = self.subscription;
             match self.tx.try_send(env) {
-                Ok(()) => {
-                    self.dropped = 0;
-                    return Offered::Taken;
-                }
+                Ok(()) => return Offered::Taken,
                 Err(mpsc::error::TrySendError::Closed(_)) => return Offered::Gone,
-                Err(mpsc::error::TrySendError::Full(_)) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.dropped.fetch_add(dropped, Ordering::AcqRel);
+                }
             }
         }
         if last_resort {
-            self.dropped += 1;
+            self.dropped.fetch_add(1, Ordering::AcqRel);
         }
         Offered::Full
     }
@@ -127,22 +131,24 @@ impl Subscribers {
     }
 
     /// Add subscription `subscription` (a member of `group` if given)
-    /// whose events go to `tx`; returns its slot.
+    /// whose events go to `tx`; returns its slot and its count of
+    /// unreported drops.
     fn add(
         &self,
         subscription: RequestId,
         pattern: String,
         group: Option<&str>,
         tx: mpsc::Sender<Envelope>,
-    ) -> u64 {
+    ) -> (u64, Arc<AtomicU64>) {
         let mut table = self.lock();
         table.next += 1;
         let id = table.next;
+        let dropped = Arc::new(AtomicU64::new(0));
         let slot = Slot {
             subscription,
             pattern,
             tx,
-            dropped: 0,
+            dropped: dropped.clone(),
         };
         match group {
             Some(group) => {
@@ -151,7 +157,7 @@ impl Subscribers {
             }
             None => drop(table.slots.insert(id, slot)),
         }
-        id
+        (id, dropped)
     }
 
     /// Forget slot `id` (added with `pattern` and `group`).
@@ -190,7 +196,7 @@ impl Subscribers {
             return;
         }
         let (tx, mut rx) = mpsc::channel(SUBSCRIBER_QUEUE);
-        let id = self.add(first.id, pattern.clone(), group.as_deref(), tx);
+        let (id, dropped) = self.add(first.id, pattern.clone(), group.as_deref(), tx);
         // In place from here on: confirm, so the subscriber can return.
         let welcome = Envelope::new(EnvelopeKind::Ack, first.id);
         if writer.write(&[welcome]).await.is_ok() {
@@ -203,6 +209,18 @@ impl Subscribers {
                             break;
                         }
                         batch.clear();
+                        // Drops happen only while the queue is full, so
+                        // once it is empty no event is left to carry them.
+                        if rx.is_empty() {
+                            let n = dropped.swap(0, Ordering::AcqRel);
+                            if n > 0 {
+                                let mut notice = drop_notice(n);
+                                notice.id = first.id;
+                                if writer.write(&[notice]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
                     }
                     () = &mut gone => break,
                 }
@@ -231,10 +249,10 @@ mod tests {
         let env = rx.recv().await.unwrap();
         assert_eq!(env.id, subscription, "events carry the subscription's id");
         let (first, dropped) = decode_event(env).unwrap();
-        assert_eq!((first.origin.unwrap().sequence, dropped), (1, 0));
+        assert_eq!((first.unwrap().origin.unwrap().sequence, dropped), (1, 0));
         subscribers.publish(&event("s.b", 5));
         let (next, dropped) = decode_event(rx.recv().await.unwrap()).unwrap();
-        assert_eq!((next.origin.unwrap().sequence, dropped), (5, 2));
+        assert_eq!((next.unwrap().origin.unwrap().sequence, dropped), (5, 2));
     }
 
     #[tokio::test]
@@ -251,7 +269,7 @@ mod tests {
         std::iter::from_fn(|| rx.try_recv().ok())
             .map(|env| {
                 let (e, dropped) = decode_event(env).unwrap();
-                (e.origin.unwrap().sequence, dropped)
+                (e.unwrap().origin.unwrap().sequence, dropped)
             })
             .collect()
     }
@@ -304,5 +322,79 @@ mod tests {
         subscribers.remove(1, ">", Some("w"));
         subscribers.remove(2, ">", Some("w"));
         assert_eq!(subscribers.lock().groups.members(), 0);
+    }
+
+    /// Lets each write through only when the test allows it.
+    struct Gated {
+        out: Arc<Mutex<Vec<Envelope>>>,
+        gate: Arc<tokio::sync::Semaphore>,
+    }
+
+    impl EventWriter for Gated {
+        fn write(&mut self, envs: &[Envelope]) -> impl Future<Output = Result<()>> + Send {
+            let (out, gate, envs) = (self.out.clone(), self.gate.clone(), envs.to_vec());
+            async move {
+                gate.acquire().await.expect("gate").forget();
+                out.lock().unwrap().extend(envs);
+                Ok(())
+            }
+        }
+
+        fn finish(&mut self) {}
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drops_at_the_end_of_a_burst_are_reported_in_a_notice() {
+        let subscribers = Subscribers::default();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        // One write allowed: the welcome. The link then stalls.
+        let gate = Arc::new(tokio::sync::Semaphore::new(1));
+        let writer = Gated {
+            out: out.clone(),
+            gate: gate.clone(),
+        };
+        let mut headers = plane_core::message::Headers::new();
+        headers.insert(names::SUBSCRIBE, ">");
+        let first = Envelope::new(EnvelopeKind::Request, RequestId::new_v7()).with_headers(headers);
+        let serving = subscribers.clone();
+        let server = tokio::spawn(async move {
+            serving
+                .serve(first, writer, std::future::pending::<()>())
+                .await;
+        });
+        while out.lock().unwrap().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // A burst past the queue: the last events find it full, and no
+        // event comes after them to carry their count.
+        let burst = (SUBSCRIBER_QUEUE + WRITE_BATCH + 500) as u64;
+        for seq in 1..=burst {
+            subscribers.publish(&event("s.a", seq));
+        }
+        gate.add_permits(10_000);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let (delivered, dropped, last_is_notice) = loop {
+            let envs = out.lock().unwrap()[1..].to_vec();
+            let (mut delivered, mut dropped) = (0u64, 0u64);
+            let mut last_is_notice = false;
+            for env in envs {
+                let (e, d) = decode_event(env).unwrap();
+                dropped += d;
+                last_is_notice = e.is_none();
+                delivered += u64::from(e.is_some());
+            }
+            if delivered + dropped == burst || std::time::Instant::now() > deadline {
+                break (delivered, dropped, last_is_notice);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        assert_eq!(
+            delivered + dropped,
+            burst,
+            "{delivered} delivered, {dropped} reported dropped"
+        );
+        assert!(dropped >= 500, "{dropped}");
+        assert!(last_is_notice, "the tail's drops came in a notice");
+        server.abort();
     }
 }
